@@ -1,0 +1,73 @@
+"""streambridge's streaming engine and native async server.
+
+The rule of this package: the async world only. It never imports flask,
+werkzeug, janus, gunicorn or gevent; sync agents reach it through a
+``SyncRunner`` handed in from outside (``legacy_bridge`` provides the janus one).
+The Starlette app is imported lazily so that the WSGI side can use the engine
+without importing Starlette.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._engine import Outcome, StreamInfo, StreamRecord, StreamSession
+from ._lifecycle import Lifecycle, LifecycleState
+from ._settings import Settings, StreamPolicy
+from ._sources import AgentEnd, AgentSource, AsyncSource, SyncRunner
+from .agents import (
+    Agent,
+    AgentFailure,
+    AgentRegistry,
+    AgentRequest,
+    Finish,
+    StateUpdate,
+    Usage,
+)
+from .protocol import ChatCall, parse_chat
+from .service import StreamService, default_registry
+
+if TYPE_CHECKING:
+    from ._app import create_app, create_app_from_env
+    from ._serve import serve
+
+__all__ = [
+    "Agent",
+    "AgentEnd",
+    "AgentFailure",
+    "AgentRegistry",
+    "AgentRequest",
+    "AgentSource",
+    "AsyncSource",
+    "ChatCall",
+    "Finish",
+    "Lifecycle",
+    "LifecycleState",
+    "Outcome",
+    "Settings",
+    "StateUpdate",
+    "StreamInfo",
+    "StreamPolicy",
+    "StreamRecord",
+    "StreamService",
+    "StreamSession",
+    "SyncRunner",
+    "Usage",
+    "create_app",
+    "create_app_from_env",
+    "default_registry",
+    "parse_chat",
+    "serve",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("create_app", "create_app_from_env"):
+        from . import _app
+
+        return getattr(_app, name)
+    if name == "serve":
+        from ._serve import serve
+
+        return serve
+    raise AttributeError(f"module 'async_core' has no attribute {name!r}")

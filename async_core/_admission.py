@@ -1,0 +1,90 @@
+"""Admission control: concurrency slots held for a stream's whole life, and a rate limit.
+
+Streams and buffered (``stream: false``) requests draw from separate pools, so
+long streams never starve short requests. A slot is returned by calling the
+release function that ``admit`` hands out; the engine calls it exactly once, on
+every outcome (LiteLLM#27955 is what happens otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+
+from aiolimiter import AsyncLimiter
+
+from ._lifecycle import Lifecycle
+from ._settings import Settings
+from .exceptions import Overloaded, RateLimited, ShuttingDown
+
+Release = Callable[[], None]
+
+
+class Admission:
+    """Decides whether a request may start, and holds its slot.
+
+    Args:
+        settings: limits and the admission timeout.
+        lifecycle: refuses everything once the server drains.
+    """
+
+    def __init__(self, settings: Settings, lifecycle: Lifecycle) -> None:
+        self._settings = settings
+        self._lifecycle = lifecycle
+        self._streams = _pool(settings.max_streams)
+        self._buffered = _pool(settings.max_buffered)
+        self._per_agent: dict[str, asyncio.Semaphore] = {}
+        self._limiter: AsyncLimiter | None = None
+        if settings.rate_limit > 0:
+            burst = settings.rate_burst or max(1, math.ceil(settings.rate_limit))
+            self._limiter = AsyncLimiter(burst, burst / settings.rate_limit)
+
+    async def admit(self, agent: str, *, buffered: bool = False) -> Release:
+        """Wait for a slot (up to the admission timeout) and return its release function.
+
+        Raises:
+            ShuttingDown: the server is draining (503).
+            RateLimited: over the request rate (429 with Retry-After).
+            Overloaded: no slot freed in time (503 with Retry-After).
+        """
+        if not self._lifecycle.ready:
+            raise ShuttingDown("the server is shutting down", retry_after=1)
+        limiter = self._limiter
+        if limiter is not None:
+            if not limiter.has_capacity():
+                raise RateLimited(
+                    f"rate limit of {self._settings.rate_limit:g} requests/s exceeded",
+                    retry_after=1 / self._settings.rate_limit)
+            await limiter.acquire()
+        held: list[asyncio.Semaphore] = []
+        pools = [self._buffered if buffered else self._streams]
+        if not buffered and self._settings.max_streams_per_agent > 0:
+            pools.append(self._per_agent.setdefault(
+                agent, asyncio.Semaphore(self._settings.max_streams_per_agent)))
+        timeout = self._settings.admission_timeout
+        try:
+            for pool in pools:
+                if pool is None:
+                    continue
+                if pool.locked() and timeout <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(timeout if timeout > 0 else None):
+                    await pool.acquire()
+                held.append(pool)
+        except TimeoutError:
+            for pool in held:
+                pool.release()
+            what = "buffered requests" if buffered else "streams"
+            raise Overloaded(f"too many concurrent {what}; no slot freed within "
+                             f"{timeout:g} s", retry_after=max(1.0, timeout)) from None
+
+        def release() -> None:
+            while held:
+                held.pop().release()
+
+        return release
+
+
+def _pool(size: int) -> asyncio.Semaphore | None:
+    return asyncio.Semaphore(size) if size > 0 else None

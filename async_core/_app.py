@@ -1,0 +1,130 @@
+"""The native ASGI server: Starlette routes over the stream service."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import _metrics as metrics
+from ._asgi import SessionResponse
+from ._engine import FinishHook, Outcome
+from ._lifecycle import install_sigterm_drain
+from ._settings import PathName, Settings
+from ._sources import SyncRunner
+from .agents import AgentRegistry
+from .exceptions import PayloadTooLarge, StreamBridgeError
+from .protocol import ROUTES, check_body_size, parse_chat
+from .service import StreamService
+
+log = logging.getLogger("streambridge.app")
+
+
+def create_app(settings: Settings | None = None, *, registry: AgentRegistry | None = None,
+               sync_runner: SyncRunner | None = None, hooks: Sequence[FinishHook] = (),
+               path: PathName = "async", drain_on_sigterm: bool = True) -> Starlette:
+    """Build the native ASGI application serving the HTTP contract.
+
+    Args:
+        settings: configuration (default: ``Settings.from_env()``).
+        registry: the agents (default: the built-in ``demo``).
+        sync_runner: bridge for sync agents (``legacy_bridge`` provides one).
+        hooks: finish hooks called once per stream (persistence, webhooks).
+        path: the ``X-Stream-Path`` and metrics label of this app.
+        drain_on_sigterm: chain a SIGTERM handler that drains streams first.
+    """
+    settings = settings or Settings.from_env()
+    service = StreamService(settings, path=path, registry=registry,
+                            sync_runner=sync_runner, hooks=hooks)
+
+    async def chat(request: Request) -> Response:
+        route = ROUTES[request.url.path]
+        check_body_size(_content_length(request), settings.max_body_bytes)
+        body = await _read_body(request, settings.max_body_bytes)
+        call = parse_chat(route, body, headers=request.headers, query=request.query_params,
+                          default_agent=settings.default_agent,
+                          max_body=settings.max_body_bytes,
+                          max_messages=settings.max_messages)
+        session = await service.open(call)
+        headers = service.headers(session)
+        if call.stream:
+            return SessionResponse(session, headers)
+        try:
+            events = await session.collect()
+        finally:
+            await session.finish(Outcome.CLIENT_DISCONNECTED)
+        return JSONResponse(service.body(session, events), headers=headers)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        ready = service.lifecycle.ready
+        return JSONResponse({"ready": ready, "active_streams": service.lifecycle.active},
+                            status_code=200 if ready else 503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if drain_on_sigterm:
+            install_sigterm_drain(service.lifecycle)
+        yield
+
+    routes = [Route(p, chat, methods=["POST"]) for p in ROUTES]
+    routes += [Route("/healthz", healthz), Route("/readyz", readyz),
+               Route("/metrics", metrics_endpoint)]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        StreamBridgeError: _error_response, HTTPException: _http_error,
+        Exception: _unexpected})
+    app.state.service = service
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for ``uvicorn --factory``: the app configured from ``STREAMBRIDGE_*``."""
+    return create_app(Settings.from_env())
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _content_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    return int(raw) if raw and raw.isdigit() else None
+
+
+async def _error_response(request: Request, error: Exception) -> Response:
+    assert isinstance(error, StreamBridgeError)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    body: dict[str, Any] = {"error": {"code": code, "message": str(error.detail),
+                                      "type": code}}
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+async def _unexpected(request: Request, error: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path,
+                  exc_info=error)
+    body = {"error": {"code": "internal_error", "message": "internal server error",
+                      "type": "internal_error"}}
+    return JSONResponse(body, status_code=500)

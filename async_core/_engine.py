@@ -1,0 +1,381 @@
+"""The engine: one ``StreamSession`` runs one agent under a ``StreamPolicy``.
+
+A session pulls batches from its agent source and turns them into events:
+coalesced deltas, states, heartbeats when nothing was written for a while, and
+exactly one terminal event (``done`` or ``error``). It owns every timer of a
+stream (first chunk, idle gap, total, drain) and retries the agent only while
+nothing has been committed to the client. Transports (the ASGI response, the
+legacy frame pump) iterate :meth:`StreamSession.frames`, enforce the send
+timeout, and call :meth:`StreamSession.finish` exactly once with the reason they
+stopped; ``finish`` fixes the one outcome, releases the slot and runs the hooks.
+
+Stream states::
+
+    CREATED → RUNNING → TERMINATED (terminal event produced) → FINISHED
+                  └──────────────→ ABORTED (transport gave up) ─┘
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from . import exceptions as exc
+from .agents import Agent, AgentFailure, AgentRequest, Finish, StateUpdate, Usage
+from ._settings import StreamPolicy
+from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner
+from .wire import Delta, Done, Encoder, Error, Event, State, StreamMeta
+
+log = logging.getLogger("streambridge.engine")
+INF = math.inf
+
+
+class Outcome(str, Enum):
+    """How a stream ended; recorded exactly once per stream."""
+
+    COMPLETED = "completed"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    CANCELLED = "cancelled"
+    FIRST_CHUNK_TIMEOUT = "first_chunk_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+    TOTAL_TIMEOUT = "total_timeout"
+    SEND_TIMEOUT = "send_timeout"
+    AGENT_ERROR = "agent_error"
+    REJECTED = "rejected"
+    SHUTDOWN = "shutdown"
+
+
+_OUTCOME_OF: dict[type[exc.StreamFailure], Outcome] = {
+    exc.AgentError: Outcome.AGENT_ERROR,
+    exc.FirstChunkTimeout: Outcome.FIRST_CHUNK_TIMEOUT,
+    exc.IdleTimeout: Outcome.IDLE_TIMEOUT,
+    exc.TotalTimeout: Outcome.TOTAL_TIMEOUT,
+    exc.StreamShutdown: Outcome.SHUTDOWN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """Who a stream is: ids and the labels its metrics carry."""
+
+    stream_id: str
+    conversation_id: str
+    agent: str
+    path: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """What finish hooks receive: the whole story of one stream."""
+
+    info: StreamInfo
+    request: AgentRequest
+    outcome: Outcome
+    text: str
+    tokens: int
+    ttfc: float | None
+    duration: float
+    started_at: float
+    error_code: str | None
+    usage: dict[str, int] | None
+
+
+FinishHook = Callable[[StreamRecord], "Awaitable[None] | None"]
+
+
+class StreamSession:
+    """One stream: an agent run, its timers, its events and its single outcome.
+
+    Args:
+        agent: the agent to run.
+        request: what to ask it.
+        policy: timeouts, heartbeat, buffer size and retries.
+        encoder: frames events for the client's wire format.
+        info: ids and labels of the stream.
+        hooks: called once with the ``StreamRecord`` when the stream finishes.
+        release: returns the admission slot; called exactly once by ``finish``.
+        sync_runner: runs the agent's sync form; None runs its async form.
+        lifecycle: the server lifecycle (drain deadline and wake-ups), optional.
+        meta: the stream's wire metadata (ids, model, creation time), optional.
+    """
+
+    def __init__(self, *, agent: Agent, request: AgentRequest, policy: StreamPolicy,
+                 encoder: Encoder, info: StreamInfo, hooks: Sequence[FinishHook] = (),
+                 release: Callable[[], None] | None = None,
+                 sync_runner: SyncRunner | None = None, lifecycle: Any = None,
+                 meta: StreamMeta | None = None) -> None:
+        self.agent, self.request, self.policy = agent, request, policy
+        self.meta = meta
+        self.encoder, self.info = encoder, info
+        self._hooks, self._release, self._sync_runner = hooks, release, sync_runner
+        self._lifecycle = lifecycle
+        self._source: AgentSource | None = None
+        self._seq = 0
+        self._tokens = 0
+        self._parts: list[str] = []
+        self._committed = False
+        self._cancelled = False
+        self._t0_wall = time.time()
+        self._t0 = time.monotonic()
+        self._ttfc: float | None = None
+        self._usage: dict[str, int] | None = None
+        self._finish_reason = "stop"
+        self._outcome: Outcome | None = None
+        self._error_code: str | None = None
+        self._record: StreamRecord | None = None
+        if lifecycle is not None:
+            lifecycle.register(self)
+
+    # -- control --------------------------------------------------------------------
+
+    @property
+    def committed(self) -> bool:
+        """Whether an event has been handed to the client (no retry after that)."""
+        return self._committed
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The outcome, once the stream has produced its terminal event or finished."""
+        return self._outcome
+
+    def wake(self) -> None:
+        """Re-check the timers now (the server started draining, or a cancel arrived)."""
+        if self._source is not None:
+            self._source.wake()
+
+    def cancel(self) -> None:
+        """Stop the stream server-side: it ends with ``error`` code ``cancelled``."""
+        self._cancelled = True
+        self.wake()
+
+    # -- producing ------------------------------------------------------------------
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """Yield the stream's bytes: events and heartbeats in the client's format.
+
+        Ends right after the terminal event. Closing the iterator early stops the
+        agent (its ``finally`` runs) before ``aclose()`` returns.
+        """
+        encode, heartbeat = self.encoder.encode, self.encoder.heartbeat()
+        async for event in self.events():
+            if event is None:
+                if heartbeat:
+                    yield heartbeat
+                continue
+            data = encode(event)
+            if data:
+                yield data
+
+    async def collect(self) -> list[Event]:
+        """Run the stream to its end without a client (buffered, ``stream: false``).
+
+        Raises:
+            StreamFailure: the stream ended with an error (its HTTP status applies).
+        """
+        events: list[Event] = []
+        async for event in self.events():
+            if event is not None:
+                events.append(event)
+        last = events[-1]
+        if isinstance(last, Error):
+            failure = next((k for k, v in _OUTCOME_OF.items() if v.value == last.code),
+                           exc.StreamFailure)
+            raise failure(last.message)
+        return events
+
+    async def events(self) -> AsyncIterator[Event | None]:
+        """Yield events, and ``None`` whenever a heartbeat is due."""
+        loop = asyncio.get_running_loop()
+        pol = self.policy
+        now = loop.time()
+        total_dl = now + pol.total_timeout if pol.total_timeout else INF
+        first_dl = now + pol.first_chunk_timeout if pol.first_chunk_timeout else INF
+        idle, hb = pol.idle_timeout or INF, pol.heartbeat
+        attempt, got_output, idle_dl, last_write = 0, False, INF, now
+        source = self._source = self._open(0)
+        lifecycle = self._lifecycle
+        try:
+            while True:
+                agent_dl = idle_dl if got_output else first_dl
+                drain_dl = lifecycle.drain_deadline if lifecycle is not None else INF
+                batch = await source.next_batch(min(agent_dl, total_dl, last_write + hb,
+                                                    drain_dl))
+                now = loop.time()
+                if batch:
+                    end = None
+                    for event in self._absorb(batch):
+                        if isinstance(event, AgentEnd):
+                            end = event
+                        else:
+                            self._committed = True
+                            yield event
+                    got_output, idle_dl, last_write = True, now + idle, loop.time()
+                    if end is None:
+                        continue
+                    if end.error is None:
+                        yield self._done()
+                        return
+                    if not self._committed and attempt < pol.retries:
+                        attempt += 1
+                        await source.aclose()
+                        await asyncio.sleep(pol.retry_backoff * 2 ** (attempt - 1)
+                                            * (0.5 + random.random()))  # noqa: S311
+                        got_output, now = False, loop.time()
+                        if pol.first_chunk_timeout:
+                            first_dl = now + pol.first_chunk_timeout
+                        source = self._source = self._open(attempt)
+                        continue
+                    yield self._fail(self._agent_error(end.error))
+                    return
+                if self._cancelled:
+                    yield self._fail(_Cancelled("the stream was cancelled"))
+                    return
+                if now >= total_dl:
+                    yield self._fail(exc.TotalTimeout(
+                        f"the stream exceeded the total timeout of {pol.total_timeout:g} s"))
+                    return
+                if now >= agent_dl:
+                    if got_output:
+                        yield self._fail(exc.IdleTimeout(
+                            f"the agent produced nothing for {pol.idle_timeout:g} s"))
+                        return
+                    if not self._committed and attempt < pol.retries:
+                        attempt += 1
+                        await source.aclose()
+                        first_dl = loop.time() + pol.first_chunk_timeout
+                        source = self._source = self._open(attempt)
+                        continue
+                    yield self._fail(exc.FirstChunkTimeout(
+                        f"the agent produced no output within {pol.first_chunk_timeout:g} s"))
+                    return
+                if now >= drain_dl:
+                    yield self._fail(exc.StreamShutdown(
+                        "the server is shutting down; retry to continue elsewhere"))
+                    return
+                if now >= last_write + hb:
+                    yield None
+                    last_write = loop.time()
+        finally:
+            await source.aclose()
+
+    def _open(self, attempt: int) -> AgentSource:
+        request = self.request if attempt == 0 else self.request.with_attempt(attempt)
+        agent, maxsize = self.agent, self.policy.buffer_size
+        if self._sync_runner is not None and agent.sync_fn is not None:
+            return self._sync_runner.start(agent.sync_fn(request), maxsize)
+        if agent.async_fn is None:
+            raise exc.StreamBridgeError(
+                f"agent {agent.name!r} has only a sync form and no sync runner is configured")
+        return AsyncSource(agent.async_fn(request), maxsize)
+
+    def _absorb(self, batch: Batch) -> list[Event | AgentEnd]:
+        """Turn one batch of agent items into events (consecutive deltas coalesced)."""
+        out: list[Event | AgentEnd] = []
+        parts: list[str] = []
+        for item in batch:
+            if type(item) is str:
+                if item:
+                    parts.append(item)
+                continue
+            if parts:
+                out.append(self._delta(parts))
+                parts = []
+            if isinstance(item, AgentEnd):
+                out.append(item)
+            elif isinstance(item, StateUpdate):
+                self._seq += 1
+                out.append(State(self._seq, dict(item.data)))
+            elif isinstance(item, Usage):
+                self._usage = {"prompt_tokens": item.prompt_tokens,
+                               "completion_tokens": item.completion_tokens,
+                               "total_tokens": item.prompt_tokens + item.completion_tokens}
+            elif isinstance(item, Finish):
+                self._finish_reason = item.reason
+            else:
+                out.append(AgentEnd(TypeError(
+                    f"agent yielded a {type(item).__name__}; expected str or a marker")))
+        if parts:
+            out.append(self._delta(parts))
+        return out
+
+    def _delta(self, parts: list[str]) -> Delta:
+        if self._ttfc is None:
+            self._ttfc = time.monotonic() - self._t0
+        self._tokens += len(parts)
+        text = parts[0] if len(parts) == 1 else "".join(parts)
+        self._parts.append(text)
+        self._seq += 1
+        return Delta(self._seq, text, self._tokens)
+
+    def _done(self) -> Done:
+        self._outcome = Outcome.COMPLETED
+        self._seq += 1
+        reason = self._finish_reason if self._finish_reason in ("stop", "length") else "stop"
+        return Done(self._seq, reason, self._tokens,  # type: ignore[arg-type]
+                    None if self._ttfc is None else round(self._ttfc * 1000, 3),
+                    round((time.monotonic() - self._t0) * 1000, 3),
+                    self.info.conversation_id, self._usage)
+
+    def _fail(self, failure: exc.StreamBridgeError) -> Error:
+        self._outcome = (Outcome.CANCELLED if isinstance(failure, _Cancelled)
+                         else _OUTCOME_OF.get(type(failure), Outcome.AGENT_ERROR))
+        self._error_code = failure.code
+        self._seq += 1
+        return Error(self._seq, failure.code, failure.message, failure.retryable)
+
+    def _agent_error(self, error: BaseException) -> exc.StreamFailure:
+        if isinstance(error, AgentFailure):
+            failure = exc.AgentError(error.message)
+            failure.retryable = error.retryable  # type: ignore[misc]
+            return failure
+        if isinstance(error, exc.StreamBridgeError):
+            return exc.AgentError(error.message)
+        log.error("agent %r failed in stream %s", self.agent.name, self.info.stream_id,
+                  exc_info=error)
+        return exc.AgentError(f"the agent {self.agent.name!r} failed")
+
+    # -- finishing ------------------------------------------------------------------
+
+    async def finish(self, reason: Outcome = Outcome.CLIENT_DISCONNECTED) -> StreamRecord:
+        """End the stream's bookkeeping, exactly once; later calls return the same record.
+
+        Args:
+            reason: why the transport stopped, used when no terminal event was produced.
+        """
+        if self._record is not None:
+            return self._record
+        if self._outcome is None:
+            self._outcome = reason
+        record = self._record = StreamRecord(
+            info=self.info, request=self.request, outcome=self._outcome,
+            text="".join(self._parts), tokens=self._tokens, ttfc=self._ttfc,
+            duration=time.monotonic() - self._t0, started_at=self._t0_wall,
+            error_code=self._error_code, usage=self._usage)
+        if self._lifecycle is not None:
+            self._lifecycle.unregister(self)
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+        for hook in self._hooks:
+            try:
+                result = hook(record)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("finish hook %r failed for stream %s", hook,
+                              self.info.stream_id)
+        return record
+
+
+class _Cancelled(exc.StreamFailure):
+    status = 409
+    code = "cancelled"

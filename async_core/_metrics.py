@@ -1,0 +1,71 @@
+"""Prometheus metrics, the same names and labels on every path.
+
+With several worker processes (gunicorn, ``uvicorn --workers``) set
+``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before start; ``/metrics``
+then aggregates every worker (``render`` picks the collector).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from ._engine import StreamRecord
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_DURATION = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+ACTIVE_STREAMS = Gauge("streambridge_active_streams", "Streams running now.",
+                       ["path"], multiprocess_mode="livesum")
+STREAMS_TOTAL = Counter("streambridge_streams_total", "Streams ended, by outcome.",
+                        ["outcome", "path", "agent", "format"])
+TTFC = Histogram("streambridge_time_to_first_chunk_seconds",
+                 "Time from admission to the agent's first delta.",
+                 ["path", "agent", "format"], buckets=_LATENCY)
+DURATION = Histogram("streambridge_stream_duration_seconds", "Stream duration.",
+                     ["path", "agent", "format", "outcome"], buckets=_DURATION)
+CHUNKS_TOTAL = Counter("streambridge_chunks_total", "Agent outputs streamed (deltas).",
+                       ["path", "agent", "format"])
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def stream_started(path: str) -> None:
+    """Count a stream as running (paired with ``observe`` at its finish)."""
+    ACTIVE_STREAMS.labels(path).inc()
+
+
+def observe(record: StreamRecord) -> None:
+    """Finish hook: record one stream's outcome, latency and size."""
+    info = record.info
+    ACTIVE_STREAMS.labels(info.path).dec()
+    STREAMS_TOTAL.labels(record.outcome.value, info.path, info.agent, info.format).inc()
+    DURATION.labels(info.path, info.agent, info.format, record.outcome.value).observe(
+        record.duration)
+    if record.ttfc is not None:
+        TTFC.labels(info.path, info.agent, info.format).observe(record.ttfc)
+    if record.tokens:
+        CHUNKS_TOTAL.labels(info.path, info.agent, info.format).inc(record.tokens)
+
+
+def rejected(path: str, agent: str, fmt: str) -> None:
+    """Count a request refused at admission (429/503) as outcome ``rejected``."""
+    STREAMS_TOTAL.labels("rejected", path, agent, fmt).inc()
+
+
+def render() -> bytes:
+    """Return the Prometheus text exposition for this process or all workers."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()

@@ -1,0 +1,146 @@
+"""Agent sources: a running agent as the engine sees it.
+
+The engine pulls *batches* from a source: everything the agent has produced
+since the last pull, so deltas that queued up while the client was busy cross
+to the client as one write (coalescing; no waiting is added to do it). The
+buffer is bounded: a full buffer pauses the agent (backpressure).
+
+Async agents run here, as one producer task per stream. Sync agents run in a
+worker thread behind the bridge, which lives outside ``async_core`` (the janus
+seam in ``legacy_bridge``) and is handed in as a :class:`SyncRunner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from .agents import AgentItem
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEnd:
+    """The last item of every batch sequence: the agent returned or raised."""
+
+    error: BaseException | None = None
+
+
+Batch = list["AgentItem | AgentEnd"]
+
+
+class AgentSource(Protocol):
+    """A running agent, from the engine's side."""
+
+    async def next_batch(self, deadline: float) -> Batch:
+        """Wait for output; return all of it that is queued (``[]`` at the deadline).
+
+        Args:
+            deadline: a ``loop.time()`` value after which to give up and return ``[]``.
+
+        Returns:
+            At least one item once any is available; the batch ends with
+            ``AgentEnd`` when the agent has finished. ``[]`` on timeout or ``wake()``.
+        """
+        ...
+
+    def wake(self) -> None:
+        """Make a pending ``next_batch`` return ``[]`` now (drain, cancel)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop the agent; its ``finally`` blocks run before this returns."""
+        ...
+
+
+class SyncRunner(Protocol):
+    """Runs sync agents behind a bridge (implemented by ``legacy_bridge``)."""
+
+    def start(self, gen: Iterator[AgentItem], maxsize: int) -> AgentSource:
+        """Start iterating ``gen`` in a worker and return its source."""
+        ...
+
+
+class AsyncSource:
+    """An async agent running as a producer task on the current loop.
+
+    Args:
+        agen: the agent's async iterator (not started yet).
+        maxsize: items buffered before the producer waits (backpressure).
+    """
+
+    def __init__(self, agen: AsyncIterator[AgentItem], maxsize: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._agen = agen
+        self._buf: deque[AgentItem | AgentEnd] = deque()
+        self._maxsize = maxsize
+        self._getter: asyncio.Future[None] | None = None
+        self._putter: asyncio.Future[None] | None = None
+        self._task = self._loop.create_task(self._produce())
+
+    async def _produce(self) -> None:
+        agen, buf = self._agen, self._buf
+        end = AgentEnd()
+        try:
+            async for item in agen:
+                buf.append(item)
+                self._wake_getter()
+                if len(buf) >= self._maxsize:
+                    self._putter = self._loop.create_future()
+                    await self._putter
+                else:
+                    # An agent that never awaits would otherwise starve the loop and
+                    # hide the disconnect from us (PITFALLS: 27 s of a blocked worker).
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            end = AgentEnd(exc)
+        finally:
+            # Runs the agent's own finally (GeneratorExit at its current yield).
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+        buf.append(end)
+        self._wake_getter()
+
+    def _wake_getter(self) -> None:
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    async def next_batch(self, deadline: float) -> Batch:
+        buf = self._buf
+        if not buf:
+            getter = self._getter = self._loop.create_future()
+            handle = self._loop.call_at(deadline, _resolve, getter)
+            try:
+                await getter
+            finally:
+                handle.cancel()
+                self._getter = None
+        batch = list(buf)
+        buf.clear()
+        putter = self._putter
+        if putter is not None and not putter.done():
+            putter.set_result(None)
+        return batch
+
+    def wake(self) -> None:
+        self._wake_getter()
+
+    async def aclose(self) -> None:
+        task = self._task
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

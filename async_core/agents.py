@@ -1,0 +1,166 @@
+"""Agents: what a stream streams from, and the registry that names them.
+
+An agent is a sync generator function or an async generator function that takes
+an :class:`AgentRequest` and yields text deltas (``str``) or the markers below.
+An agent may exist in both forms (sync twin built on ``requests``, async twin
+built on ``httpx``); the path and the migration flag choose which one runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .exceptions import BadRequest, UnknownAgent
+
+
+@dataclass(frozen=True, slots=True)
+class StateUpdate:
+    """Yielded by an agent to publish intermediate state (a ``state`` event)."""
+
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Yielded by an agent (usually last) to pass provider token counts to ``done``."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Yielded by an agent to set the ``finish_reason`` (default ``stop``)."""
+
+    reason: str = "stop"
+
+
+class AgentFailure(Exception):  # noqa: N818 - the name says what it is to agent authors
+    """Raised by an agent for a failure whose message may be shown to the client.
+
+    Any other exception is reported to the client as a generic ``agent_error``
+    (its details go to the server log only).
+
+    Args:
+        message: a sentence safe to show to the client.
+        retryable: whether retrying the request may help.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+AgentItem = Union[str, StateUpdate, Usage, Finish]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRequest:
+    """What an agent is asked to do.
+
+    Attributes:
+        messages: the conversation so far, oldest first: ``{"role", "content"}``.
+        options: agent-specific options from the request body's ``options``.
+        conversation_id: the conversation this turn belongs to.
+        stream_id: the stream being produced.
+        attempt: 0 for the first try, 1.. for retries before the first output.
+    """
+
+    messages: tuple[Mapping[str, str], ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    conversation_id: str = ""
+    stream_id: str = ""
+    attempt: int = 0
+
+    def with_attempt(self, attempt: int) -> AgentRequest:
+        """Return the same request for another attempt."""
+        return AgentRequest(self.messages, self.options, self.conversation_id,
+                            self.stream_id, attempt)
+
+
+SyncAgentFn = Callable[[AgentRequest], Iterator[AgentItem]]
+AsyncAgentFn = Callable[[AgentRequest], AsyncIterator[AgentItem]]
+OptionsValidator = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A named agent with a sync form, an async form, or both.
+
+    Attributes:
+        name: the name requests use (``agent`` field, or ``model`` on the
+            OpenAI and Ollama routes).
+        sync_fn: a generator function, run in a worker thread through the bridge.
+        async_fn: an async generator function, run on the event loop.
+        validate: checks and normalises ``options``; raises ``BadRequest``.
+    """
+
+    name: str
+    sync_fn: SyncAgentFn | None = None
+    async_fn: AsyncAgentFn | None = None
+    validate: OptionsValidator | None = None
+
+    def __post_init__(self) -> None:
+        if self.sync_fn is None and self.async_fn is None:
+            raise ValueError(f"agent {self.name!r} needs a sync or an async form")
+
+    def check_options(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Validate ``options`` for this agent (a 400 names the bad option)."""
+        if self.validate is None:
+            return options
+        return self.validate(options)
+
+
+class AgentRegistry:
+    """Agents by name."""
+
+    def __init__(self, agents: list[Agent] | None = None) -> None:
+        self._agents: dict[str, Agent] = {}
+        for agent in agents or []:
+            self.register(agent)
+
+    def register(self, agent: Agent) -> None:
+        """Add (or replace) ``agent`` under its name."""
+        self._agents[agent.name] = agent
+
+    def get(self, name: str) -> Agent:
+        """Return the agent called ``name``.
+
+        Raises:
+            UnknownAgent: no such agent (a 404 for the client).
+        """
+        try:
+            return self._agents[name]
+        except KeyError:
+            known = ", ".join(sorted(self._agents)) or "none"
+            raise UnknownAgent(f"unknown agent {name!r} (known: {known})") from None
+
+    def names(self) -> list[str]:
+        """Return the registered names, sorted."""
+        return sorted(self._agents)
+
+
+def check_type(options: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
+               *, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """Return ``options[key]`` (or None) after checking its type and range.
+
+    Raises:
+        BadRequest: naming the option and what it must be.
+    """
+    if key not in options or options[key] is None:
+        return None
+    value = options[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise BadRequest(f"options.{key} must be a number, not a boolean")
+    if not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise BadRequest(f"options.{key} must be of type {names}")
+    if minimum is not None and value < minimum:
+        raise BadRequest(f"options.{key} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise BadRequest(f"options.{key} must be <= {maximum}")
+    return value

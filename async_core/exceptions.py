@@ -1,0 +1,162 @@
+"""Exceptions of the streaming engine.
+
+Every error a client can see is one of these, and each class carries its HTTP
+status (used before the first byte) and its stable in-band code (used after)::
+
+    StreamBridgeError                  500 internal_error
+    ├── BadRequest                     400 bad_request
+    │   ├── UnsupportedFormat          406 unsupported_format
+    │   └── PayloadTooLarge            413 payload_too_large
+    ├── Unauthorized                   401 unauthorized
+    ├── NotFound                       404 not_found
+    │   └── UnknownAgent               404 unknown_agent
+    ├── RateLimited                    429 rate_limited        (Retry-After)
+    ├── Overloaded                     503 overloaded          (Retry-After)
+    │   └── ShuttingDown               503 shutting_down       (Retry-After)
+    └── StreamFailure                  in-band only, after the first byte
+        ├── AgentError                 502 agent_error
+        ├── FirstChunkTimeout          504 first_chunk_timeout
+        ├── IdleTimeout                504 idle_timeout
+        ├── TotalTimeout               504 total_timeout
+        └── StreamShutdown             503 shutdown
+
+Foreign exceptions (anyio, janus, httpx, ...) are translated where they are
+caught; callers never see them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class StreamBridgeError(Exception):
+    """Base class: an error with an HTTP status and a stable code.
+
+    Args:
+        message: a human-readable sentence naming the problem.
+        retry_after: seconds the client should wait before retrying, if any.
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        """Return the JSON body of the HTTP error: ``{"error": {"code", "message"}}``."""
+        return {"error": {"code": self.code, "message": self.message, "type": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        """Return the extra response headers (``Retry-After`` where it applies)."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, int(-(-self.retry_after // 1))))}
+
+
+class BadRequest(StreamBridgeError):
+    """The request body or its parameters are invalid."""
+
+    status = 400
+    code = "bad_request"
+
+
+class UnsupportedFormat(BadRequest):
+    """The ``Accept`` header or ``?format=`` asks for a format we do not speak."""
+
+    status = 406
+    code = "unsupported_format"
+
+
+class PayloadTooLarge(BadRequest):
+    """The request body exceeds the configured limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(StreamBridgeError):
+    """Missing or wrong credentials."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(StreamBridgeError):
+    """The named resource does not exist (or is not visible to the caller)."""
+
+    status = 404
+    code = "not_found"
+
+
+class UnknownAgent(NotFound):
+    """No agent is registered under the requested name."""
+
+    code = "unknown_agent"
+
+
+class RateLimited(StreamBridgeError):
+    """The request rate limit was exceeded."""
+
+    status = 429
+    code = "rate_limited"
+    retryable = True
+
+
+class Overloaded(StreamBridgeError):
+    """No concurrency slot became free within the admission timeout."""
+
+    status = 503
+    code = "overloaded"
+    retryable = True
+
+
+class ShuttingDown(Overloaded):
+    """The server is draining and admits no new streams."""
+
+    code = "shutting_down"
+
+
+class StreamFailure(StreamBridgeError):
+    """A failure of a running stream; reported in-band once bytes were sent."""
+
+
+class AgentError(StreamFailure):
+    """The agent raised (after retries, if it failed before its first output)."""
+
+    status = 502
+    code = "agent_error"
+
+
+class FirstChunkTimeout(StreamFailure):
+    """The agent produced no output within the first-chunk timeout."""
+
+    status = 504
+    code = "first_chunk_timeout"
+    retryable = True
+
+
+class IdleTimeout(StreamFailure):
+    """The gap between two agent outputs exceeded the idle timeout."""
+
+    status = 504
+    code = "idle_timeout"
+    retryable = True
+
+
+class TotalTimeout(StreamFailure):
+    """The stream ran longer than the total timeout."""
+
+    status = 504
+    code = "total_timeout"
+
+
+class StreamShutdown(StreamFailure):
+    """The server shut down; the drain grace period ran out before the stream ended."""
+
+    status = 503
+    code = "shutdown"
+    retryable = True

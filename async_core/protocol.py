@@ -1,0 +1,220 @@
+"""The HTTP contract's request side, sans-IO: bytes and headers in, a ``ChatCall`` out.
+
+Both paths (Starlette and Flask) parse requests here, so they accept and refuse
+exactly the same inputs with exactly the same errors. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .exceptions import BadRequest, PayloadTooLarge, UnsupportedFormat
+from .wire import Format
+
+Route = Literal["native", "openai", "ollama-chat", "ollama-generate"]
+ROUTES: dict[str, Route] = {
+    "/v1/chat": "native",
+    "/v1/chat/completions": "openai",
+    "/api/chat": "ollama-chat",
+    "/api/generate": "ollama-generate",
+}
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NATIVE_FORMATS: dict[str, Format] = {
+    "text/event-stream": "sse", "application/x-ndjson": "ndjson",
+    "application/jsonl": "ndjson", "text/plain": "text",
+}
+# Sampling parameters that clients send by habit; agents that do not use them ignore them.
+SAMPLING_KEYS = frozenset({"temperature", "top_p", "top_k", "seed", "num_predict", "max_tokens",
+                           "stop", "presence_penalty", "frequency_penalty", "num_ctx"})
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """One parsed chat request, whatever route it came in on.
+
+    Attributes:
+        route: which API shape the request used.
+        agent: the agent name (``agent`` field, or ``model`` on compatible routes).
+        messages: the conversation turns sent with this request.
+        options: agent options from the body's ``options`` object.
+        conversation_id: given by the client, or newly created.
+        stream: False asks for one buffered JSON body.
+        format: the wire format of the response.
+        include_usage: OpenAI ``stream_options.include_usage``.
+    """
+
+    route: Route
+    agent: str
+    messages: tuple[Mapping[str, str], ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    conversation_id: str = ""
+    stream: bool = True
+    format: Format = "sse"
+    include_usage: bool = False
+
+
+def new_id() -> str:
+    """Return a new random id (stream and conversation ids)."""
+    return uuid.uuid4().hex
+
+
+def check_body_size(length: int | None, limit: int) -> None:
+    """Refuse a body (by declared or actual length) over ``limit`` bytes with 413."""
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
+
+
+def parse_chat(route: Route, body: bytes, *, headers: Mapping[str, str],
+               query: Mapping[str, str], default_agent: str, max_body: int,
+               max_messages: int) -> ChatCall:
+    """Parse and validate a chat request.
+
+    Args:
+        route: the API shape, from ``ROUTES``.
+        body: the raw request body.
+        headers: request headers with lower-case names.
+        query: query-string parameters.
+        default_agent: agent used when the native route names none.
+        max_body: largest accepted body in bytes.
+        max_messages: most messages accepted.
+
+    Raises:
+        BadRequest: and its subclasses, each naming the problem.
+    """
+    check_body_size(len(body), max_body)
+    # Like Ollama's server, the body is read as JSON whatever the Content-Type says
+    # (curl -d sends application/x-www-form-urlencoded); a non-JSON body is a 400.
+    try:
+        data = json.loads(body) if body else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    options = data.get("options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest("options must be an object")
+    conversation_id = _conversation_id(data, headers)
+    if route == "native":
+        return _native(data, headers, query, options, conversation_id, default_agent,
+                       max_messages)
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model must be a non-empty string naming the agent")
+    stream = _bool(data, "stream", default=route != "openai")
+    if route == "ollama-generate":
+        prompt = data.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise BadRequest("prompt must be a non-empty string")
+        messages: list[dict[str, str]] = []
+        system = data.get("system")
+        if system is not None:
+            if not isinstance(system, str):
+                raise BadRequest("system must be a string")
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": prompt})
+        return ChatCall(route, model, tuple(messages), options, conversation_id, stream,
+                        "ollama-generate")
+    msgs = _messages(data.get("messages"), max_messages)
+    include_usage = False
+    if route == "openai":
+        so = data.get("stream_options") or {}
+        if not isinstance(so, dict):
+            raise BadRequest("stream_options must be an object")
+        include_usage = bool(so.get("include_usage", False))
+    fmt: Format = "openai" if route == "openai" else "ollama-chat"
+    return ChatCall(route, model, msgs, options, conversation_id, stream, fmt, include_usage)
+
+
+def _native(data: dict[str, Any], headers: Mapping[str, str], query: Mapping[str, str],
+            options: dict[str, Any], conversation_id: str, default_agent: str,
+            max_messages: int) -> ChatCall:
+    if "messages" in data and "message" in data:
+        raise BadRequest("send either messages or message, not both")
+    if "message" in data:
+        message = data["message"]
+        if not isinstance(message, str) or not message:
+            raise BadRequest("message must be a non-empty string")
+        msgs: tuple[Mapping[str, str], ...] = ({"role": "user", "content": message},)
+    else:
+        msgs = _messages(data.get("messages"), max_messages)
+    agent = data.get("agent", default_agent)
+    if not isinstance(agent, str) or not agent:
+        raise BadRequest("agent must be a non-empty string")
+    stream = _bool(data, "stream", default=True)
+    fmt = negotiate(query.get("format"), headers.get("accept"), stream)
+    return ChatCall("native", agent, msgs, options, conversation_id, stream, fmt)
+
+
+def negotiate(format_param: str | None, accept: str | None, stream: bool) -> Format:
+    """Pick the native wire format from ``?format=`` or ``Accept`` (SSE by default).
+
+    Raises:
+        UnsupportedFormat: nothing we can send is acceptable (406).
+    """
+    if format_param:
+        names: dict[str, Format] = {"sse": "sse", "ndjson": "ndjson", "text": "text"}
+        if format_param not in names:
+            raise UnsupportedFormat(f"format must be one of sse, ndjson, text; "
+                                    f"got {format_param!r}")
+        return names[format_param]
+    if not accept:
+        return "sse"
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in _NATIVE_FORMATS:
+            return _NATIVE_FORMATS[media]
+        if media in ("*/*", "text/*", ""):
+            return "sse"
+        if media == "application/json" and not stream:
+            return "sse"
+    raise UnsupportedFormat(f"cannot produce any of Accept: {accept!r}; use "
+                            "text/event-stream, application/x-ndjson or text/plain")
+
+
+def _messages(raw: Any, max_messages: int) -> tuple[Mapping[str, str], ...]:
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("messages must be a non-empty array")
+    if len(raw) > max_messages:
+        raise BadRequest(f"too many messages ({len(raw)} > {max_messages})")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise BadRequest(f"messages[{i}] must be an object")
+        role, content = m.get("role"), m.get("content", "")
+        if role not in ROLES:
+            raise BadRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{i}].content must be a string")
+        out.append({"role": role, "content": content})
+    return tuple(out)
+
+
+def _bool(data: dict[str, Any], key: str, *, default: bool) -> bool:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key} must be a boolean")
+    return value
+
+
+def _conversation_id(data: dict[str, Any], headers: Mapping[str, str]) -> str:
+    body_id, header_id = data.get("conversation_id"), headers.get("x-conversation-id")
+    if body_id is not None and not isinstance(body_id, str):
+        raise BadRequest("conversation_id must be a string")
+    if body_id and header_id and body_id != header_id:
+        raise BadRequest("conversation_id and X-Conversation-Id disagree")
+    cid = body_id or header_id
+    if not cid:
+        return new_id()
+    if not _ID.match(cid):
+        raise BadRequest("conversation_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    return cid

@@ -1,0 +1,107 @@
+"""The stream service: everything between a parsed request and a transport.
+
+Both paths call this: it resolves the agent, validates its options, admits the
+request (slots, rate), and builds the ``StreamSession`` with its encoder, its
+response headers and its finish hooks (metrics first; persistence and webhooks
+plug in through ``hooks``). Stdlib and our own modules only; no web framework.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import _metrics as metrics
+from ._admission import Admission
+from ._engine import FinishHook, StreamInfo, StreamSession
+from ._lifecycle import Lifecycle
+from ._settings import PathName, Settings
+from ._sources import SyncRunner
+from .agents import AgentRegistry, AgentRequest
+from .demo import DEMO_AGENT
+from .exceptions import Overloaded, RateLimited, StreamBridgeError
+from .protocol import ChatCall, new_id
+from .wire import Event, StreamMeta, buffered_body, make_encoder
+
+NATIVE_FORMATS = ("sse", "ndjson", "text")
+
+
+def default_registry() -> AgentRegistry:
+    """Return a registry holding the built-in agents (``demo``)."""
+    return AgentRegistry([DEMO_AGENT])
+
+
+class StreamService:
+    """Turns a ``ChatCall`` into an admitted, running ``StreamSession``.
+
+    Args:
+        settings: policy and limits.
+        path: the label of the serving path (``async``, ``legacy``, ``hybrid``).
+        registry: the agents (default: the built-in ones).
+        sync_runner: the bridge that runs sync agents; None means async forms only.
+        hooks: extra finish hooks, called once per stream after the metrics.
+        lifecycle: the drain state shared with the server (one per process).
+    """
+
+    def __init__(self, settings: Settings, *, path: PathName,
+                 registry: AgentRegistry | None = None,
+                 sync_runner: SyncRunner | None = None,
+                 hooks: Sequence[FinishHook] = (),
+                 lifecycle: Lifecycle | None = None) -> None:
+        self.settings = settings
+        self.path = path
+        self.registry = registry or default_registry()
+        self.sync_runner = sync_runner
+        self.lifecycle = lifecycle or Lifecycle(settings.drain_grace)
+        self.admission = Admission(settings, self.lifecycle)
+        self.hooks: list[FinishHook] = [metrics.observe, *hooks]
+
+    async def open(self, call: ChatCall) -> StreamSession:
+        """Validate, admit and build the session for ``call``.
+
+        Raises:
+            StreamBridgeError: unknown agent, bad options, rate limited, overloaded.
+        """
+        agent = self.registry.get(call.agent)
+        options = agent.check_options(call.options)
+        use_sync = agent.async_fn is None or (self.settings.sync_agents
+                                              and agent.sync_fn is not None)
+        if use_sync and self.sync_runner is None:
+            raise StreamBridgeError(f"agent {agent.name!r} needs a sync runner, and this "
+                                    "server has none (serve it through legacy_bridge)")
+        try:
+            release = await self.admission.admit(agent.name, buffered=not call.stream)
+        except (Overloaded, RateLimited):
+            metrics.rejected(self.path, agent.name, call.format)
+            raise
+        stream_id = new_id()
+        meta = StreamMeta(stream_id=stream_id, conversation_id=call.conversation_id,
+                          model=agent.name, created=time.time(),
+                          include_usage=call.include_usage)
+        info = StreamInfo(stream_id, call.conversation_id, agent.name, self.path, call.format)
+        request = AgentRequest(call.messages, options, call.conversation_id, stream_id)
+        metrics.stream_started(self.path)
+        session = StreamSession(
+            agent=agent, request=request, policy=self.settings.policy,
+            encoder=make_encoder(call.format, meta), info=info, hooks=self.hooks,
+            release=release, sync_runner=self.sync_runner if use_sync else None,
+            lifecycle=self.lifecycle, meta=meta)
+        return session
+
+    def headers(self, session: StreamSession) -> dict[str, str]:
+        """Return the contract's response headers for ``session``."""
+        return {
+            "X-Stream-Id": session.info.stream_id,
+            "X-Conversation-Id": session.info.conversation_id,
+            "X-Stream-Path": self.path,
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+
+    def body(self, session: StreamSession, events: list[Event]) -> dict[str, Any]:
+        """Return the buffered JSON body for a finished ``stream: false`` request."""
+        fmt = session.info.format
+        assert session.meta is not None
+        return buffered_body("sse" if fmt in NATIVE_FORMATS else fmt,  # type: ignore[arg-type]
+                             session.meta, events)

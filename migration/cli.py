@@ -1,0 +1,41 @@
+"""The ``streambridge`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+PATHS = ("async",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``streambridge``."""
+    parser = argparse.ArgumentParser(prog="streambridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the reference server on its embedded defaults")
+    serve.add_argument("--path", choices=PATHS, default="async",
+                       help="which serving path to run (default: async)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument("--log-level", default="info", help="server log level")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        if args.workers < 1:
+            print("streambridge: --workers must be >= 1", file=sys.stderr)
+            return 2
+        from async_core import serve
+
+        serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
