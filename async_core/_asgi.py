@@ -23,7 +23,7 @@ log = logging.getLogger("streambridge.asgi")
 
 # Our lifecycle ends streams with a terminal event on SIGTERM; sse-starlette's
 # own watcher would cut them without one.
-AppStatus.disable_automatic_graceful_drain()
+AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
 
 
 class SessionResponse(EventSourceResponse):

@@ -25,20 +25,20 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from . import exceptions as exc
-from .agents import Agent, AgentFailure, AgentRequest, Finish, StateUpdate, Usage
 from ._settings import StreamPolicy
 from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner
+from .agents import Agent, AgentFailure, AgentRequest, Finish, StateUpdate, Usage
 from .wire import Delta, Done, Encoder, Error, Event, State, StreamMeta
 
 log = logging.getLogger("streambridge.engine")
 INF = math.inf
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How a stream ended; recorded exactly once per stream."""
 
     COMPLETED = "completed"
@@ -53,7 +53,7 @@ class Outcome(str, Enum):
     SHUTDOWN = "shutdown"
 
 
-_OUTCOME_OF: dict[type[exc.StreamFailure], Outcome] = {
+_OUTCOME_OF: dict[type[exc.StreamBridgeError], Outcome] = {
     exc.AgentError: Outcome.AGENT_ERROR,
     exc.FirstChunkTimeout: Outcome.FIRST_CHUNK_TIMEOUT,
     exc.IdleTimeout: Outcome.IDLE_TIMEOUT,
@@ -165,11 +165,12 @@ class StreamSession:
         Ends right after the terminal event. Closing the iterator early stops the
         agent (its ``finally`` runs) before ``aclose()`` returns.
         """
-        encode, heartbeat = self.encoder.encode, self.encoder.heartbeat()
+        encode, heartbeat = self.encoder.encode, self.encoder.heartbeat
         async for event in self.events():
             if event is None:
-                if heartbeat:
-                    yield heartbeat
+                beat = heartbeat()
+                if beat:
+                    yield beat
                 continue
             data = encode(event)
             if data:

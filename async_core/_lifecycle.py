@@ -81,12 +81,12 @@ class Lifecycle:
         for session in list(self._sessions):
             session.wake()
 
-    async def wait_drained(self, timeout: float) -> bool:
-        """Wait until no stream runs (True) or ``timeout`` passes (False)."""
+    async def wait_drained(self, within: float) -> bool:
+        """Wait until no stream runs (True) or ``within`` seconds pass (False)."""
         if self._sessions:
             self._idle = asyncio.Event()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(within):
                     await self._idle.wait()
             except TimeoutError:
                 return False

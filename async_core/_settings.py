@@ -73,6 +73,7 @@ class Settings:
         max_messages: most messages accepted in one request.
         default_agent: the agent used when a request names none.
         sync_agents: on the async path, prefer an agent's sync implementation.
+        agents: extra agents to register, as comma-separated ``module:attribute``.
     """
 
     policy: StreamPolicy = field(default_factory=StreamPolicy)
@@ -87,6 +88,7 @@ class Settings:
     max_messages: int = 1000
     default_agent: str = "demo"
     sync_agents: bool = False
+    agents: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .exceptions import BadRequest, UnknownAgent
 
@@ -54,7 +54,7 @@ class AgentFailure(Exception):  # noqa: N818 - the name says what it is to agent
         self.retryable = retryable
 
 
-AgentItem = Union[str, StateUpdate, Usage, Finish]
+AgentItem = str | StateUpdate | Usage | Finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +143,35 @@ class AgentRegistry:
         return sorted(self._agents)
 
 
+def load_agents(spec: str) -> list[Agent]:
+    """Import agents named by ``spec``: comma-separated ``module:attribute`` strings.
+
+    Each attribute is an ``Agent``, a list of them, or a callable returning either.
+
+    Raises:
+        ValueError: an entry cannot be imported or is not an agent, naming it.
+    """
+    import importlib
+
+    found: list[Agent] = []
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        module_name, _, attr = entry.partition(":")
+        try:
+            obj: Any = getattr(importlib.import_module(module_name), attr or "AGENTS")
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"cannot load agents from {entry!r}: {e}") from None
+        if callable(obj) and not isinstance(obj, Agent):
+            obj = obj()
+        items = obj if isinstance(obj, (list, tuple)) else [obj]
+        for item in items:
+            if not isinstance(item, Agent):
+                raise ValueError(f"{entry!r} gave a {type(item).__name__}, not an Agent")
+            found.append(item)
+    return found
+
+
 def check_type(options: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
                *, minimum: float | None = None, maximum: float | None = None) -> Any:
     """Return ``options[key]`` (or None) after checking its type and range.
@@ -159,8 +188,8 @@ def check_type(options: Mapping[str, Any], key: str, kind: type | tuple[type, ..
     if not isinstance(value, kinds):
         names = " or ".join(k.__name__ for k in kinds)
         raise BadRequest(f"options.{key} must be of type {names}")
-    if minimum is not None and value < minimum:
+    if minimum is not None and value < minimum:  # type: ignore[operator]
         raise BadRequest(f"options.{key} must be >= {minimum}")
-    if maximum is not None and value > maximum:
+    if maximum is not None and value > maximum:  # type: ignore[operator]
         raise BadRequest(f"options.{key} must be <= {maximum}")
     return value

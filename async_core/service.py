@@ -18,7 +18,7 @@ from ._engine import FinishHook, StreamInfo, StreamSession
 from ._lifecycle import Lifecycle
 from ._settings import PathName, Settings
 from ._sources import SyncRunner
-from .agents import AgentRegistry, AgentRequest
+from .agents import AgentRegistry, AgentRequest, load_agents
 from .demo import DEMO_AGENT
 from .exceptions import Overloaded, RateLimited, StreamBridgeError
 from .protocol import ChatCall, new_id
@@ -27,9 +27,13 @@ from .wire import Event, StreamMeta, buffered_body, make_encoder
 NATIVE_FORMATS = ("sse", "ndjson", "text")
 
 
-def default_registry() -> AgentRegistry:
-    """Return a registry holding the built-in agents (``demo``)."""
-    return AgentRegistry([DEMO_AGENT])
+def default_registry(settings: Settings | None = None) -> AgentRegistry:
+    """Return a registry of the built-in agents plus those named by ``settings.agents``."""
+    registry = AgentRegistry([DEMO_AGENT])
+    if settings is not None and settings.agents:
+        for agent in load_agents(settings.agents):
+            registry.register(agent)
+    return registry
 
 
 class StreamService:
@@ -51,7 +55,7 @@ class StreamService:
                  lifecycle: Lifecycle | None = None) -> None:
         self.settings = settings
         self.path = path
-        self.registry = registry or default_registry()
+        self.registry = registry or default_registry(settings)
         self.sync_runner = sync_runner
         self.lifecycle = lifecycle or Lifecycle(settings.drain_grace)
         self.admission = Admission(settings, self.lifecycle)

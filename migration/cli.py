@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the reference server on its embedded defaults")
     serve.add_argument("--path", choices=PATHS, default="async",
                        help="which serving path to run (default: async)")
-    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument("--log-level", default="info", help="server log level")

@@ -54,6 +54,8 @@ class NDJSONDecoder:
         Args:
             max_line_bytes: if set, a line longer than this raises
                 ``WireDecodeError`` instead of growing the buffer without bound.
+                Treat that error as fatal: the rest of the long line would be
+                read as new lines.
         """
         self._max_line = max_line_bytes
         self._buffer = bytearray()

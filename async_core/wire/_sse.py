@@ -119,6 +119,8 @@ class SSEDecoder:
         Args:
             max_line_bytes: if set, a line longer than this raises
                 ``WireDecodeError`` instead of growing the buffer without bound.
+                Treat that error as fatal: the rest of the long line would be
+                read as new lines.
         """
         self.last_event_id = ""
         self.retry: int | None = None

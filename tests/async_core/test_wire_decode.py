@@ -128,8 +128,14 @@ def test_sse_id_with_nul_is_ignored() -> None:
 
 @pytest.mark.parametrize(
     ("line", "expected"),
-    [(b"retry: 3000", 3000), (b"retry:0", 0), (b"retry: 3s", None), (b"retry: -1", None),
-     (b"retry: ", None), (b"retry: \xd9\xa3", None)],
+    [
+        (b"retry: 3000", 3000),
+        (b"retry:0", 0),
+        (b"retry: 3s", None),
+        (b"retry: -1", None),
+        (b"retry: ", None),
+        (b"retry: \xd9\xa3", None),
+    ],
     ids=["digits", "zero", "suffix", "negative", "empty", "non-ascii-digit"],
 )
 def test_sse_retry_accepts_only_ascii_digits(line: bytes, expected: int | None) -> None:

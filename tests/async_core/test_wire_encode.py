@@ -42,8 +42,9 @@ STREAM: list[Event] = [
     Delta(seq=1, text="Hel", tokens=1),
     State(seq=2, data={"step": 1}),
     Delta(seq=3, text="lo", tokens=2),
-    Done(seq=4, finish_reason="stop", tokens=2, ttfc_ms=10.0, duration_ms=30.0,
-         conversation_id="c1"),
+    Done(
+        seq=4, finish_reason="stop", tokens=2, ttfc_ms=10.0, duration_ms=30.0, conversation_id="c1"
+    ),
 ]
 ERROR = Error(seq=5, code="idle_timeout", message="no output for 30 s", retryable=True)
 
@@ -214,9 +215,7 @@ def test_text_format() -> None:
 
 
 def openai_chunks(raw: bytes) -> list[Any]:
-    return [
-        "[DONE]" if m.data == "[DONE]" else json.loads(m.data) for m in SSEDecoder().feed(raw)
-    ]
+    return ["[DONE]" if m.data == "[DONE]" else json.loads(m.data) for m in SSEDecoder().feed(raw)]
 
 
 def test_openai_chunks() -> None:
@@ -279,9 +278,8 @@ def test_openai_error_then_done() -> None:
 def test_openai_cancelled_maps_to_stop() -> None:
     """Finish reasons OpenAI does not know (cancelled, error) are reported as stop."""
     done = Done(1, "cancelled", 0, None, 1.0, "c1")
-    assert openai_chunks(encode_all("openai", [Delta(1, "a", 1), done]))[1]["choices"][0][
-        "finish_reason"
-    ] == "stop"
+    finish_chunk = openai_chunks(encode_all("openai", [Delta(1, "a", 1), done]))[1]
+    assert finish_chunk["choices"][0]["finish_reason"] == "stop"
 
 
 # --- Ollama ----------------------------------------------------------------------------

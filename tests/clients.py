@@ -1,0 +1,143 @@
+"""Client helpers for the tests: streaming readers and a raw-socket client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from async_core.wire import NDJSONDecoder, SSEDecoder, SSEMessage
+
+CHAT = {"messages": [{"role": "user", "content": "hello"}]}
+
+
+def chat_body(agent: str = "demo", **options: Any) -> dict[str, Any]:
+    """A native chat body for ``agent`` with ``options``."""
+    return {**CHAT, "agent": agent, "options": options}
+
+
+@dataclass
+class Streamed:
+    """A finished streaming response: status, headers, raw bytes and decoded events."""
+
+    status: int
+    headers: httpx.Headers
+    raw: bytes
+    events: list[Any] = field(default_factory=list)
+
+    def kinds(self) -> list[str]:
+        """The event names (SSE) or ``event`` keys (NDJSON), in order."""
+        return [e.event if isinstance(e, SSEMessage) else e.get("event") for e in self.events]
+
+    def data(self) -> list[Any]:
+        """The JSON payloads of SSE events (``[DONE]`` kept as a string)."""
+        return [e.data if e.data == "[DONE]" else json.loads(e.data) for e in self.events]
+
+    def text(self) -> str:
+        """The concatenated delta text of a native SSE or NDJSON stream."""
+        out = []
+        for e in self.events:
+            if isinstance(e, SSEMessage):
+                if e.event == "delta":
+                    out.append(json.loads(e.data)["text"])
+            elif e.get("event") == "delta":
+                out.append(e["text"])
+        return "".join(out)
+
+
+def stream(url: str, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None,
+           timeout: float = 30.0) -> Streamed:
+    """POST ``body`` and read the whole streamed response, decoding SSE or NDJSON."""
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=timeout) as r:
+        raw = b"".join(r.iter_raw())
+        ctype = r.headers.get("content-type", "")
+        result = Streamed(r.status_code, r.headers, raw)
+    if ctype.startswith("text/event-stream"):
+        result.events = SSEDecoder().feed(raw)
+    elif ctype.startswith("application/x-ndjson"):
+        result.events = NDJSONDecoder().feed(raw)
+    return result
+
+
+class RawStream:
+    """A raw HTTP/1.1 client that can stop reading or vanish mid-stream.
+
+    Args:
+        port: the server's port on 127.0.0.1.
+        path: request path.
+        body: JSON body.
+        headers: extra request headers.
+    """
+
+    def __init__(self, port: int, path: str, body: Mapping[str, Any],
+                 headers: Mapping[str, str] | None = None, rcvbuf: int | None = None) -> None:
+        payload = json.dumps(body).encode()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.settimeout(30)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n{extra}Connection: close\r\n\r\n".encode()
+            + payload)
+        self.buffer = b""
+        self.head = b""
+
+    def read_until(self, marker: bytes, count: int = 1, timeout: float = 10.0) -> bytes:
+        """Read until ``marker`` has been seen ``count`` times in the body; return all so far."""
+        deadline = time.monotonic() + timeout
+        while self.buffer.count(marker) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"saw {self.buffer.count(marker)} of {count} {marker!r}")
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            self.buffer += chunk
+        return self.buffer
+
+    def read_all(self, timeout: float = 30.0) -> bytes:
+        """Read until the server closes the connection."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return self.buffer
+            self.buffer += chunk
+
+    def close(self) -> None:
+        """Vanish: close the socket without reading the rest."""
+        self.sock.close()
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """Return the sum of samples of ``name`` whose labels include ``labels``."""
+    text = httpx.get(base_url + "/metrics", timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v
+                                           for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; return it (or raise)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)

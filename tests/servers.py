@@ -1,0 +1,127 @@
+"""Real server processes for the tests: started on 127.0.0.1 with an ephemeral port.
+
+Each server is a subprocess of ``streambridge serve`` (the product's own CLI),
+found ready by polling ``/healthz`` (never by sleeping), and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+_LISTEN = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
+BAD_LOG_LINES = ("Task was destroyed but it is pending", "Exception in ASGI application",
+                 "Traceback (most recent call last)", "Error in streambridge")
+
+# The probe agents, a fast heartbeat (the legacy path's disconnect probe) and
+# loopback-only defaults for every test server.
+BASE_ENV = {
+    "STREAMBRIDGE_AGENTS": "tests.probe_agents:AGENTS",
+    "STREAMBRIDGE_HEARTBEAT": "0.25",
+    "STREAMBRIDGE_DRAIN_GRACE": "2",
+    "PYTHONUNBUFFERED": "1",
+}
+
+# Every path the contract suite runs on: (id, serve arguments).
+PATH_ARGS: dict[str, list[str]] = {
+    "async": ["--path", "async"],
+}
+
+
+class Server:
+    """A running ``streambridge serve`` subprocess.
+
+    Args:
+        path_id: one of ``PATH_ARGS``.
+        env: extra environment (``STREAMBRIDGE_*`` settings).
+        args: extra command-line arguments.
+    """
+
+    def __init__(self, path_id: str, env: Mapping[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.path_id = path_id
+        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
+            prefix=f"sb-{path_id}-", suffix=".log", delete=False)
+        full_env = {**os.environ, **BASE_ENV, **(env or {})}
+        cmd = [sys.executable, "-m", "migration.cli", "serve", *PATH_ARGS[path_id],
+               "--port", "0", *(args or [])]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self.log_file,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.port = self._wait_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._wait_ready()
+
+    def url(self, path: str) -> str:
+        """Return the absolute URL of ``path`` on this server."""
+        return self.base_url + path
+
+    def log(self) -> str:
+        """Return everything the server printed so far."""
+        return Path(self.log_file.name).read_text(encoding="utf-8", errors="replace")
+
+    def _wait_port(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = _LISTEN.search(self.log())
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"server did not report its port within {timeout} s:\n{self.log()}")
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url("/healthz"), timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"server not ready within {timeout} s:\n{self.log()}")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to the server's main process."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; return its exit status."""
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group (only processes this test started)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait, then SIGKILL if needed; return the exit status."""
+        try:
+            self.signal(signal.SIGTERM)
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.returncode
+        finally:
+            self.log_file.close()
+
+    def problems(self) -> list[str]:
+        """Return log lines that no correct run prints (leaked tasks, tracebacks)."""
+        return [line for line in self.log().splitlines()
+                if any(bad in line for bad in BAD_LOG_LINES)]
