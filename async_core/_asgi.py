@@ -36,7 +36,6 @@ class SessionResponse(EventSourceResponse):
 
     def __init__(self, session: StreamSession, headers: dict[str, str]) -> None:
         self.session = session
-        self._reason = Outcome.CLIENT_DISCONNECTED
         send_timeout = session.policy.send_timeout or None
         super().__init__(session.frames(), headers=headers,
                          media_type=session.encoder.media_type, ping=0,
@@ -44,7 +43,7 @@ class SessionResponse(EventSourceResponse):
                          client_close_handler_callable=self._on_disconnect)
 
     async def _on_disconnect(self, message: Message) -> None:
-        self._reason = Outcome.CLIENT_DISCONNECTED
+        self.session.abort(Outcome.CLIENT_DISCONNECTED)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reason = Outcome.CLIENT_DISCONNECTED

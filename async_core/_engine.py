@@ -124,6 +124,7 @@ class StreamSession:
         self._parts: list[str] = []
         self._committed = False
         self._cancelled = False
+        self._abort: Outcome | None = None
         self._t0_wall = time.time()
         self._t0 = time.monotonic()
         self._ttfc: float | None = None
@@ -155,6 +156,18 @@ class StreamSession:
     def cancel(self) -> None:
         """Stop the stream server-side: it ends with ``error`` code ``cancelled``."""
         self._cancelled = True
+        self.wake()
+
+    def abort(self, reason: Outcome) -> None:
+        """The transport gave up (client gone, send timeout): stop without a terminal event.
+
+        The event iterator returns at its next step, stopping the agent. Transports
+        call this rather than relying on task cancellation alone: a fast agent can
+        keep the consumer's waits always satisfied, and anyio delivers a cancel only
+        to a task whose wait is still pending (found by test: the stream ran on).
+        """
+        if self._abort is None:
+            self._abort = reason
         self.wake()
 
     # -- producing ------------------------------------------------------------------
@@ -210,6 +223,8 @@ class StreamSession:
                 drain_dl = lifecycle.drain_deadline if lifecycle is not None else INF
                 batch = await source.next_batch(min(agent_dl, total_dl, last_write + hb,
                                                     drain_dl))
+                if self._abort is not None:
+                    return
                 now = loop.time()
                 if batch:
                     end = None
@@ -355,7 +370,7 @@ class StreamSession:
         if self._record is not None:
             return self._record
         if self._outcome is None:
-            self._outcome = reason
+            self._outcome = self._abort or reason
         record = self._record = StreamRecord(
             info=self.info, request=self.request, outcome=self._outcome,
             text="".join(self._parts), tokens=self._tokens, ttfc=self._ttfc,

@@ -1,0 +1,47 @@
+"""Admission: stream slots with a timeout (503), a rate limit (429), a separate buffered pool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from tests.clients import RawStream, chat_body, metric, wait_for
+from tests.servers import Server
+
+
+def test_full_stream_slots_give_503_with_retry_after(make_server: Callable[..., Server]) -> None:
+    """With max_streams=1 busy, the next stream waits the admission timeout and gets 503."""
+    srv = make_server(max_streams=1, admission_timeout=0.3)
+    client = RawStream(srv.port, "/v1/chat", chat_body(tokens=1000, interval_ms=20))
+    client.read_until(b"event: delta", 1)
+    r = httpx.post(srv.url("/v1/chat"), json=chat_body(tokens=1), timeout=10)
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "overloaded"
+    assert int(r.headers["retry-after"]) >= 1
+    assert metric(srv.base_url, "streambridge_streams_total", outcome="rejected") == 1
+    # buffered requests have their own pool: long streams never starve them
+    short = httpx.post(srv.url("/v1/chat"), json={**chat_body(tokens=2), "stream": False},
+                       timeout=10)
+    assert short.status_code == 200
+    client.close()
+
+
+def test_rate_limit_gives_429_with_retry_after(make_server: Callable[..., Server]) -> None:
+    """Over the request rate, a request is refused at once with 429 and Retry-After."""
+    srv = make_server(rate_limit=2)
+    codes = [httpx.post(srv.url("/v1/chat"), json={**chat_body(tokens=1), "stream": False},
+                        timeout=10) for _ in range(6)]
+    limited = [r for r in codes if r.status_code == 429]
+    assert limited, [r.status_code for r in codes]
+    assert limited[0].json()["error"]["code"] == "rate_limited"
+    assert int(limited[0].headers["retry-after"]) >= 1
+
+
+def test_active_streams_gauge_follows_open_streams(server: Server) -> None:
+    """streambridge_active_streams counts a running stream and drops when it ends."""
+    client = RawStream(server.port, "/v1/chat", chat_body(tokens=1000, interval_ms=20))
+    client.read_until(b"event: delta", 1)
+    wait_for(lambda: metric(server.base_url, "streambridge_active_streams") == 1)
+    client.close()
+    wait_for(lambda: metric(server.base_url, "streambridge_active_streams") == 0)
