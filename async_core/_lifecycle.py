@@ -68,15 +68,21 @@ class Lifecycle:
             self._idle.set()
 
     def begin_drain(self, grace: float | None = None) -> None:
-        """Stop admitting streams and give running ones ``grace`` seconds. Idempotent.
+        """Stop admitting streams and give running ones ``grace`` seconds.
 
-        Must be called on the event loop's thread.
+        Calling it again can only shorten the grace (``begin_drain(0)`` ends every
+        stream now, in-band). Must be called on the event loop's thread.
         """
-        if self.state is not LifecycleState.OPEN:
-            return
         grace = self.drain_grace if grace is None else grace
+        deadline = asyncio.get_running_loop().time() + grace
+        if self.state is not LifecycleState.OPEN:
+            if deadline < self.drain_deadline:
+                self.drain_deadline = deadline
+                for session in list(self._sessions):
+                    session.wake()
+            return
         self.state = LifecycleState.DRAINING
-        self.drain_deadline = asyncio.get_running_loop().time() + grace
+        self.drain_deadline = deadline
         log.info("draining: %d stream(s) running, grace %.3g s", len(self._sessions), grace)
         for session in list(self._sessions):
             session.wake()

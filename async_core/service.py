@@ -46,13 +46,15 @@ class StreamService:
         sync_runner: the bridge that runs sync agents; None means async forms only.
         hooks: extra finish hooks, called once per stream after the metrics.
         lifecycle: the drain state shared with the server (one per process).
+        prefer_sync: run an agent's sync form when it has one (the legacy path does;
+            elsewhere ``settings.sync_agents`` decides).
     """
 
     def __init__(self, settings: Settings, *, path: PathName,
                  registry: AgentRegistry | None = None,
                  sync_runner: SyncRunner | None = None,
                  hooks: Sequence[FinishHook] = (),
-                 lifecycle: Lifecycle | None = None) -> None:
+                 lifecycle: Lifecycle | None = None, prefer_sync: bool | None = None) -> None:
         self.settings = settings
         self.path = path
         self.registry = registry or default_registry(settings)
@@ -60,6 +62,7 @@ class StreamService:
         self.lifecycle = lifecycle or Lifecycle(settings.drain_grace)
         self.admission = Admission(settings, self.lifecycle)
         self.hooks: list[FinishHook] = [metrics.observe, *hooks]
+        self.prefer_sync = settings.sync_agents if prefer_sync is None else prefer_sync
 
     async def open(self, call: ChatCall) -> StreamSession:
         """Validate, admit and build the session for ``call``.
@@ -69,8 +72,7 @@ class StreamService:
         """
         agent = self.registry.get(call.agent)
         options = agent.check_options(call.options)
-        use_sync = agent.async_fn is None or (self.settings.sync_agents
-                                              and agent.sync_fn is not None)
+        use_sync = agent.async_fn is None or (self.prefer_sync and agent.sync_fn is not None)
         if use_sync and self.sync_runner is None:
             raise StreamBridgeError(f"agent {agent.name!r} needs a sync runner, and this "
                                     "server has none (serve it through legacy_bridge)")
@@ -102,6 +104,14 @@ class StreamService:
             "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",
         }
+
+    @staticmethod
+    def content_type(session: StreamSession) -> str:
+        """The Content-Type of ``session``'s stream, as Starlette would write it."""
+        media = session.encoder.media_type
+        if media.startswith("text/") and "charset=" not in media.lower():
+            return media + "; charset=utf-8"
+        return media
 
     def body(self, session: StreamSession, events: list[Event]) -> dict[str, Any]:
         """Return the buffered JSON body for a finished ``stream: false`` request."""

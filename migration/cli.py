@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-PATHS = ("async",)
+PATHS = ("async", "legacy")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument("--log-level", default="info", help="server log level")
+    serve.add_argument("--worker-class", choices=("gthread", "gevent"), default="gthread",
+                       help="gunicorn worker class for --path legacy (default: gthread)")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="gthread threads per worker, one per open stream (default: 64)")
     return parser
 
 
@@ -31,6 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             print("streambridge: --workers must be >= 1", file=sys.stderr)
             return 2
+        if args.path == "legacy":
+            from legacy_bridge._serve import serve as serve_legacy
+
+            serve_legacy(host=args.host, port=args.port, workers=args.workers,
+                         worker_class=args.worker_class, threads=args.threads,
+                         log_level=args.log_level)
+            return 0
         from async_core import serve
 
         serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)

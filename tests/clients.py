@@ -65,6 +65,9 @@ def stream(url: str, body: Mapping[str, Any], *, headers: Mapping[str, str] | No
     return result
 
 
+OPEN_RAW: list[RawStream] = []
+
+
 class RawStream:
     """A raw HTTP/1.1 client that can stop reading or vanish mid-stream.
 
@@ -79,6 +82,7 @@ class RawStream:
                  headers: Mapping[str, str] | None = None, rcvbuf: int | None = None) -> None:
         payload = json.dumps(body).encode()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        OPEN_RAW.append(self)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.connect(("127.0.0.1", port))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.clients import OPEN_RAW
 from tests.servers import PATH_ARGS, Server
 
 
@@ -25,6 +26,14 @@ def no_leaked_threads() -> Iterator[None]:
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
               and not t.daemon]
     assert not leaked, f"threads leaked: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def close_raw_clients() -> Iterator[None]:
+    """Close raw-socket clients a test left open (a failing assertion skips its close())."""
+    yield
+    while OPEN_RAW:
+        OPEN_RAW.pop().close()
 
 
 @pytest.fixture(scope="module", params=list(PATH_ARGS))

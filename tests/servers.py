@@ -34,6 +34,8 @@ BASE_ENV = {
 
 # Every path the contract suite runs on: (id, serve arguments).
 PATH_ARGS: dict[str, list[str]] = {
+    "legacy-gthread": ["--path", "legacy", "--worker-class", "gthread"],
+    "legacy-gevent": ["--path", "legacy", "--worker-class", "gevent"],
     "async": ["--path", "async"],
 }
 

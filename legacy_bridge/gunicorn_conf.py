@@ -1,0 +1,101 @@
+"""gunicorn configuration for the legacy path, with the lifecycle hooks the seam needs.
+
+Use: ``gunicorn -c python:legacy_bridge.gunicorn_conf 'legacy_bridge.app:create_app()'``.
+Everything here reads ``STREAMBRIDGE_*``; command-line flags still win.
+
+Timeouts, outermost first (each must be longer than the one below it):
+
+    orchestrator grace (e.g. Kubernetes terminationGracePeriodSeconds)
+      > graceful_timeout = drain_grace + 1 s (terminal events) + 4 s margin
+        > STREAMBRIDGE_DRAIN_GRACE (streams finish, then end with error "shutdown")
+
+``timeout`` (worker liveness) does not limit streams: gthread's main thread and
+gevent's hub keep notifying the arbiter while streams run in threads/greenlets.
+
+Threads (gthread): one OS thread per open stream, plus a few for short requests.
+``--threads 32`` means the 33rd concurrent stream waits for a thread (its first
+chunk arrives only when one frees up), so size threads to your stream count:
+``threads = STREAMBRIDGE_THREADS`` (default 64). gevent has no such cap below
+``worker_connections`` (default 1000).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+from typing import Any
+
+_grace = float(os.environ.get("STREAMBRIDGE_DRAIN_GRACE", "10") or 10)
+
+bind = os.environ.get("STREAMBRIDGE_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("STREAMBRIDGE_WORKERS", "1"))
+worker_class = os.environ.get("STREAMBRIDGE_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("STREAMBRIDGE_THREADS", "64"))
+worker_connections = int(os.environ.get("STREAMBRIDGE_WORKER_CONNECTIONS", "1000"))
+graceful_timeout = int(_grace + 5.999)
+timeout = 30
+keepalive = 5
+preload_app = False  # the loop starts after fork either way; see post_worker_init
+# gunicorn 27 would otherwise create a control socket under ~/.gunicorn (PITFALLS).
+control_socket_disable = True
+
+# Metrics from every worker: prometheus_client reads this before it is imported.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streambridge-prom-")
+
+
+def post_worker_init(worker: Any) -> None:
+    """After fork (and after gevent's patch_all): start the loop, chain SIGTERM to a drain."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="[%(process)d] [%(name)s] %(levelname)s %(message)s")
+    from legacy_bridge._seam import bridges
+
+    for bridge in bridges():
+        bridge.start()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def drain_then_exit(sig: int, frame: Any) -> None:
+        # gunicorn has no "graceful stop begins" hook: drain first (readyz 503, new
+        # streams 503, running ones get the grace and a terminal event), then let
+        # gunicorn's own handler stop the worker.
+        for bridge in bridges():
+            bridge.begin_drain()
+
+        def wait_then_forward() -> None:
+            for bridge in bridges():
+                bridge.wait_drained(_grace + 1.0)
+            if callable(previous):
+                previous(sig, frame)
+
+        _native_thread(wait_then_forward)
+
+    signal.signal(signal.SIGTERM, drain_then_exit)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Stop the loop thread: end what still runs, close queues, wait for agents."""
+    from legacy_bridge._seam import bridges
+
+    for bridge in bridges():
+        bridge.stop(timeout=max(graceful_timeout / 2, 1.0))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Forget a dead worker's live gauges (Prometheus multiprocess mode)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def _native_thread(fn: Any) -> None:
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        monkey.get_original("_thread", "start_new_thread")(fn, ())
+    else:
+        import threading
+
+        threading.Thread(target=fn, daemon=True, name="streambridge-drain").start()
