@@ -23,7 +23,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -172,7 +172,7 @@ class StreamSession:
 
     # -- producing ------------------------------------------------------------------
 
-    async def frames(self) -> AsyncIterator[bytes]:
+    async def frames(self) -> AsyncGenerator[bytes, None]:
         """Yield the stream's bytes: events and heartbeats in the client's format.
 
         Ends right after the terminal event. Closing the iterator early stops the
@@ -206,7 +206,7 @@ class StreamSession:
             raise failure(last.message)
         return events
 
-    async def events(self) -> AsyncIterator[Event | None]:
+    async def events(self) -> AsyncGenerator[Event | None, None]:
         """Yield events, and ``None`` whenever a heartbeat is due."""
         loop = asyncio.get_running_loop()
         pol = self.policy

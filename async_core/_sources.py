@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -64,6 +65,12 @@ class SyncRunner(Protocol):
         ...
 
 
+# An agent that never awaits gets the loop for at most this long before the producer
+# yields (PITFALLS: a never-awaiting agent blocked a worker for 27 s). Yielding on a
+# time slice rather than per item lets queued deltas coalesce into one write.
+YIELD_SLICE = 0.001
+
+
 class AsyncSource:
     """An async agent running as a producer task on the current loop.
 
@@ -79,11 +86,14 @@ class AsyncSource:
         self._maxsize = maxsize
         self._getter: asyncio.Future[None] | None = None
         self._putter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.inf
         self._task = self._loop.create_task(self._produce())
 
     async def _produce(self) -> None:
-        agen, buf = self._agen, self._buf
+        agen, buf, now = self._agen, self._buf, self._loop.time
         end = AgentEnd()
+        slice_end = now() + YIELD_SLICE
         try:
             async for item in agen:
                 buf.append(item)
@@ -91,10 +101,10 @@ class AsyncSource:
                 if len(buf) >= self._maxsize:
                     self._putter = self._loop.create_future()
                     await self._putter
-                else:
-                    # An agent that never awaits would otherwise starve the loop and
-                    # hide the disconnect from us (PITFALLS: 27 s of a blocked worker).
+                    slice_end = now() + YIELD_SLICE
+                elif now() >= slice_end:
                     await asyncio.sleep(0)
+                    slice_end = now() + YIELD_SLICE
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -117,11 +127,16 @@ class AsyncSource:
         buf = self._buf
         if not buf:
             getter = self._getter = self._loop.create_future()
-            handle = self._loop.call_at(deadline, _resolve, getter)
+            # One timer per stream, re-armed only when the deadline moves earlier; one
+            # that fires early just returns [] and the engine waits again.
+            if deadline < self._timer_when:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self._loop.call_at(deadline, self._on_timer)
+                self._timer_when = deadline
             try:
                 await getter
             finally:
-                handle.cancel()
                 self._getter = None
         batch = list(buf)
         buf.clear()
@@ -130,17 +145,19 @@ class AsyncSource:
             putter.set_result(None)
         return batch
 
+    def _on_timer(self) -> None:
+        self._timer, self._timer_when = None, math.inf
+        self._wake_getter()
+
     def wake(self) -> None:
         self._wake_getter()
 
     async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         task = self._task
         if not task.done():
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

@@ -83,6 +83,10 @@ def ollama_stats(event: Done) -> dict[str, Any]:
     }
 
 
+_CONTENT_START = b',"choices":[{"index":0,"delta":{"content":'
+_CONTENT_END = b'},"finish_reason":null}]}\n\n'
+
+
 class OpenAIEncoder:
     """OpenAI ``chat.completion.chunk`` frames: ``data:`` lines only, ended by ``[DONE]``."""
 
@@ -96,6 +100,9 @@ class OpenAIEncoder:
         """
         self._meta = meta
         self._role_sent = False
+        head = dumps_compact({"id": f"chatcmpl-{meta.stream_id}", "object": "chat.completion.chunk",
+                              "created": int(meta.created), "model": meta.model})
+        self._content_prefix = b"data: " + head[:-1].encode() + _CONTENT_START
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body: dict[str, Any] = {
@@ -120,6 +127,8 @@ class OpenAIEncoder:
         ``data: {"error": {...}}`` and ``data: [DONE]``.
         """
         if isinstance(event, Delta):
+            if self._role_sent:  # the hot path: a prefix built once, the same bytes
+                return self._content_prefix + dumps_compact(event.text).encode() + _CONTENT_END
             delta: dict[str, Any] = {"content": event.text}
             if not self._role_sent:
                 self._role_sent = True

@@ -17,9 +17,12 @@ import json
 import re
 from typing import Any
 
-__all__ = ["dumps_compact"]
+__all__ = ["dumps_ascii", "dumps_compact"]
 
 _UNSAFE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
+# One encoder each, built once: json.dumps with arguments builds a new one per call.
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -39,5 +42,17 @@ def dumps_compact(obj: Any) -> str:
         TypeError: if ``obj`` is not JSON-serialisable.
         ValueError: for NaN or infinite floats (not JSON).
     """
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = _COMPACT(obj)
+    if _UNSAFE.search(text) is None:
+        return text
     return _UNSAFE.sub(_escape, text)
+
+
+def dumps_ascii(obj: Any) -> str:
+    """Serialise ``obj`` as compact, pure-ASCII JSON (the NDJSON form).
+
+    Raises:
+        TypeError: if ``obj`` is not JSON-serialisable.
+        ValueError: for NaN or infinite floats (not JSON).
+    """
+    return _ASCII(obj)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._events import Delta, Done, Error, Event, State
-from ._json import dumps_compact
+from ._json import dumps_ascii, dumps_compact
 from ._ndjson import encode_ndjson
 from ._sse import encode_sse
 from ._types import MEDIA_TYPES
@@ -20,6 +20,8 @@ __all__ = ["NativeNDJSONEncoder", "NativeSSEEncoder", "TextEncoder", "event_kind
 
 _PING_SSE = encode_sse(comment="ping")
 _PING_NDJSON = encode_ndjson({"event": "ping"})
+_SSE_DELTA = b'id: %d\nevent: delta\ndata: {"text":%b,"tokens":%d}\n\n'
+_NDJSON_DELTA = b'{"event":"delta","seq":%d,"text":%b,"tokens":%d}\n'
 
 
 def event_kind(event: Event) -> str:
@@ -90,6 +92,8 @@ class NativeNDJSONEncoder:
         A state whose data has its own ``event`` or ``seq`` key loses that key:
         the envelope keys win, so a client can always dispatch on ``event``.
         """
+        if type(event) is Delta:  # the hot path: the same bytes, without building a dict
+            return _NDJSON_DELTA % (event.seq, dumps_ascii(event.text).encode(), event.tokens)
         line: dict[str, Any] = {"event": event_kind(event), "seq": event.seq}
         for key, value in payload(event).items():
             line.setdefault(key, value)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ._json import dumps_ascii
+
 from ._exceptions import WireDecodeError
 
 __all__ = ["NDJSONDecoder", "encode_ndjson"]
@@ -36,8 +38,7 @@ def encode_ndjson(obj: Any) -> bytes:
         TypeError: if ``obj`` is not JSON-serialisable.
         ValueError: for NaN or infinite floats (not JSON).
     """
-    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    return text.encode("ascii") + b"\n"
+    return dumps_ascii(obj).encode("ascii") + b"\n"
 
 
 class NDJSONDecoder:
