@@ -219,6 +219,11 @@ class StreamSession:
         lifecycle = self._lifecycle
         try:
             while True:
+                if self._abort is not None:
+                    return
+                if self._cancelled:
+                    yield self._fail(_Cancelled("the stream was cancelled"))
+                    return
                 agent_dl = idle_dl if got_output else first_dl
                 drain_dl = lifecycle.drain_deadline if lifecycle is not None else INF
                 batch = await source.next_batch(min(agent_dl, total_dl, last_write + hb,
@@ -253,8 +258,7 @@ class StreamSession:
                     yield self._fail(self._agent_error(end.error))
                     return
                 if self._cancelled:
-                    yield self._fail(_Cancelled("the stream was cancelled"))
-                    return
+                    continue  # ends at the top of the loop
                 if now >= total_dl:
                     yield self._fail(exc.TotalTimeout(
                         f"the stream exceeded the total timeout of {pol.total_timeout:g} s"))
@@ -307,6 +311,7 @@ class StreamSession:
                 parts = []
             if isinstance(item, AgentEnd):
                 out.append(item)
+                return out  # nothing after an end counts
             elif isinstance(item, StateUpdate):
                 self._seq += 1
                 out.append(State(self._seq, dict(item.data)))
@@ -319,6 +324,7 @@ class StreamSession:
             else:
                 out.append(AgentEnd(TypeError(
                     f"agent yielded a {type(item).__name__}; expected str or a marker")))
+                return out
         if parts:
             out.append(self._delta(parts))
         return out

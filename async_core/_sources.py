@@ -88,6 +88,7 @@ class AsyncSource:
         self._putter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = math.inf
+        self._woken = False  # a wake() that came while nobody waited: the next wait returns
         self._task = self._loop.create_task(self._produce())
 
     async def _produce(self) -> None:
@@ -125,7 +126,9 @@ class AsyncSource:
 
     async def next_batch(self, deadline: float) -> Batch:
         buf = self._buf
-        if not buf:
+        if self._woken:
+            self._woken = False
+        elif not buf:
             getter = self._getter = self._loop.create_future()
             # One timer per stream, re-armed only when the deadline moves earlier; one
             # that fires early just returns [] and the engine waits again.
@@ -150,6 +153,8 @@ class AsyncSource:
         self._wake_getter()
 
     def wake(self) -> None:
+        if self._getter is None:
+            self._woken = True
         self._wake_getter()
 
     async def aclose(self) -> None:
