@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._json import dumps_ascii
-
 from ._exceptions import WireDecodeError
+from ._json import dumps_ascii
 
 __all__ = ["NDJSONDecoder", "encode_ndjson"]
 
