@@ -245,11 +245,15 @@ class StreamSession:
                     if end.error is None:
                         yield self._done()
                         return
-                    if not self._committed and attempt < pol.retries:
+                    if (not self._committed and attempt < pol.retries
+                            and getattr(end.error, "retryable", True)):
                         attempt += 1
                         await source.aclose()
-                        await asyncio.sleep(pol.retry_backoff * 2 ** (attempt - 1)
-                                            * (0.5 + random.random()))  # noqa: S311
+                        # An agent may ask for a least wait (an upstream's Retry-After).
+                        await asyncio.sleep(max(
+                            pol.retry_backoff * 2 ** (attempt - 1)
+                            * (0.5 + random.random()),  # noqa: S311
+                            getattr(end.error, "retry_after", None) or 0.0))
                         got_output, now = False, loop.time()
                         if pol.first_chunk_timeout:
                             first_dl = now + pol.first_chunk_timeout
@@ -291,7 +295,7 @@ class StreamSession:
         request = self.request if attempt == 0 else self.request.with_attempt(attempt)
         agent, maxsize = self.agent, self.policy.buffer_size
         if self._sync_runner is not None and agent.sync_fn is not None:
-            return self._sync_runner.start(agent.sync_fn(request), maxsize)
+            return self._sync_runner.start(agent.sync_fn, request, maxsize)
         if agent.async_fn is None:
             raise exc.StreamBridgeError(
                 f"agent {agent.name!r} has only a sync form and no sync runner is configured")
@@ -358,6 +362,9 @@ class StreamSession:
         if isinstance(error, AgentFailure):
             failure = exc.AgentError(error.message)
             failure.retryable = error.retryable  # type: ignore[misc]
+            code = getattr(error, "code", None)  # e.g. upstream_unauthorized (providers)
+            if isinstance(code, str) and code:
+                failure.code = code  # type: ignore[misc]
             return failure
         if isinstance(error, exc.StreamBridgeError):
             return exc.AgentError(error.message)

@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from .agents import AgentItem
+from .agents import AgentItem, AgentRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +60,9 @@ class AgentSource(Protocol):
 class SyncRunner(Protocol):
     """Runs sync agents behind a bridge (implemented by ``legacy_bridge``)."""
 
-    def start(self, gen: Iterator[AgentItem], maxsize: int) -> AgentSource:
-        """Start iterating ``gen`` in a worker and return its source."""
+    def start(self, fn: Callable[[AgentRequest], Iterator[AgentItem]], request: AgentRequest,
+              maxsize: int) -> AgentSource:
+        """Start ``fn(request)`` on a worker, with a cancel token, and return its source."""
         ...
 
 

@@ -8,9 +8,11 @@ built on ``httpx``); the path and the migration flag choose which one runs.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .exceptions import BadRequest, UnknownAgent
 
@@ -57,6 +59,48 @@ class AgentFailure(Exception):  # noqa: N818 - the name says what it is to agent
 AgentItem = str | StateUpdate | Usage | Finish
 
 
+class CancelToken(Protocol):
+    """How a sync agent learns, between its yields, that its stream is over.
+
+    A sync agent cannot be interrupted; it stops at its next yield once its queue
+    is shut down. An agent that pauses or blocks between yields should use the
+    token so that a client leaving stops it at once: ``token.wait(seconds)``
+    instead of ``time.sleep`` (True means: stop), and ``token.add_callback(fn)``
+    to close an upstream response from the cancelling thread (a blocked read then
+    raises). Works in threads and in gevent greenlets alike.
+    """
+
+    def is_set(self) -> bool:
+        """True once the stream is over."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds, returning early (True) on cancel."""
+        ...
+
+    def add_callback(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` once on cancel (at once if already cancelled), from any thread."""
+        ...
+
+
+class _NeverCancelled:
+    """The token of requests that have no runner behind them (tests, async agents)."""
+
+    def is_set(self) -> bool:
+        return False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout:
+            time.sleep(timeout)
+        return False
+
+    def add_callback(self, fn: Callable[[], object]) -> None:
+        pass
+
+
+NEVER_CANCELLED: CancelToken = _NeverCancelled()
+
+
 @dataclass(frozen=True, slots=True)
 class AgentRequest:
     """What an agent is asked to do.
@@ -67,6 +111,7 @@ class AgentRequest:
         conversation_id: the conversation this turn belongs to.
         stream_id: the stream being produced.
         attempt: 0 for the first try, 1.. for retries before the first output.
+        cancel: tells a sync agent its stream is over (see ``CancelToken``).
     """
 
     messages: tuple[Mapping[str, str], ...]
@@ -74,11 +119,15 @@ class AgentRequest:
     conversation_id: str = ""
     stream_id: str = ""
     attempt: int = 0
+    cancel: CancelToken = NEVER_CANCELLED
 
     def with_attempt(self, attempt: int) -> AgentRequest:
         """Return the same request for another attempt."""
-        return AgentRequest(self.messages, self.options, self.conversation_id,
-                            self.stream_id, attempt)
+        return dataclasses.replace(self, attempt=attempt)
+
+    def with_cancel(self, cancel: CancelToken) -> AgentRequest:
+        """Return the same request carrying ``cancel`` (set by the sync runner)."""
+        return dataclasses.replace(self, cancel=cancel)
 
 
 SyncAgentFn = Callable[[AgentRequest], Iterator[AgentItem]]

@@ -10,7 +10,7 @@ Options (all optional, in the request body's ``options``):
 - ``fail_before_first``: fail the first N attempts before any output.
 - ``states``: emit a ``state`` event every N deltas.
 
-The same module gives the sync form (a generator, ``time.sleep``) and the async
+The same module gives the sync form (a generator, pausing on its cancel token) and the async
 form (an async generator, ``asyncio.sleep``); both yield the same items.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from itertools import cycle, islice
 from typing import Any
@@ -95,13 +94,14 @@ def demo_sync(request: AgentRequest) -> Iterator[AgentItem]:
     """The demo agent as a plain generator (runs in a worker thread)."""
     opts, words = _plan(request)
     interval = opts["interval_ms"] / 1000.0
-    if opts["first_token_delay_ms"]:
-        time.sleep(opts["first_token_delay_ms"] / 1000.0)
+    cancel = request.cancel  # waits that end early when the client leaves
+    if opts["first_token_delay_ms"] and cancel.wait(opts["first_token_delay_ms"] / 1000.0):
+        return
     if opts["fail_at"] == 0:
         _extra(opts, 0)
     for n, word in enumerate(words, 1):
-        if n > 1 and interval:
-            time.sleep(interval)
+        if n > 1 and interval and cancel.wait(interval):
+            return
         yield word
         extra = _extra(opts, n)
         if extra is not None:

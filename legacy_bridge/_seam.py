@@ -18,6 +18,9 @@
 #   shuts frames_q down (the pump's put raises) and aborts the session on the loop; the
 #   engine closes its source, agent_q.shutdown(immediate=True) makes the agent's blocked or
 #   next put raise SyncQueueShutDown, and the runner closes the generator: its finally runs.
+#   An agent that pauses between yields waits on its request's cancel token instead of
+#   time.sleep (and may register a callback that closes its upstream response), so it
+#   stops at once rather than at its next put.
 # - Shutdown: SIGTERM starts the lifecycle's drain (streams get drain_grace, then a terminal
 #   error "shutdown"); Bridge.stop() ends whatever is left, waits for the pumps (each one
 #   aclose()s its queues), shuts async generators down, closes the loop, joins the thread.
@@ -47,7 +50,7 @@ from janus import (
 from async_core import AgentEnd, AgentRegistry, Outcome, Settings, StreamService, StreamSession
 from async_core._engine import FinishHook
 from async_core._sources import Batch
-from async_core.agents import AgentItem
+from async_core.agents import AgentItem, AgentRequest
 from async_core.exceptions import Overloaded
 from async_core.wire import Event
 
@@ -105,12 +108,51 @@ def _run_agent(gen: Iterator[AgentItem], q: janus.SyncQueue[Any]) -> None:
         gen.close()  # GeneratorExit at the agent's yield: its finally closes upstream
 
 
+class CancelSignal:
+    """The ``CancelToken`` of one sync agent run: set when its stream is over."""
+
+    def __init__(self, glue: ThreadGlue) -> None:
+        self._signal = Signal(glue)
+        self._lock = glue.allocate_lock()  # guards _callbacks; never held while waiting
+        self._callbacks: list[Callable[[], object]] = []
+
+    def is_set(self) -> bool:
+        return self._signal.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._signal.wait(timeout)
+
+    def add_callback(self, fn: Callable[[], object]) -> None:
+        with self._lock:
+            if not self._signal.is_set():
+                self._callbacks.append(fn)
+                return
+        _call_quietly(fn)
+
+    def set(self) -> None:
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, []
+        self._signal.set()
+        for fn in callbacks:
+            _call_quietly(fn)
+
+
+def _call_quietly(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("cancel callback %r failed", fn)
+
+
 class JanusSource:
     """A sync agent running on an agent worker, seen by the engine through agent_q."""
 
-    def __init__(self, glue: ThreadGlue, gen: Iterator[AgentItem], maxsize: int) -> None:
+    def __init__(self, glue: ThreadGlue, fn: Callable[[AgentRequest], Iterator[AgentItem]],
+                 request: AgentRequest, maxsize: int) -> None:
         self._q = _make_queue(glue, maxsize)
         self._failed: AgentEnd | None = None
+        self._cancel = CancelSignal(glue)
+        gen = fn(request.with_cancel(self._cancel))
         if not glue.spawn_agent(lambda: _run_agent(gen, self._q.sync_q)):
             gen.close()
             self._failed = AgentEnd(Overloaded("no agent worker is free in this process"))
@@ -154,6 +196,7 @@ class JanusSource:
 
     async def aclose(self) -> None:
         self._q.shutdown(immediate=True)  # a blocked or next put in the agent raises
+        self._cancel.set()  # an agent waiting on its token (or reading upstream) stops now
         await self._q.aclose()
 
 
@@ -163,9 +206,10 @@ class JanusRunner:
     def __init__(self, glue: ThreadGlue) -> None:
         self._glue = glue
 
-    def start(self, gen: Iterator[AgentItem], maxsize: int) -> JanusSource:
-        """Start ``gen`` on an agent worker; called by the engine on the loop."""
-        return JanusSource(self._glue, gen, maxsize)
+    def start(self, fn: Callable[[AgentRequest], Iterator[AgentItem]], request: AgentRequest,
+              maxsize: int) -> JanusSource:
+        """Start ``fn(request)`` on an agent worker; called by the engine on the loop."""
+        return JanusSource(self._glue, fn, request, maxsize)
 
 
 class WSGIBody:
@@ -294,7 +338,8 @@ class Bridge:
             Whatever the coroutine raised (``StreamBridgeError`` for the client).
         """
         self.start()
-        assert self._glue is not None and self._loop is not None
+        assert self._glue is not None
+        assert self._loop is not None
         done, box = Signal(self._glue), []
 
         def run() -> None:

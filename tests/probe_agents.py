@@ -38,13 +38,13 @@ def _record(path: str | None, request: AgentRequest, produced: int, form: str) -
 
 
 def probe_sync(request: AgentRequest) -> Iterator[str]:
-    """Sync probe: sleeps between tokens, records in ``finally``."""
+    """Sync probe: pauses on its cancel token between tokens, records in ``finally``."""
     tokens, interval, pad, path = _opts(request.options)
     produced = 0
     try:
         for i in range(tokens):
-            if i and interval:
-                time.sleep(interval)
+            if i and interval and request.cancel.wait(interval):
+                break
             produced += 1
             yield f"{i}{pad} "
     finally:
