@@ -65,7 +65,9 @@ async def probe_async(request: AgentRequest) -> AsyncIterator[str]:
         _record(path, request, produced, "async")
 
 
-AGENTS = [Agent(name="probe", sync_fn=probe_sync, async_fn=probe_async)]
+AGENTS = [Agent(name="probe", sync_fn=probe_sync, async_fn=probe_async),
+          Agent(name="probe-async", async_fn=probe_async),
+          Agent(name="probe-sync", sync_fn=probe_sync)]
 
 
 def probe_text(tokens: int, pad: int = 0) -> str:

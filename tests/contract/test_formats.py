@@ -91,3 +91,15 @@ def test_openai_stream_never_sends_ids_or_event_names(server: Server) -> None:
     assert all(ln.startswith(("data: ", ":")) for ln in lines), lines
     assert any(ln.startswith(":") for ln in lines), "a heartbeat should have crossed the pauses"
     assert r.events[-1].data == "[DONE]"
+
+
+def test_async_only_and_sync_only_agents_stream_on_every_path(server: Server) -> None:
+    """An agent with one form runs anywhere: async natively, sync through the bridge."""
+    from tests.probe_agents import probe_text
+
+    r = stream(server.url("/v1/chat"), chat_body("probe-async", tokens=5, interval_ms=2))
+    assert r.status == 200
+    assert r.text() == probe_text(5)
+    if server.path_id.startswith("legacy"):
+        r = stream(server.url("/v1/chat"), chat_body("probe-sync", tokens=5, interval_ms=2))
+        assert r.text() == probe_text(5)

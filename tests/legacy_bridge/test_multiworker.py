@@ -1,0 +1,29 @@
+"""With several gunicorn workers, /metrics counts every worker's streams."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.clients import chat_body, metric
+from tests.servers import Server
+
+
+def test_metrics_sum_every_worker() -> None:
+    """Requests spread over 3 workers are all counted, whichever worker serves /metrics."""
+    srv = Server("legacy-gthread", args=["--workers", "3"])
+    try:
+        pids = set()
+        for _ in range(12):
+            r = httpx.post(srv.url("/v1/chat"), json={**chat_body(tokens=2), "stream": False},
+                           headers={"connection": "close"}, timeout=10)
+            assert r.status_code == 200
+        for _ in range(3):
+            assert metric(srv.base_url, "streambridge_streams_total", outcome="completed",
+                          path="legacy") == 12
+            assert metric(srv.base_url, "streambridge_active_streams") == 0
+        pids = {line.split("pid: ")[1].strip() for line in srv.log().splitlines()
+                if "Booting worker with pid" in line}
+        assert len(pids) == 3
+    finally:
+        srv.stop()
+    assert not srv.problems(), srv.problems()
