@@ -67,10 +67,13 @@ class Admission:
             for pool in pools:
                 if pool is None:
                     continue
-                if pool.locked() and timeout <= 0:
+                if not pool.locked():
+                    await pool.acquire()  # free: returns at once, no timer needed
+                elif timeout <= 0:
                     raise TimeoutError
-                async with asyncio.timeout(timeout if timeout > 0 else None):
-                    await pool.acquire()
+                else:
+                    async with asyncio.timeout(timeout):
+                        await pool.acquire()
                 held.append(pool)
         except TimeoutError:
             for pool in held:

@@ -17,9 +17,11 @@ from . import _metrics as metrics
 from ._asgi import SessionResponse
 from ._engine import FinishHook, Outcome
 from ._lifecycle import install_sigterm_drain
+from ._page import PAGE_CONTENT_TYPE, cors_headers, render_page
 from ._settings import PathName, Settings
 from ._sources import SyncRunner
 from .agents import AgentRegistry
+from .auth import Principal
 from .exceptions import PayloadTooLarge, StreamBridgeError
 from .protocol import ROUTES, check_body_size, parse_chat
 from .service import StreamService
@@ -44,16 +46,22 @@ def create_app(settings: Settings | None = None, *, registry: AgentRegistry | No
     service = StreamService(settings, path=path, registry=registry,
                             sync_runner=sync_runner, hooks=hooks)
 
+    def principal(request: Request) -> Principal:
+        return service.api_keys.authenticate(request.scope["path"],
+                                             request.headers.get("authorization"))
+
     async def chat(request: Request) -> Response:
-        route = ROUTES[request.url.path]
+        caller = principal(request)
+        route = ROUTES[request.scope["path"]]
         check_body_size(_content_length(request), settings.max_body_bytes)
         body = await _read_body(request, settings.max_body_bytes)
         call = parse_chat(route, body, headers=request.headers, query=request.query_params,
                           default_agent=settings.default_agent,
                           max_body=settings.max_body_bytes,
                           max_messages=settings.max_messages)
-        session = await service.open(call)
+        session = await service.open(call, caller)
         headers = service.headers(session)
+        headers.update(cors_headers(request.headers.get("origin")))
         if call.stream:
             return SessionResponse(session, headers)
         try:
@@ -61,6 +69,16 @@ def create_app(settings: Settings | None = None, *, registry: AgentRegistry | No
         finally:
             await session.finish(Outcome.CLIENT_DISCONNECTED)
         return JSONResponse(service.body(session, events), headers=headers)
+
+    page_body = render_page(path)
+
+    async def page(request: Request) -> Response:
+        return Response(page_body, media_type=PAGE_CONTENT_TYPE)
+
+    async def conversation(request: Request) -> Response:
+        caller = principal(request)
+        found = await service.conversation(request.path_params["conversation_id"], caller)
+        return JSONResponse(found)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -77,11 +95,16 @@ def create_app(settings: Settings | None = None, *, registry: AgentRegistry | No
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if drain_on_sigterm:
             install_sigterm_drain(service.lifecycle)
-        yield
+        await service.start()  # the store's engine belongs to this (uvicorn's) loop
+        try:
+            yield
+        finally:
+            await service.aclose()  # after the drain: flushes every final transcript
 
     routes = [Route(p, chat, methods=["POST"]) for p in ROUTES]
-    routes += [Route("/healthz", healthz), Route("/readyz", readyz),
-               Route("/metrics", metrics_endpoint)]
+    routes += [Route("/", page), Route("/healthz", healthz), Route("/readyz", readyz),
+               Route("/metrics", metrics_endpoint),
+               Route("/v1/conversations/{conversation_id}", conversation)]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         StreamBridgeError: _error_response, HTTPException: _http_error,
         Exception: _unexpected})
@@ -111,7 +134,9 @@ def _content_length(request: Request) -> int | None:
 
 async def _error_response(request: Request, error: Exception) -> Response:
     assert isinstance(error, StreamBridgeError)
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+    # CORS on errors too, so the page shows a 429/503 instead of a bare network error.
+    headers = {**error.headers(), **cors_headers(request.headers.get("origin"))}
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
