@@ -27,9 +27,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from sse_starlette.sse import AppStatus, EventSourceResponse
+from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from ._engine import Outcome, StreamSession
+from .exceptions import StreamBridgeError
 
 log = logging.getLogger("streambridge.asgi")
 
@@ -63,8 +66,19 @@ class SessionResponse(EventSourceResponse):
         frames = session.frames()
         reason = Outcome.CLIENT_DISCONNECTED
         try:
+            try:  # headers leave with the first frame (within policy.header_hold)
+                first: bytes | None = await anext(frames)
+            except StopAsyncIteration:
+                first = None
+            except StreamBridgeError as error:  # failed before the first byte: plain HTTP
+                await _error_response(error, self.headers)(scope, receive, send)
+                return
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
+            if first is not None:
+                self._sending_since = loop.time()
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                self._sending_since = None
             async for chunk in frames:
                 self._sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -109,6 +123,16 @@ class SessionResponse(EventSourceResponse):
             return
         delay = timeout if since is None else since + timeout - loop.time()
         self._timer = loop.call_later(max(delay, 0.001), self._check_send, task, timeout)
+
+
+_STREAM_ONLY = ("content-type", "cache-control", "connection", "x-accel-buffering")
+
+
+def _error_response(error: StreamBridgeError, headers: MutableHeaders) -> JSONResponse:
+    """The JSON error of a stream that failed before its first byte (ids kept)."""
+    kept = {k: v for k, v in headers.items() if k.lower() not in _STREAM_ONLY}
+    return JSONResponse(error.body(), status_code=error.status,
+                        headers={**kept, **error.headers()})
 
 
 async def _never() -> AsyncIterator[bytes]:  # the base class wants one; ours is frames()

@@ -90,6 +90,9 @@ class StreamRecord:
 
 
 FinishHook = Callable[[StreamRecord], "Awaitable[None] | None"]
+# Called while streaming with (info, text so far, tokens so far); must return at once
+# (persistence files a checkpoint for its background writer, see store/_writer.py).
+ProgressHook = Callable[[StreamInfo, str, int], None]
 
 
 class StreamSession:
@@ -106,13 +109,16 @@ class StreamSession:
         sync_runner: runs the agent's sync form; None runs its async form.
         lifecycle: the server lifecycle (drain deadline and wake-ups), optional.
         meta: the stream's wire metadata (ids, model, creation time), optional.
+        progress: checkpoint hook, called from the producing loop at most every
+            ``progress_every`` = (tokens, seconds), whichever comes first.
     """
 
     def __init__(self, *, agent: Agent, request: AgentRequest, policy: StreamPolicy,
                  encoder: Encoder, info: StreamInfo, hooks: Sequence[FinishHook] = (),
                  release: Callable[[], None] | None = None,
                  sync_runner: SyncRunner | None = None, lifecycle: Any = None,
-                 meta: StreamMeta | None = None) -> None:
+                 meta: StreamMeta | None = None, progress: ProgressHook | None = None,
+                 progress_every: tuple[int, float] = (64, 0.25)) -> None:
         self.agent, self.request, self.policy = agent, request, policy
         self.meta = meta
         self.encoder, self.info = encoder, info
@@ -133,6 +139,9 @@ class StreamSession:
         self._outcome: Outcome | None = None
         self._error_code: str | None = None
         self._record: StreamRecord | None = None
+        self._failure: exc.StreamBridgeError | None = None
+        self._progress, self._progress_every = progress, progress_every
+        self._next_cp = (progress_every[0], self._t0 + progress_every[1])
         if lifecycle is not None:
             lifecycle.register(self)
 
@@ -176,17 +185,29 @@ class StreamSession:
         """Yield the stream's bytes: events and heartbeats in the client's format.
 
         Ends right after the terminal event. Closing the iterator early stops the
-        agent (its ``finally`` runs) before ``aclose()`` returns.
+        agent (its ``finally`` runs) before ``aclose()`` returns. Transports send the
+        response headers with the first frame, which comes within ``header_hold``
+        (a heartbeat if the agent is silent).
+
+        Raises:
+            StreamBridgeError: the stream failed before its first frame; send it as an
+                ordinary HTTP error (its ``status``, ``body()`` and ``headers()``).
         """
         encode, heartbeat = self.encoder.encode, self.encoder.heartbeat
+        sent = False
         async for event in self.events():
             if event is None:
                 beat = heartbeat()
                 if beat:
+                    sent = True
                     yield beat
                 continue
+            if not sent and isinstance(event, Error) and self._failure is not None:
+                # Nothing has reached the client: an ordinary HTTP error, not in-band.
+                raise self._failure
             data = encode(event)
             if data:
+                sent = True
                 yield data
 
     async def collect(self) -> list[Event]:
@@ -199,11 +220,8 @@ class StreamSession:
         async for event in self.events():
             if event is not None:
                 events.append(event)
-        last = events[-1]
-        if isinstance(last, Error):
-            failure = next((k for k, v in _OUTCOME_OF.items() if v.value == last.code),
-                           exc.StreamFailure)
-            raise failure(last.message)
+        if isinstance(events[-1], Error) and self._failure is not None:
+            raise self._failure
         return events
 
     async def events(self) -> AsyncGenerator[Event | None, None]:
@@ -214,7 +232,9 @@ class StreamSession:
         total_dl = now + pol.total_timeout if pol.total_timeout else INF
         first_dl = now + pol.first_chunk_timeout if pol.first_chunk_timeout else INF
         idle, hb = pol.idle_timeout or INF, pol.heartbeat
-        attempt, got_output, idle_dl, last_write = 0, False, INF, now
+        attempt, got_output, idle_dl = 0, False, INF
+        # The first heartbeat (which commits the headers) is due after header_hold.
+        last_write = now - hb + min(hb, pol.header_hold)
         source = self._source = self._open(0)
         lifecycle = self._lifecycle
         try:
@@ -339,8 +359,23 @@ class StreamSession:
         self._tokens += len(parts)
         text = parts[0] if len(parts) == 1 else "".join(parts)
         self._parts.append(text)
+        if self._progress is not None:
+            self._checkpoint()
         self._seq += 1
         return Delta(self._seq, text, self._tokens)
+
+    def _checkpoint(self) -> None:
+        now = time.monotonic()
+        if self._tokens < self._next_cp[0] and now < self._next_cp[1]:
+            return
+        every_tokens, every_s = self._progress_every
+        self._next_cp = (self._tokens + every_tokens, now + every_s)
+        text = "".join(self._parts)
+        self._parts = [text]  # later joins copy one string, not every delta again
+        try:
+            self._progress(self.info, text, self._tokens)  # type: ignore[misc]
+        except Exception:
+            log.exception("progress hook failed for stream %s", self.info.stream_id)
 
     def _done(self) -> Done:
         self._outcome = Outcome.COMPLETED
@@ -355,16 +390,17 @@ class StreamSession:
         self._outcome = (Outcome.CANCELLED if isinstance(failure, _Cancelled)
                          else _OUTCOME_OF.get(type(failure), Outcome.AGENT_ERROR))
         self._error_code = failure.code
+        self._failure = failure
         self._seq += 1
         return Error(self._seq, failure.code, failure.message, failure.retryable)
 
     def _agent_error(self, error: BaseException) -> exc.StreamFailure:
         if isinstance(error, AgentFailure):
-            failure = exc.AgentError(error.message)
+            # The agent's own code, status and Retry-After (e.g. upstream_rate_limited).
+            failure = exc.AgentError(error.message, retry_after=error.retry_after)
             failure.retryable = error.retryable  # type: ignore[misc]
-            code = getattr(error, "code", None)  # e.g. upstream_unauthorized (providers)
-            if isinstance(code, str) and code:
-                failure.code = code  # type: ignore[misc]
+            failure.code = error.code  # type: ignore[misc]
+            failure.status = error.http_status  # type: ignore[misc]
             return failure
         if isinstance(error, exc.StreamBridgeError):
             return exc.AgentError(error.message)

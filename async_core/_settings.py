@@ -32,6 +32,8 @@ class StreamPolicy:
             is paused (backpressure).
         retries: how often an agent failing before its first output is retried.
         retry_backoff: base of the exponential backoff between those retries.
+        header_hold: longest time the response headers wait for the agent's first
+            output; until something is sent, a failure is an ordinary HTTP error.
     """
 
     heartbeat: float = 15.0
@@ -42,10 +44,11 @@ class StreamPolicy:
     buffer_size: int = 64
     retries: int = 2
     retry_backoff: float = 0.05
+    header_hold: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("heartbeat", "first_chunk_timeout", "idle_timeout", "total_timeout",
-                     "send_timeout", "retry_backoff"):
+                     "send_timeout", "retry_backoff", "header_hold"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.heartbeat == 0:
@@ -72,8 +75,31 @@ class Settings:
         max_body_bytes: largest accepted request body.
         max_messages: most messages accepted in one request.
         default_agent: the agent used when a request names none.
-        sync_agents: on the async path, prefer an agent's sync implementation.
+        sync_agents: on the async path, prefer an agent's sync implementation
+            (the older spelling of ``agent_form=sync``).
+        agent_form: which form of an agent runs when it has both: ``sync``, ``async``,
+            or empty for the path's own (legacy: sync; async: async). ``sync`` on the
+            async path needs a sync runner (``migration.asgi``); ``async`` on the
+            legacy path runs async agents on the worker's loop thread.
         agents: extra agents to register, as comma-separated ``module:attribute``.
+        database_url: SQLAlchemy URL of the store (``postgresql+asyncpg://...``);
+            empty means the embedded SQLite file at ``database_path``; ``none``
+            turns persistence off.
+        database_path: the embedded SQLite file (WAL mode), created on first start.
+        checkpoint_interval: seconds between transcript checkpoints while streaming.
+        checkpoint_tokens: tokens between transcript checkpoints while streaming.
+        webhook_urls: comma-separated endpoints that receive every finished turn.
+        webhook_secret: the Standard Webhooks signing secret (``whsec_...``).
+        webhook_allow: comma-separated networks webhooks may reach although they
+            are not public (e.g. ``127.0.0.0/8,::1/128``).
+        webhook_timeout: seconds one delivery attempt may take.
+        webhook_max_attempts: attempts before a delivery is dead-lettered.
+        webhook_backoff: seconds before the first retry; doubles each retry.
+        webhook_backoff_max: ceiling of the delay between two attempts.
+        api_keys: ``tenant:key`` pairs (comma-separated), or ``@path`` of a file
+            with one pair a line; a key may be given as ``sha256:<hex>``.
+        key_rate_limit: requests per second per API key (0: unlimited).
+        key_max_streams: concurrent streams per API key (0: unlimited).
     """
 
     policy: StreamPolicy = field(default_factory=StreamPolicy)
@@ -88,7 +114,22 @@ class Settings:
     max_messages: int = 1000
     default_agent: str = "demo"
     sync_agents: bool = False
+    agent_form: str = ""
     agents: str = ""
+    database_url: str = ""
+    database_path: str = "var/streambridge.sqlite3"
+    checkpoint_interval: float = 0.25
+    checkpoint_tokens: int = 64
+    webhook_urls: str = ""
+    webhook_secret: str = field(default="", repr=False)  # a secret: never logged
+    webhook_allow: str = ""
+    webhook_timeout: float = 15.0
+    webhook_max_attempts: int = 12
+    webhook_backoff: float = 5.0
+    webhook_backoff_max: float = 21600.0
+    api_keys: str = field(default="", repr=False)  # secrets: never logged
+    key_rate_limit: float = 0.0
+    key_max_streams: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

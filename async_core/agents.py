@@ -47,8 +47,20 @@ class AgentFailure(Exception):  # noqa: N818 - the name says what it is to agent
 
     Args:
         message: a sentence safe to show to the client.
-        retryable: whether retrying the request may help.
+        retryable: whether retrying the request may help (the engine retries only
+            these, and only before anything reached the client).
+
+    Attributes:
+        code: the error code the client sees (``agent_error`` unless a subclass says).
+        http_status: the status of the HTTP error sent when the failure happens
+            before the first byte (afterwards it is an in-band ``error`` event).
+        retry_after: seconds to wait before a retry (the engine's, and the client's
+            ``Retry-After``), if the failure says.
     """
+
+    code: str = "agent_error"
+    http_status: int = 502
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)

@@ -19,6 +19,8 @@ from werkzeug.exceptions import HTTPException
 from async_core import AgentRegistry, Settings, StreamSession, parse_chat
 from async_core import _metrics as metrics
 from async_core._engine import FinishHook
+from async_core._page import PAGE_CONTENT_TYPE, cors_headers, render_page
+from async_core.auth import Principal
 from async_core.exceptions import StreamBridgeError
 from async_core.protocol import ROUTES, ChatCall, Route, check_body_size
 
@@ -34,7 +36,9 @@ def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
 
 def error_response(error: StreamBridgeError) -> Response:
     """The contract's JSON error for ``error`` (status, body, ``Retry-After``)."""
-    return _json(error.body(), error.status, error.headers())
+    # CORS on errors too, so the page at GET / shows a 429/503 from a second origin.
+    headers = {**error.headers(), **cors_headers(request.headers.get("Origin"))}
+    return _json(error.body(), error.status, headers)
 
 
 class StreamBridge:
@@ -81,15 +85,32 @@ class StreamBridge:
         """Admit ``call`` and answer it: a streamed body, or one JSON body."""
         bridge = self.bridge
         service = bridge.service
-        session: StreamSession = bridge.call(service.open, call)
+        session: StreamSession = bridge.call(service.open, call, self._principal())
         headers = service.headers(session)
         if not call.stream:
             events = bridge.call(bridge.collect, session)
             return _json(service.body(session, events), headers=headers)
-        response = Response(bridge.stream(session), headers=headers,
-                            content_type=service.content_type(session))
+        body = bridge.stream(session)
+        # WSGI learns of a disconnect only at a failed write, and some servers never do
+        # (a2wsgi#48). A server that does hears it offers this hook: body.close() then
+        # stops the stream at once (the hybrid front, migration/hybrid.py).
+        on_disconnect = request.environ.get("streambridge.on_disconnect")
+        if on_disconnect is not None:
+            on_disconnect(body.close)
+        try:
+            body.first()  # headers leave with the first frame, as on the async path
+        except StreamBridgeError as error:  # failed before the first byte: plain HTTP
+            kept = {k: v for k, v in headers.items()
+                    if k.lower() not in ("cache-control", "x-accel-buffering")}
+            return _json(error.body(), error.status, {**kept, **error.headers()})
+        response = Response(body, headers=headers, content_type=service.content_type(session))
         response.headers.pop("Content-Length", None)
         return response
+
+    def _principal(self) -> Principal:
+        # The same sans-IO check as the Starlette app (async_core.auth).
+        return self.bridge.service.api_keys.authenticate(
+            request.path, request.headers.get("Authorization"))
 
     def _parse(self, route: Route, body: bytes) -> ChatCall:
         s = self.settings
@@ -105,10 +126,24 @@ class StreamBridge:
         def chat() -> Response:
             check_body_size(request.content_length, limit)
             body = request.stream.read(limit + 1)
-            return self.respond(self._parse(ROUTES[request.path], body))
+            response = self.respond(self._parse(ROUTES[request.path], body))
+            response.headers.update(cors_headers(request.headers.get("Origin")))
+            return response
 
         for path in ROUTES:
             bp.add_url_rule(path, f"chat{path.replace('/', '_')}", chat, methods=["POST"])
+
+        page_body = render_page("legacy")
+
+        @bp.get("/")
+        def page() -> Response:
+            return Response(page_body, content_type=PAGE_CONTENT_TYPE)
+
+        @bp.get("/v1/conversations/<conversation_id>")
+        def conversation(conversation_id: str) -> Response:
+            bridge = self.bridge
+            return _json(bridge.call(bridge.service.conversation, conversation_id,
+                                     self._principal()))
 
         @bp.get("/healthz")
         def healthz() -> Response:

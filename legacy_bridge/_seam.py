@@ -51,7 +51,7 @@ from async_core import AgentEnd, AgentRegistry, Outcome, Settings, StreamService
 from async_core._engine import FinishHook
 from async_core._sources import Batch
 from async_core.agents import AgentItem, AgentRequest
-from async_core.exceptions import Overloaded
+from async_core.exceptions import Overloaded, StreamBridgeError
 from async_core.wire import Event
 
 from ._glue import GeventGlue, HybridCondition, Signal, ThreadGlue, detect_glue
@@ -74,7 +74,44 @@ class _AgentFailed:
 _WAKE = object()  # put into agent_q by wake(): makes a pending get return
 
 
-class _GeventSafeQueue(janus.Queue[Any]):
+class _FailedBeforeFirstByte:
+    """Put into frames_q when the stream failed before its first frame (an HTTP error)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: StreamBridgeError) -> None:
+        self.error = error
+
+
+class _Queue(janus.Queue[Any]):
+    """janus.Queue that wakes its async side with one callback instead of a new Task.
+
+    janus runs every sync-to-async notification (a ``put`` while the engine awaits
+    ``get``) as ``call_soon_threadsafe`` + a Task that takes the async mutex: three
+    loop iterations and a Task per token (measured by scripts/bench_legacy.py). In
+    the callback, on the queue's loop, the mutex is almost always free: take it
+    without waiting, notify, release. Only if taking it would wait does janus' Task
+    do the work, so the lock discipline of janus' conditions is unchanged.
+    """
+
+    def _setup_async_notifier(self, loop: asyncio.AbstractEventLoop,
+                              method: Callable[[], None]) -> None:
+        mutex = self._async_mutex
+        if not mutex.locked():
+            acquire = mutex.acquire()
+            try:
+                acquire.send(None)
+            except StopIteration:  # taken without waiting
+                try:
+                    method()
+                finally:
+                    mutex.release()
+                return
+            acquire.close()  # it would have waited: leave it to janus' notifier Task
+        super()._setup_async_notifier(loop, method)
+
+
+class _GeventSafeQueue(_Queue):
     """janus.Queue whose sync side uses a native mutex and hybrid conditions (see _glue)."""
 
     def __init__(self, maxsize: int, glue: ThreadGlue) -> None:
@@ -89,7 +126,7 @@ class _GeventSafeQueue(janus.Queue[Any]):
 def _make_queue(glue: ThreadGlue, maxsize: int) -> janus.Queue[Any]:
     if isinstance(glue, GeventGlue):
         return _GeventSafeQueue(maxsize, glue)
-    return janus.Queue(maxsize)
+    return _Queue(maxsize)
 
 
 def _run_agent(gen: Iterator[AgentItem], q: janus.SyncQueue[Any]) -> None:
@@ -219,17 +256,35 @@ class WSGIBody:
         self._bridge, self._session, self._frames = bridge, session, frames
         self._q = frames.sync_q
         self._done = False
+        self._first: bytes | None = None
 
     def __iter__(self) -> WSGIBody:
         return self
 
+    def first(self) -> None:
+        """Block until the first frame (within ``header_hold``), so headers can wait for it.
+
+        Raises:
+            StreamBridgeError: the stream failed before its first byte: answer with it.
+        """
+        try:
+            self._first = self.__next__()
+        except StopIteration:
+            self._first = b""
+
     def __next__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
         q = self._q
         try:
             chunks = [q.get()]
         except SyncQueueShutDown:  # EOF: the terminal frame was read
             self._done = True
             raise StopIteration from None
+        if isinstance(chunks[0], _FailedBeforeFirstByte):
+            self._done = True
+            raise chunks[0].error
         try:
             while True:
                 chunks.append(q.get_nowait())
@@ -275,6 +330,7 @@ class Bridge:
         self._service: StreamService | None = None
         self._pumps: set[asyncio.Task[None]] = set()
         self._start_lock = threading.Lock()
+        self._start_error: BaseException | None = None
         _BRIDGES.add(self)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -292,6 +348,8 @@ class Bridge:
             self._pumps = set()
             glue.start_thread(self._thread_main, self._loop)
             self._ready.wait()
+            if self._start_error is not None:  # e.g. bad database or webhook settings
+                raise self._start_error
             self._pid = os.getpid()
         log.info("loop thread started (pid %s, %s workers)", os.getpid(),
                  "gevent" if glue.gevent else "thread")
@@ -319,11 +377,21 @@ class Bridge:
             self.settings, path=self.path, registry=self._registry,  # type: ignore[arg-type]
             sync_runner=JanusRunner(self._glue), hooks=self._hooks, prefer_sync=True)
         self._stop_requested = asyncio.Event()
+        self._start_error = None
+        try:
+            if self._glue.gevent:
+                _native_sqlite_threads(self._glue)
+            await self._service.start()  # the store's engine belongs to this loop
+        except BaseException as error:
+            self._start_error = error
+            self._ready.set()
+            return
         self._ready.set()
         await self._stop_requested.wait()
         self._service.lifecycle.begin_drain(0.0)  # whatever still runs ends now, in-band
         if self._pumps:
             await asyncio.wait(self._pumps, timeout=self.settings.policy.send_timeout or 5.0)
+        await self._service.aclose()  # every final transcript is flushed before exit
 
     def on_loop(self, fn: Callable[..., object], *args: Any) -> None:
         """Schedule ``fn(*args)`` on the loop from any thread (no-op once it closed)."""
@@ -402,6 +470,11 @@ class Bridge:
             frames.shutdown()  # EOF once the body has read what is queued
             async with asyncio.timeout(send_timeout):
                 await fq.join()
+        except StreamBridgeError as error:  # failed before the first byte: an HTTP error
+            fq.put_nowait(_FailedBeforeFirstByte(error))
+            frames.shutdown()
+            async with asyncio.timeout(send_timeout):
+                await fq.join()
         except TimeoutError:
             reason = Outcome.SEND_TIMEOUT
             session.abort(reason)
@@ -423,6 +496,32 @@ class Bridge:
             return await session.collect()
         finally:
             await session.finish(Outcome.CLIENT_DISCONNECTED)
+
+
+def _native_sqlite_threads(glue: ThreadGlue) -> None:
+    """Under gevent, give aiosqlite a native thread and queue (it talks to the loop thread).
+
+    aiosqlite runs each connection in a ``threading.Thread`` fed by a
+    ``queue.SimpleQueue``; after ``patch_all`` both are greenlet-based and must not be
+    shared with the native loop thread (gevent#2013). The C ``_queue.SimpleQueue`` and
+    the original ``start_new_thread`` are native; results come back through
+    ``loop.call_soon_threadsafe`` (our loop's self-pipe is native too, see _glue).
+    """
+    import _queue
+
+    import aiosqlite.core
+
+    start = glue.start_thread
+
+    class NativeThread:
+        def __init__(self, target: Callable[..., None], args: tuple[Any, ...] = ()) -> None:
+            self._target, self._args = target, args
+
+        def start(self) -> None:
+            start(self._target, *self._args)
+
+    aiosqlite.core.Thread = NativeThread  # type: ignore[attr-defined,misc]
+    aiosqlite.core.SimpleQueue = _queue.SimpleQueue  # type: ignore[attr-defined,misc]
 
 
 def bridges() -> list[Bridge]:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-PATHS = ("async", "legacy")
+PATHS = ("async", "legacy", "hybrid")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-class", choices=("gthread", "gevent"), default="gthread",
                        help="gunicorn worker class for --path legacy (default: gthread)")
     serve.add_argument("--threads", type=int, default=None,
-                       help="gthread threads per worker, one per open stream (default: 64)")
+                       help="gthread threads per worker, one per open stream (default: 64); "
+                            "for --path hybrid, the WSGI threads of the Flask branch")
+    serve.add_argument("--flags-file", default=None,
+                       help="--path hybrid: the migration flag file (default: "
+                            "$STREAMBRIDGE_FLAGS_FILE)")
+    from ._flagfile import add_parser as add_flags_parser
+
+    add_flags_parser(sub)
+    from .compare import add_parser as add_compare_parser
+
+    add_compare_parser(sub)
+    from async_core.store._cli import add_parser as add_db_parser
+
+    add_db_parser(sub)
     return parser
 
 
@@ -35,6 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             print("streambridge: --workers must be >= 1", file=sys.stderr)
             return 2
+        from async_core.store._cli import preflight
+
+        problem = preflight(args.host)  # keys, bind address, database, webhooks
+        if problem is not None:
+            print(f"streambridge: {problem}", file=sys.stderr)
+            return 2
+        if args.path == "hybrid":
+            from ._hybrid_serve import serve as serve_hybrid
+
+            serve_hybrid(host=args.host, port=args.port, workers=args.workers,
+                         threads=args.threads, flags_file=args.flags_file,
+                         log_level=args.log_level)
+            return 0
         if args.path == "legacy":
             from legacy_bridge._serve import serve as serve_legacy
 
@@ -44,8 +70,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from async_core import serve
 
-        serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+        # The native app plus a janus runner, so sync agent forms can run here too.
+        serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+              app="migration.asgi:create_async_app")
         return 0
+    if args.command == "db":
+        from async_core.store._cli import run as run_db
+
+        return run_db(args)
+    if args.command == "flags":
+        from ._flagfile import run as run_flags
+
+        return run_flags(args)
+    if args.command == "compare":
+        from .compare import main as run_compare
+
+        return run_compare(args)
     return 2
 
 

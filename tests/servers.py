@@ -37,7 +37,30 @@ PATH_ARGS: dict[str, list[str]] = {
     "legacy-gthread": ["--path", "legacy", "--worker-class", "gthread"],
     "legacy-gevent": ["--path", "legacy", "--worker-class", "gevent"],
     "async": ["--path", "async"],
+    "hybrid-0": ["--path", "hybrid"],
+    "hybrid-50": ["--path", "hybrid"],
+    "hybrid-100": ["--path", "hybrid"],
 }
+# Environment a path id needs: the hybrid front's share of async traffic (migration flag).
+PATH_ENV: dict[str, dict[str, str]] = {
+    "hybrid-0": {"STREAMBRIDGE_FLAGS_MODE": "0"},
+    "hybrid-50": {"STREAMBRIDGE_FLAGS_MODE": "50"},
+    "hybrid-100": {"STREAMBRIDGE_FLAGS_MODE": "100"},
+}
+
+
+def served_path(path_id: str, conversation_id: str, agent: str = "demo") -> str:
+    """The X-Stream-Path a request of ``conversation_id`` gets on ``path_id``.
+
+    ``legacy``/``async`` on those paths; on ``hybrid-N`` whatever the flag decides
+    (a pure function of the percentage and the conversation's sticky bucket).
+    """
+    if not path_id.startswith("hybrid-"):
+        return path_id.split("-")[0]
+    from migration.flags import FlagConfig, RouteRequest, decide
+
+    config = FlagConfig(mode=int(path_id.split("-")[1]))
+    return decide(config, RouteRequest(agent, conversation_id)).path
 
 
 class Server:
@@ -54,14 +77,23 @@ class Server:
         self.path_id = path_id
         self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             prefix=f"sb-{path_id}-", suffix=".log", delete=False)
-        full_env = {**os.environ, **BASE_ENV, **(env or {})}
+        full_env = {**os.environ, **BASE_ENV, **PATH_ENV.get(path_id, {}), **(env or {})}
+        # Each server gets its own embedded SQLite file unless the test names one.
+        full_env.setdefault("STREAMBRIDGE_DATABASE_PATH", os.path.join(
+            tempfile.mkdtemp(prefix="sb-db-"), "streambridge.sqlite3"))
+        self.db_path = full_env["STREAMBRIDGE_DATABASE_PATH"]
         cmd = [sys.executable, "-m", "migration.cli", "serve", *PATH_ARGS[path_id],
                "--port", "0", *(args or [])]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        self.port = self._wait_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._wait_ready()
+        try:
+            self.port = self._wait_port()
+            self.base_url = f"http://127.0.0.1:{self.port}"
+            self._wait_ready()
+        except BaseException:  # a server refused to start: no stop() will close the log
+            self.kill()
+            self.log_file.close()
+            raise
 
     def url(self, path: str) -> str:
         """Return the absolute URL of ``path`` on this server."""

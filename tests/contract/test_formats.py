@@ -8,7 +8,7 @@ import httpx
 
 from async_core.demo import demo_text
 from tests.clients import CHAT, chat_body, stream
-from tests.servers import Server
+from tests.servers import Server, served_path
 
 OPTS = {"tokens": 6, "interval_ms": 5, "states": 3}
 
@@ -34,7 +34,7 @@ def test_every_stream_carries_the_contract_headers(server: Server) -> None:
     h = r.headers
     assert len(h["x-stream-id"]) >= 16
     assert h["x-conversation-id"] == "conv-1"
-    assert h["x-stream-path"] == server.path_id.split("-")[0]
+    assert h["x-stream-path"] == served_path(server.path_id, "conv-1")
     assert h["cache-control"] == "no-store"
     assert h["x-accel-buffering"] == "no"
 
@@ -73,7 +73,8 @@ def test_non_stream_returns_one_json_body(server: Server) -> None:
     assert body["text"] == demo_text(OPTS)
     assert body["tokens"] == 6 and body["finish_reason"] == "stop"
     assert len(body["states"]) == 2
-    assert r.headers["x-stream-path"] == server.path_id.split("-")[0]
+    assert r.headers["x-stream-path"] == served_path(server.path_id,
+                                                     r.headers["x-conversation-id"])
 
 
 def test_message_shorthand_is_a_user_message(server: Server) -> None:

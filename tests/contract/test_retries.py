@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
+
+import pytest
 
 from async_core.demo import demo_text
-from tests.clients import chat_body, stream
+from tests.clients import RawStream, chat_body, stream
 from tests.servers import Server
 
 
@@ -27,8 +31,36 @@ def test_failure_after_first_output_is_an_error_event_not_a_retry(server: Server
                      "message": "demo agent: planned failure after 3 tokens"}
 
 
-def test_retries_exhausted_before_first_output_is_an_error_event(server: Server) -> None:
-    """More failures than retries: one error event, no delta."""
+def test_retries_exhausted_before_the_first_byte_is_an_http_error(server: Server) -> None:
+    """More failures than retries, nothing sent yet: an ordinary 502 with a JSON error."""
     r = stream(server.url("/v1/chat"), chat_body(tokens=5, fail_before_first=10))
-    assert r.kinds() == ["error"]
-    assert json.loads(r.events[0].data)["retryable"] is True
+    assert r.status == 502
+    error = json.loads(r.raw)["error"]
+    assert error["code"] == "agent_error"
+    assert "planned failure" in error["message"]
+    assert r.headers["x-stream-id"]
+
+
+def test_openai_client_sees_a_failure_before_the_first_byte_as_a_status_error(
+        server: Server) -> None:
+    """The official client raises its 502 error type, not a broken stream."""
+    import openai
+
+    with openai.OpenAI(base_url=server.url("/v1"), api_key="x", max_retries=0) as client:
+        with pytest.raises(openai.InternalServerError, match="planned failure"):
+            list(client.chat.completions.create(
+                model="demo", messages=[{"role": "user", "content": "x"}], stream=True,
+                extra_body={"options": {"fail_before_first": 10}}))
+
+
+def test_a_silent_agent_commits_headers_after_the_header_hold(
+        make_server: Callable[..., Server]) -> None:
+    """Headers wait for the first frame, at most header_hold: then a heartbeat sends them."""
+    srv = make_server(heartbeat=5, header_hold=0.5)
+    client = RawStream(srv.port, "/v1/chat", chat_body(tokens=2, first_token_delay_ms=2000))
+    started = time.monotonic()
+    head = client.read_until(b": ping", 1, timeout=10)
+    waited = time.monotonic() - started
+    client.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    assert 0.4 <= waited < 1.5

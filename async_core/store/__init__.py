@@ -1,0 +1,35 @@
+"""Storage: conversations, checkpointed transcripts and the webhook outbox.
+
+SQLAlchemy 2 async engine over a SQLite file in WAL mode (the embedded default,
+migrated on first start) or PostgreSQL via asyncpg (``STREAMBRIDGE_DATABASE_URL``,
+migrated by ``streambridge db upgrade``). Streams never wait on it per chunk:
+checkpoints and final transcripts go through one background writer per process
+(``_writer``), flushed on graceful shutdown.
+"""
+
+from __future__ import annotations
+
+from ._db import StoreConfigError, create_engine, database_url, is_sqlite, sqlite_path
+from ._migrate import current_revision, downgrade, ensure_current, head_revision, upgrade
+from ._persistence import Persistence, stored_outcome
+from ._store import IN_PROGRESS, Snapshot, Store
+from ._writer import TranscriptWriter
+
+__all__ = [
+    "IN_PROGRESS",
+    "Persistence",
+    "Snapshot",
+    "Store",
+    "StoreConfigError",
+    "TranscriptWriter",
+    "create_engine",
+    "current_revision",
+    "database_url",
+    "downgrade",
+    "ensure_current",
+    "head_revision",
+    "is_sqlite",
+    "sqlite_path",
+    "stored_outcome",
+    "upgrade",
+]

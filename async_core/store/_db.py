@@ -1,0 +1,99 @@
+"""Which database, and how to connect: the SQLAlchemy async engine.
+
+The embedded default is one SQLite file in WAL mode (readers never block the one
+writer; several gunicorn workers may share it on one host). ``synchronous=NORMAL``
+keeps every committed transaction across an application crash (SIGKILL, OOM);
+only a power loss may roll back the last commits (sqlite.org/wal.html). Every
+connection waits up to ``BUSY_TIMEOUT_MS`` for the write lock instead of failing
+with ``SQLITE_BUSY``. PostgreSQL is reached through asyncpg.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .._settings import Settings
+from ..exceptions import StreamBridgeError
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class StoreConfigError(StreamBridgeError):
+    """The database settings cannot work; raised at start-up with the reason."""
+
+
+def database_url(settings: Settings) -> str | None:
+    """Return the SQLAlchemy URL the settings name, or None when persistence is off.
+
+    Raises:
+        StoreConfigError: the URL names a driver we do not support.
+    """
+    raw = settings.database_url.strip()
+    if raw.lower() == "none":
+        return None
+    if not raw:
+        path = Path(settings.database_path).expanduser()
+        return f"sqlite+aiosqlite:///{path.resolve()}"
+    url = make_url(raw)
+    # Plain postgres:// and postgresql:// URLs (as hosting providers print them) get asyncpg.
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+asyncpg")
+    elif url.drivername == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    if url.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+        raise StoreConfigError(
+            f"STREAMBRIDGE_DATABASE_URL uses driver {url.drivername!r}; use "
+            "postgresql+asyncpg://... or sqlite+aiosqlite:///path")
+    return url.render_as_string(hide_password=False)
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether ``url`` names a SQLite database."""
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite ``url`` (None for other databases or in-memory ones)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """Create the async engine for ``url`` (SQLite: WAL, busy timeout, foreign keys).
+
+    Must be called on the event loop that will use the engine: asyncpg and
+    aiosqlite connections belong to one loop.
+    """
+    kwargs: dict[str, Any] = {}
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs.update(pool_size=5, max_overflow=5, pool_pre_ping=True)
+    engine = create_async_engine(url, **kwargs)
+    if is_sqlite(url):
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def process_token() -> str:
+    """Who writes a checkpoint: ``host:pid``, so a restart can tell dead writers."""
+    return f"{os.uname().nodename}:{os.getpid()}"

@@ -1,0 +1,158 @@
+"""Persistence for the stream service: what the engine's hooks write, and when.
+
+One ``Persistence`` per process, created on the loop that runs the streams (the
+ASGI lifespan, or the legacy bridge's loop thread) and closed there on shutdown,
+which flushes the transcript writer before the engine is disposed. It gives:
+
+- ``begin``: at ``StreamService.open``, before admission: claims the
+  conversation for the tenant (404 for another tenant's) and returns its turns,
+  which are prepended to the agent's messages;
+- ``progress``: the engine's checkpoint hook (every ``checkpoint_tokens`` tokens
+  or ``checkpoint_interval`` seconds): files a snapshot, never waits;
+- ``finish``: the finish hook: files the final transcript together with its
+  webhook deliveries (one transaction), never waits.
+
+Outcomes: ``completed`` stays ``completed``; ``agent_error`` (and ``rejected``)
+are ``failed``; every other ending keeps its partial text as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .._engine import Outcome, StreamInfo, StreamRecord
+from .._settings import Settings
+from ..webhooks import DeliveryWorker, WebhookConfig, deliveries
+from ._db import create_engine, database_url, is_sqlite, process_token
+from ._migrate import ensure_current
+from ._store import IN_PROGRESS, Snapshot, Store
+from ._writer import TranscriptWriter
+
+log = logging.getLogger("streambridge.store")
+Messages = tuple[Mapping[str, str], ...]
+
+
+def stored_outcome(outcome: Outcome) -> str:
+    """The transcript status of a stream that ended with ``outcome``."""
+    if outcome is Outcome.COMPLETED:
+        return "completed"
+    if outcome in (Outcome.AGENT_ERROR, Outcome.REJECTED):
+        return "failed"
+    return "interrupted"
+
+
+class Persistence:
+    """Conversations, checkpoints, final transcripts and webhooks of one process.
+
+    Use :meth:`open`; the constructor only wires the parts together.
+    """
+
+    def __init__(self, engine: AsyncEngine, webhooks: WebhookConfig | None) -> None:
+        self.engine = engine
+        self.store = Store(engine)
+        self.webhooks = webhooks
+        self.worker = DeliveryWorker(self.store, webhooks) if webhooks else None
+        self.writer = TranscriptWriter(self.store, self.worker.wake if self.worker else None)
+        self._streams: dict[str, tuple[str, Messages]] = {}
+        self._writer_id = process_token()
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Persistence | None:
+        """Connect, migrate (embedded SQLite) or check the schema, and start the workers.
+
+        Returns None when persistence is off (``STREAMBRIDGE_DATABASE_URL=none``).
+
+        Raises:
+            StoreConfigError: bad URL, or a schema that needs ``streambridge db upgrade``.
+            WebhookConfigError: bad webhook settings.
+        """
+        webhooks = WebhookConfig.from_settings(settings)  # refuse bad config before connecting
+        url = database_url(settings)
+        if url is None:
+            if webhooks is not None:
+                log.warning("webhooks need the store; STREAMBRIDGE_DATABASE_URL=none disables "
+                            "them")
+            return None
+        engine = create_engine(url)
+        try:
+            await ensure_current(engine, auto=is_sqlite(url))
+            self = cls(engine, webhooks)
+            recovered = await self.store.recover(self._writer_id.rsplit(":", 1)[0])
+            if recovered:
+                log.warning("marked %d checkpointed turn(s) of crashed workers interrupted",
+                            recovered)
+            if webhooks is not None:
+                await self.store.register_endpoints(webhooks.urls)
+        except BaseException:
+            await engine.dispose()
+            raise
+        self.writer.start()
+        if self.worker is not None:
+            self.worker.start()
+        return self
+
+    async def aclose(self, grace: float = 10.0) -> None:
+        """Flush every pending transcript, stop the webhook worker, dispose the engine."""
+        await self.writer.aclose(grace)
+        if self.worker is not None:
+            await self.worker.aclose()
+        await self.engine.dispose()
+
+    # -- the service's hooks --------------------------------------------------------
+
+    async def begin(self, stream_id: str, conversation_id: str, tenant: str,
+                    messages: Messages) -> Messages:
+        """Claim the conversation and return its earlier turns as agent messages.
+
+        Raises:
+            NotFound: the conversation belongs to another tenant.
+        """
+        if self.writer.pending_for(conversation_id):
+            await self.writer.flush()  # the previous turn may still be on its way
+        turns = await self.store.claim(conversation_id, tenant)
+        self._streams[stream_id] = (tenant, messages)
+        return tuple({"role": t["role"], "content": t["content"]} for t in turns
+                     if t["content"] or t["role"] != "assistant")
+
+    def forget(self, stream_id: str) -> None:
+        """The stream was never started (refused after ``begin``)."""
+        self._streams.pop(stream_id, None)
+
+    def progress(self, info: StreamInfo, text: str, tokens: int) -> None:
+        """Checkpoint hook: file the partial transcript; returns at once."""
+        ctx = self._streams.get(info.stream_id)
+        if ctx is not None:
+            self.writer.submit(self._snapshot(info, ctx, text, tokens, IN_PROGRESS, None))
+
+    def finish(self, record: StreamRecord) -> None:
+        """Finish hook: file the final transcript and its webhook deliveries."""
+        info = record.info
+        ctx = self._streams.pop(info.stream_id, None)
+        if ctx is None:
+            return
+        outcome = stored_outcome(record.outcome)
+        rows = (deliveries(record, tenant=ctx[0], outcome=outcome, urls=self.webhooks.urls)
+                if self.webhooks else ())
+        self.writer.submit(self._snapshot(info, ctx, record.text, record.tokens, outcome,
+                                          record.outcome.value, rows))
+
+    async def conversation(self, conversation_id: str, tenant: str) -> dict[str, Any] | None:
+        """The stored conversation as the API returns it; None if unknown or foreign."""
+        if self.writer.pending_for(conversation_id):
+            await self.writer.flush()
+        turns = await self.store.history(conversation_id, tenant)
+        if turns is None:
+            return None
+        return {"id": conversation_id, "turns": turns}
+
+    def _snapshot(self, info: StreamInfo, ctx: tuple[str, Messages], text: str, tokens: int,
+                  outcome: str, reason: str | None,
+                  rows: tuple[dict[str, Any], ...] = ()) -> Snapshot:
+        return Snapshot(stream_id=info.stream_id, conversation_id=info.conversation_id,
+                        tenant=ctx[0], agent=info.agent, messages=ctx[1], text=text,
+                        tokens=tokens, outcome=outcome, reason=reason, writer=self._writer_id,
+                        deliveries=rows)

@@ -1,0 +1,235 @@
+"""The store: conversations, checkpointed transcripts and the webhook outbox.
+
+Every method is one short transaction on the async engine. The transcript of a
+stream and its webhook deliveries are written by :meth:`Store.write` in ONE
+transaction (the transactional outbox): a delivery exists only if the final
+transcript does, and a committed final transcript always has its deliveries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..exceptions import NotFound
+from ._schema import conversations, turns, webhook_endpoints, webhook_outbox
+
+IN_PROGRESS = "in_progress"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A stream's transcript at one moment: a checkpoint, or its final state."""
+
+    stream_id: str
+    conversation_id: str
+    tenant: str
+    agent: str
+    messages: tuple[Mapping[str, str], ...]  # the turn(s) this stream was asked
+    text: str  # the assistant's text so far
+    tokens: int
+    outcome: str  # in_progress, completed, interrupted, failed
+    reason: str | None = None
+    writer: str | None = None
+    deliveries: tuple[Mapping[str, Any], ...] = field(default=())  # outbox rows
+
+    @property
+    def final(self) -> bool:
+        """Whether this is the stream's last word (no later checkpoint may win)."""
+        return self.outcome != IN_PROGRESS
+
+
+class Store:
+    """Queries and writes over one async engine.
+
+    Args:
+        engine: the engine, created on the loop that uses it.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    # -- conversations --------------------------------------------------------------
+
+    async def history(self, conversation_id: str, tenant: str) -> list[dict[str, Any]] | None:
+        """The turns of a conversation, oldest first; None if unknown or another tenant's."""
+        async with self.engine.connect() as conn:
+            owner = await conn.scalar(select(conversations.c.tenant).where(
+                conversations.c.id == conversation_id))
+            if owner is None or owner != tenant:
+                return None
+            rows = await conn.execute(
+                select(turns).where(turns.c.conversation_id == conversation_id)
+                .order_by(turns.c.id))
+            return [_turn(dict(r._mapping)) for r in rows]
+
+    async def claim(self, conversation_id: str, tenant: str) -> list[dict[str, Any]]:
+        """Continue ``conversation_id`` (or start it under that id) for ``tenant``.
+
+        Raises:
+            NotFound: the conversation belongs to another tenant (404, never 403).
+        """
+        found = await self.history(conversation_id, tenant)
+        if found is not None:
+            return found
+        now = time.time()
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(conversations.insert().values(
+                    id=conversation_id, tenant=tenant, created_at=now, updated_at=now))
+        except IntegrityError:
+            found = await self.history(conversation_id, tenant)  # a concurrent insert
+            if found is not None:
+                return found
+            raise NotFound(f"conversation {conversation_id!r} not found") from None
+        return []
+
+    # -- transcripts and outbox -----------------------------------------------------
+
+    async def write(self, snapshots: Sequence[Snapshot]) -> None:
+        """Write checkpoints and final transcripts (with their deliveries) atomically."""
+        if not snapshots:
+            return
+        now = time.time()
+        async with self.engine.begin() as conn:
+            disabled = {row[0] for row in await conn.execute(
+                select(webhook_endpoints.c.url).where(webhook_endpoints.c.disabled_at.is_not(None)))}
+            for snap in snapshots:
+                await self._write_one(conn, snap, now, disabled)
+
+    async def _write_one(self, conn: AsyncConnection, snap: Snapshot, now: float,
+                         disabled: set[str]) -> None:
+        ins = self._insert
+        await conn.execute(ins(conversations).values(
+            id=snap.conversation_id, tenant=snap.tenant, created_at=now, updated_at=now,
+        ).on_conflict_do_nothing(index_elements=["id"]))
+        await conn.execute(update(conversations).where(
+            conversations.c.id == snap.conversation_id).values(updated_at=now))
+        common = {"conversation_id": snap.conversation_id, "stream_id": snap.stream_id,
+                  "outcome": snap.outcome, "reason": snap.reason, "agent": snap.agent,
+                  "writer": None if snap.final else snap.writer, "created_at": now,
+                  "updated_at": now}
+        rows = [{**common, "position": i, "role": m.get("role", "user"),
+                 "content": m.get("content", ""), "tokens": 0}
+                for i, m in enumerate(snap.messages)]
+        rows.append({**common, "position": len(snap.messages), "role": "assistant",
+                     "content": snap.text, "tokens": snap.tokens})
+        stmt = ins(turns).values(rows)
+        changed = {"outcome": stmt.excluded.outcome, "reason": stmt.excluded.reason,
+                   "writer": stmt.excluded.writer, "updated_at": stmt.excluded.updated_at,
+                   "content": stmt.excluded.content, "tokens": stmt.excluded.tokens}
+        # A checkpoint never overwrites a final transcript (they may race in a batch).
+        await conn.execute(stmt.on_conflict_do_update(
+            index_elements=["stream_id", "position"], set_=changed,
+            where=turns.c.outcome == IN_PROGRESS))
+        deliveries = [dict(d) for d in snap.deliveries if d["url"] not in disabled]
+        if deliveries:
+            await conn.execute(ins(webhook_outbox).values(deliveries)
+                               .on_conflict_do_nothing(index_elements=["id"]))
+
+    async def recover(self, host: str) -> int:
+        """Mark checkpoints of dead writers on this host ``interrupted``; return how many."""
+        async with self.engine.begin() as conn:
+            writers = [w for (w,) in await conn.execute(
+                select(turns.c.writer).where(turns.c.outcome == IN_PROGRESS,
+                                             turns.c.writer.like(f"{host}:%")).distinct())]
+            dead = [w for w in writers if not _alive(int(w.rsplit(":", 1)[1]))]
+            if not dead:
+                return 0
+            result = await conn.execute(update(turns).where(
+                turns.c.outcome == IN_PROGRESS, turns.c.writer.in_(dead)).values(
+                outcome="interrupted", reason="crashed", writer=None, updated_at=time.time()))
+            return result.rowcount
+
+    # -- webhook delivery -----------------------------------------------------------
+
+    async def register_endpoints(self, urls: Sequence[str]) -> set[str]:
+        """Record the configured endpoints; return those that 410 Gone disabled."""
+        async with self.engine.begin() as conn:
+            for url in urls:
+                await conn.execute(self._insert(webhook_endpoints).values(url=url)
+                                   .on_conflict_do_nothing(index_elements=["url"]))
+            return {u for (u,) in await conn.execute(select(webhook_endpoints.c.url).where(
+                webhook_endpoints.c.disabled_at.is_not(None)))}
+
+    async def claim_due(self, now: float, lease: float, limit: int = 16) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` due deliveries to this worker (others skip leased rows)."""
+        o = webhook_outbox.c
+        free = or_(o.lease_until.is_(None), o.lease_until < now)
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(select(webhook_outbox).where(
+                o.status == "pending", o.next_attempt_at <= now, free)
+                .order_by(o.next_attempt_at).limit(limit))).mappings().all()
+            claimed = []
+            for row in rows:  # optimistic claim: works on SQLite and PostgreSQL alike
+                res = await conn.execute(update(webhook_outbox).where(
+                    and_(o.id == row["id"], o.status == "pending", free))
+                    .values(lease_until=now + lease))
+                if res.rowcount == 1:
+                    claimed.append(dict(row))
+            return claimed
+
+    async def next_due(self) -> float | None:
+        """When the next pending delivery is due (None: none pending)."""
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(select(func.min(webhook_outbox.c.next_attempt_at))
+                                      .where(webhook_outbox.c.status == "pending"))
+            return None if value is None else float(value)
+
+    async def settle(self, delivery_id: str, **values: Any) -> None:
+        """Record an attempt's result on a delivery and release its lease."""
+        async with self.engine.begin() as conn:
+            await conn.execute(update(webhook_outbox).where(webhook_outbox.c.id == delivery_id)
+                               .values(lease_until=None, **values))
+
+    async def disable_endpoint(self, url: str, reason: str) -> None:
+        """410 Gone: disable ``url`` and stop its pending deliveries."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(self._insert(webhook_endpoints).values(url=url)
+                               .on_conflict_do_nothing(index_elements=["url"]))
+            await conn.execute(update(webhook_endpoints).where(webhook_endpoints.c.url == url)
+                               .values(disabled_at=now, disabled_reason=reason))
+            await conn.execute(update(webhook_outbox).where(
+                webhook_outbox.c.url == url, webhook_outbox.c.status == "pending")
+                .values(status="disabled", finished_at=now, lease_until=None))
+
+    async def deliveries(self) -> list[dict[str, Any]]:
+        """Every delivery, oldest first (for tests, scripts and operators)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(webhook_outbox).order_by(webhook_outbox.c.created_at))
+            return [dict(r) for r in rows.mappings()]
+
+
+def _turn(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"role": row["role"], "content": row["content"], "outcome": row["outcome"],
+            "reason": row["reason"], "stream_id": row["stream_id"], "agent": row["agent"],
+            "tokens": row["tokens"], "created_at": row["created_at"],
+            "updated_at": row["updated_at"]}
+
+
+def _alive(pid: int) -> bool:
+    # recover() runs at start-up, before this process wrote anything: a checkpoint
+    # carrying our own pid is from a dead predecessor (containers reuse pids).
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed worker whose parent died too may linger as a zombie nobody reaps
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

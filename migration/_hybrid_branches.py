@@ -1,0 +1,157 @@
+"""The two branches of the hybrid front, built to share one loop and one admission.
+
+- ``LoopBridge``: the legacy seam (``legacy_bridge._seam.Bridge``) attached to the
+  ASGI server's running loop instead of a loop thread of its own.
+- ``FlaggedRegistry``: the agent registry each branch's service sees; it narrows an
+  agent to the form (sync or async) the flag picks for that branch.
+- ``expose_disconnect``: the WSGI shim that hands the front's disconnect hook to the
+  Flask extension (``streambridge.on_disconnect`` in the environ).
+- ``run_lifespan``: runs a mounted ASGI app's lifespan (the native app's start-up
+  and shutdown) inside the front's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from async_core import Agent, AgentRegistry, Settings, StreamService
+from legacy_bridge._glue import ThreadGlue
+from legacy_bridge._seam import Bridge
+
+from ._flagfile import FlagStore
+from .flags import Path, impl_for
+
+ON_DISCONNECT = "streambridge.on_disconnect"
+
+
+class LoopBridge(Bridge):
+    """The legacy seam on the ASGI server's loop: same janus queues, no loop thread.
+
+    WSGI threads (a2wsgi's pool) call into it exactly as gunicorn's threads call a
+    plain ``Bridge``; only the loop differs. ``attach`` must run on that loop (the
+    front's lifespan start-up) before the first request.
+    """
+
+    def attach(self, service: StreamService, glue: ThreadGlue) -> None:
+        """Adopt the running loop, ``service`` (built on it) and ``glue`` (agents)."""
+        self._loop = asyncio.get_running_loop()
+        self._glue, self._service, self._pumps = glue, service, set()
+        self._pid = os.getpid()
+
+    def start(self) -> None:
+        """Nothing to start: the server's loop runs already (see ``attach``)."""
+        if self._pid != os.getpid():
+            raise RuntimeError("LoopBridge used before attach() on the server's loop")
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Not used: ``aclose`` runs on the loop at the front's lifespan shutdown."""
+        return True
+
+    async def aclose(self, grace: float) -> bool:
+        """End what still streams (in-band), wait for the pumps and the agent threads."""
+        if self._service is None or self._glue is None:
+            return True
+        self._service.lifecycle.begin_drain(0.0)
+        if self._pumps:
+            await asyncio.wait(set(self._pumps), timeout=grace)
+        return await asyncio.to_thread(self._glue.join_agents, min(2.0, grace))
+
+    @property
+    def pumps(self) -> int:
+        """Legacy-branch streams being pumped to WSGI threads now."""
+        return len(self._pumps)
+
+
+class FlaggedRegistry(AgentRegistry):
+    """A live view of ``base`` for one branch: each agent narrowed to the flagged form.
+
+    The engine runs the sync form when an agent has no async form (or when its
+    service prefers sync); removing the form the flag does not want therefore
+    selects the wanted one, and an agent with a single form keeps it. The flag
+    file is consulted at every lookup, so a reload applies to the next stream.
+
+    Args:
+        base: the registered agents.
+        store: the flag configuration in force.
+        path: the branch this view serves.
+    """
+
+    def __init__(self, base: AgentRegistry, store: FlagStore, path: Path) -> None:
+        super().__init__()
+        self.base, self.store, self.path = base, store, path
+        self._narrowed: dict[tuple[int, str], Agent] = {}
+
+    def register(self, agent: Agent) -> None:
+        """Register on the base registry (both branches see it)."""
+        self.base.register(agent)
+
+    def names(self) -> list[str]:
+        """The base registry's names."""
+        return self.base.names()
+
+    def get(self, name: str) -> Agent:
+        """The agent called ``name`` with only the flagged form (if it has that form)."""
+        agent = self.base.get(name)
+        impl = impl_for(self.store.current(), name, self.path)
+        if agent.sync_fn is None or agent.async_fn is None:
+            return agent
+        key = (id(agent), impl)
+        narrowed = self._narrowed.get(key)
+        if narrowed is None:
+            drop = "async_fn" if impl == "sync" else "sync_fn"
+            narrowed = self._narrowed[key] = dataclasses.replace(agent, **{drop: None})
+        return narrowed
+
+
+def expose_disconnect(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """WSGI shim: copy the front's disconnect hook from the ASGI scope to the environ."""
+
+    def shim(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        scope = environ.get("asgi.scope")  # a2wsgi keeps the scope in the environ
+        if scope is not None and ON_DISCONNECT in scope:
+            environ[ON_DISCONNECT] = scope[ON_DISCONNECT]
+        return app(environ, start_response)
+
+    return shim
+
+
+async def run_lifespan(app: Callable[..., Awaitable[None]]
+                       ) -> Callable[[], Awaitable[None]]:
+    """Start ``app``'s lifespan; return the coroutine function that shuts it down.
+
+    Raises:
+        RuntimeError: the app's start-up failed.
+    """
+    to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
+             "state": {}}
+    task = asyncio.get_running_loop().create_task(app(scope, to_app.get, from_app.put))
+    await to_app.put({"type": "lifespan.startup"})
+    started = await from_app.get()
+    if started["type"] != "lifespan.startup.complete":
+        raise RuntimeError(f"native app start-up failed: {started.get('message', '')}")
+
+    async def shutdown() -> None:
+        await to_app.put({"type": "lifespan.shutdown"})
+        await from_app.get()
+        await task
+
+    return shutdown
+
+
+def wsgi_threads(settings: Settings, environ: dict[str, str] | None = None) -> int:
+    """Threads of the Flask branch: one per stream slot and buffered slot, plus 16.
+
+    ``STREAMBRIDGE_HYBRID_THREADS`` overrides it. Admission (503) is then what
+    refuses streams, not a2wsgi's pool (10 threads by default, and silent).
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("STREAMBRIDGE_HYBRID_THREADS", "").strip()
+    if raw:
+        return max(1, int(raw))
+    return (settings.max_streams or 1024) + settings.max_buffered + 16

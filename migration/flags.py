@@ -1,0 +1,236 @@
+"""The migration flag: which path serves a request, and which form of its agent runs.
+
+A pure decision, no I/O: ``decide(config, request)`` takes the flag configuration
+and what the front knows about one request, and returns a ``Decision``. The file
+that holds the configuration, its reload and the ``flags`` subcommands live in
+``_flagfile.py``; the hybrid front (``hybrid.py``) calls ``decide`` per request.
+
+Precedence, first match wins:
+
+1. ``X-Stream-Path-Override: legacy|async``, honoured only when the request also
+   presents the configured operator key (``X-Operator-Key``); a refused override
+   is reported in the decision and otherwise ignored.
+2. A per-agent mode (``agents.<name>.mode``).
+3. The global mode: ``legacy``, ``async``, or a percentage of sticky buckets
+   served by async. Buckets are ``blake2b(salt + key) mod 100`` where the key is
+   the conversation id (or the tenant when ``sticky = "tenant"``, falling back to the
+   conversation id when the tenant header is absent): stable across
+   processes and restarts, so a conversation never flips while the flag holds.
+   Raising the percentage only moves buckets from legacy to async.
+
+The agent's form (``impl``) is the per-agent ``impl`` when set, else the path's
+default: ``legacy_impl`` (``sync``) or ``async_impl`` (``async``). An agent with
+only one form runs that form whatever the flag says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+Path = Literal["legacy", "async"]
+Impl = Literal["sync", "async"]
+Sticky = Literal["conversation", "tenant"]
+Mode = Path | int  # "legacy", "async", or the percentage (0..100) of buckets on async
+Reason = Literal["header", "agent", "mode", "bucket", "no_key"]
+
+PATHS: tuple[Path, ...] = ("legacy", "async")
+IMPLS: tuple[Impl, ...] = ("sync", "async")
+BUCKETS = 100
+
+
+def parse_mode(raw: object) -> Mode:
+    """Read a mode: ``"legacy"``, ``"async"``, or a percentage (``25``, ``"25"``, ``"25%"``).
+
+    Raises:
+        ValueError: anything else, naming the value.
+    """
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in PATHS:
+            return text  # type: ignore[return-value]
+        text = text.removesuffix("%").strip()
+        if text.isdigit():
+            raw = int(text)
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 100:
+        return raw
+    raise ValueError(f"mode must be 'legacy', 'async' or a percentage 0-100, got {raw!r}")
+
+
+def _check(value: object, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AgentFlag:
+    """A per-agent override; ``None`` fields follow the global configuration.
+
+    Attributes:
+        mode: this agent's own mode (``legacy``, ``async`` or a percentage).
+        impl: the form of the agent that runs on either path (``sync`` or ``async``).
+    """
+
+    mode: Mode | None = None
+    impl: Impl | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            object.__setattr__(self, "mode", parse_mode(self.mode))
+        if self.impl is not None:
+            _check(self.impl, IMPLS, "impl")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FlagConfig:
+    """The whole flag: one immutable snapshot, replaced as a whole on reload.
+
+    Attributes:
+        mode: ``legacy``, ``async``, or the percentage of buckets served by async.
+        sticky: bucket by ``conversation`` id or by ``tenant``.
+        tenant_header: the request header naming the tenant.
+        salt: mixed into the bucket hash (changing it reshuffles every bucket).
+        legacy_impl: the agent form run on the legacy path by default.
+        async_impl: the agent form run on the async path by default.
+        agents: per-agent overrides by agent name.
+        operator_key: the key that unlocks ``X-Stream-Path-Override`` ("" disables it).
+    """
+
+    mode: Mode = "legacy"
+    sticky: Sticky = "conversation"
+    tenant_header: str = "x-tenant-id"
+    salt: str = ""
+    legacy_impl: Impl = "sync"
+    async_impl: Impl = "async"
+    agents: Mapping[str, AgentFlag] = field(default_factory=dict)
+    operator_key: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", parse_mode(self.mode))
+        _check(self.sticky, ("conversation", "tenant"), "sticky")
+        _check(self.legacy_impl, IMPLS, "legacy_impl")
+        _check(self.async_impl, IMPLS, "async_impl")
+        object.__setattr__(self, "tenant_header", self.tenant_header.strip().lower())
+        agents = {}
+        for name, flag in dict(self.agents).items():
+            agents[name] = flag if isinstance(flag, AgentFlag) else AgentFlag(**flag)
+        object.__setattr__(self, "agents", MappingProxyType(agents))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base: FlagConfig | None = None) -> FlagConfig:
+        """Build a config from a file's mapping; missing keys come from ``base``.
+
+        Raises:
+            ValueError: an unknown key or a bad value, naming it.
+        """
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown flag setting(s): {', '.join(sorted(unknown))}")
+        current = base.to_dict(redact=False) if base is not None else {}
+        try:
+            return cls(**{**current, **data})
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+
+    def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        """The config as plain data (for ``flags show`` and the file writer)."""
+        agents = {name: {k: v for k, v in (("mode", f.mode), ("impl", f.impl)) if v is not None}
+                  for name, f in sorted(self.agents.items())}
+        key = ("<set>" if self.operator_key else "") if redact else self.operator_key
+        return {"mode": self.mode, "sticky": self.sticky, "tenant_header": self.tenant_header,
+                "salt": self.salt, "legacy_impl": self.legacy_impl,
+                "async_impl": self.async_impl, "agents": agents, "operator_key": key}
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """What the front knows about one request when it decides.
+
+    Attributes:
+        agent: the agent named by the request.
+        conversation_id: the conversation (the front assigns one when missing).
+        tenant: the tenant header's value, if any.
+        override: the ``X-Stream-Path-Override`` header, if any.
+        presented_key: the ``X-Operator-Key`` header, if any.
+    """
+
+    agent: str
+    conversation_id: str = ""
+    tenant: str = ""
+    override: str = ""
+    presented_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which path serves a request and which agent form runs, and why.
+
+    Attributes:
+        path: ``legacy`` or ``async``.
+        impl: ``sync`` or ``async`` (the preferred form; see the module doc).
+        reason: what decided: ``header``, ``agent`` (fixed per-agent mode), ``mode``
+            (fixed global mode), ``bucket`` (percentage), ``no_key`` (percentage but
+            no sticky key: the request stays on legacy).
+        bucket: the sticky bucket (0..99) when one was computed.
+        override_refused: an override header came without the right key.
+    """
+
+    path: Path
+    impl: Impl
+    reason: Reason
+    bucket: int | None = None
+    override_refused: bool = False
+
+
+def bucket_of(key: str, salt: str = "") -> int:
+    """The sticky bucket (0..99) of ``key``: blake2b, identical in every process."""
+    digest = hashlib.blake2b((salt + "\0" + key).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def impl_for(config: FlagConfig, agent: str, path: Path) -> Impl:
+    """The agent form ``config`` prefers for ``agent`` served on ``path``."""
+    flag = config.agents.get(agent)
+    if flag is not None and flag.impl is not None:
+        return flag.impl
+    return config.legacy_impl if path == "legacy" else config.async_impl
+
+
+def key_ok(config: FlagConfig, presented: str) -> bool:
+    """True when ``presented`` is the configured operator key (constant time)."""
+    if not config.operator_key or not presented:
+        return False
+    return hmac.compare_digest(config.operator_key.encode(), presented.encode())
+
+
+def decide(config: FlagConfig, request: RouteRequest) -> Decision:
+    """Decide the path and agent form of one request (pure: same inputs, same answer)."""
+    override = request.override.strip().lower()
+    refused = False
+    if override:
+        if override in PATHS and key_ok(config, request.presented_key):
+            path: Path = override  # type: ignore[assignment]
+            return Decision(path, impl_for(config, request.agent, path), "header")
+        refused = True
+    flag = config.agents.get(request.agent)
+    mode = flag.mode if flag is not None and flag.mode is not None else config.mode
+    fixed: Reason = "agent" if flag is not None and flag.mode is not None else "mode"
+    bucket: int | None = None
+    if mode in PATHS:
+        path, reason = mode, fixed  # type: ignore[assignment]
+    elif mode == 0 or mode == 100:
+        path, reason = ("async" if mode == 100 else "legacy"), fixed
+    else:
+        key = request.tenant if config.sticky == "tenant" else ""
+        key = key or request.conversation_id
+        if not key:
+            path, reason = "legacy", "no_key"
+        else:
+            bucket = bucket_of(key, config.salt)
+            path, reason = ("async" if bucket < int(mode) else "legacy"), "bucket"
+    return Decision(path, impl_for(config, request.agent, path), reason, bucket, refused)

@@ -1,0 +1,269 @@
+# design: the hybrid front; one ASGI app, two branches, one event loop per worker process.
+# - Routing: POST on a chat route (async_core.protocol.ROUTES) reads the request body
+#   (bounded by max_body_bytes), asks the flag (flags.decide) and replays the body into
+#   the chosen branch: "async" is async_core's Starlette app, served natively; "legacy" is
+#   the reference Flask app mounted through a2wsgi. Everything else (health, readiness,
+#   metrics, the page, the user's own Flask routes) goes to Flask. A chat request with no
+#   conversation id gets one here (X-Conversation-Id), so its later turns land in the same
+#   bucket. The decision shows in X-Stream-Path (set by each branch's service; the front
+#   adds it to pre-stream errors), in one log line and in the metrics' path label.
+# - One loop: gunicorn's uvicorn worker already runs a loop, so the legacy branch does not
+#   start the Bridge's loop thread: LoopBridge attaches the same seam to this loop. A Flask
+#   view (in an a2wsgi thread) blocks on bridge.call() while the loop opens the session;
+#   frames cross to that thread through the Bridge's janus queue exactly as in production
+#   legacy. The janus queue is created in the WSGI thread, and janus binds its async side
+#   to the loop of its first async use: the pump task, on this loop (test_hybrid pins it).
+#   The legacy branch's service is a relabelled shallow copy of the native one, so both
+#   share one Lifecycle, Admission, store and key limits (asyncio semaphores can only be
+#   shared on one loop): max_streams, the rate limit, readiness and the drain are per
+#   process, whichever branch serves; sync agents of both run on one bounded ThreadGlue.
+# - Disconnects: a2wsgi never reads receive() after the body, so it never sees the client
+#   leave (a2wsgi#48) and uvicorn drops writes silently (uvicorn#2276): the WSGI thread
+#   would pump heartbeats to nobody forever. The front owns receive() for Flask-branch
+#   requests: a watcher task awaits http.disconnect once the body was read, and calls the
+#   callbacks registered through environ["streambridge.on_disconnect"]; the Flask extension
+#   registers its WSGIBody.close, which shuts the frame queue (the WSGI thread's get()
+#   returns, a2wsgi ends the response) and aborts the session on the loop: the agent stops
+#   within milliseconds, as on the async branch.
+# - Threads: a2wsgi's pool (10 by default, and silently queueing) is sized to the stream
+#   and buffered slots plus 16; above that the front answers 503 at once and logs it.
+# - Shutdown: SIGTERM drains the shared lifecycle (both branches' streams end in-band with
+#   error "shutdown") before uvicorn's own handler runs; uvicorn-worker does not pass
+#   gunicorn's graceful timeout to uvicorn (uvicorn#2094), so HybridWorker sets
+#   timeout_graceful_shutdown itself, inside gunicorn's graceful_timeout.
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from a2wsgi import WSGIMiddleware
+from prometheus_client import Counter
+from starlette.responses import JSONResponse
+from uvicorn_worker import UvicornWorker
+
+from async_core import Settings, StreamService, default_registry
+from async_core import create_app as create_async_app
+from async_core._lifecycle import install_sigterm_drain
+from async_core.exceptions import Overloaded
+from async_core.protocol import ROUTES, new_id
+from legacy_bridge._glue import ThreadGlue
+from legacy_bridge._seam import JanusRunner
+from legacy_bridge.app import create_app as create_flask_app
+
+from ._flagfile import ENV_FILE, FlagStore
+from ._hybrid_branches import (
+    ON_DISCONNECT,
+    FlaggedRegistry,
+    LoopBridge,
+    expose_disconnect,
+    run_lifespan,
+    wsgi_threads,
+)
+from ._watch import DisconnectWatch, replay
+from .flags import Decision, RouteRequest, decide
+
+log = logging.getLogger("streambridge.hybrid")
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+DECISIONS = Counter("streambridge_flag_decisions_total",
+                    "Chat requests routed by the migration flag.", ["path", "impl", "reason"])
+
+
+class HybridFront:
+    """The ASGI app of ``streambridge serve --path hybrid``.
+
+    Args:
+        settings: configuration (default: ``Settings.from_env()``).
+        flags: the flag store (default: ``$STREAMBRIDGE_FLAGS_FILE`` over the environment).
+        threads: WSGI threads of the Flask branch (default: ``wsgi_threads``).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, flags: FlagStore | None = None,
+                 threads: int | None = None) -> None:
+        import os
+
+        self.settings = s = settings or Settings.from_env()
+        self.flags = flags or FlagStore(os.environ.get(ENV_FILE))
+        registry = default_registry(s)
+        self.glue = ThreadGlue((s.max_streams or 1024) + s.max_buffered)
+        runner = JanusRunner(self.glue)
+        self.async_app = create_async_app(
+            s, registry=FlaggedRegistry(registry, self.flags, "async"), sync_runner=runner,
+            path="async", drain_on_sigterm=False)
+        shared: StreamService = self.async_app.state.service
+        self.flask_app = create_flask_app(s)
+        ext = self.flask_app.extensions["streambridge"]
+        self.bridge = LoopBridge(s, path="legacy")
+        self._legacy_registry = FlaggedRegistry(registry, self.flags, "legacy")
+        ext.bridge = self.bridge  # the Flask extension streams through the loop's seam
+        self.lifecycle = shared.lifecycle
+        self.threads = threads or wsgi_threads(s)
+        self.wsgi = WSGIMiddleware(expose_disconnect(self.flask_app.wsgi_app),  # type: ignore[arg-type]
+                                   workers=self.threads)
+        self.in_flight = 0
+        self._shutdown_native: Callable[[], Awaitable[None]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif (scope["type"] == "http" and scope["method"] == "POST"
+              and scope["path"] in ROUTES):
+            await self._chat(scope, receive, send)
+        else:
+            await self._legacy(scope, receive, send, [])
+
+    # -- chat routes: decide, then serve ------------------------------------------
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        messages, body = await self._read_body(receive)
+        decision, conversation_id = self._decide(scope, body)
+        headers = list(scope["headers"])
+        if conversation_id:
+            headers.append((b"x-conversation-id", conversation_id.encode()))
+        scope = {**scope, "headers": headers}
+        send = _with_path_header(send, decision.path)
+        if decision.path == "async":
+            await self.async_app(scope, replay(messages, receive), send)
+        else:
+            await self._legacy(scope, receive, send, messages)
+
+    async def _read_body(self, receive: Receive) -> tuple[list[dict[str, Any]], bytes]:
+        messages, size, limit = [], 0, self.settings.max_body_bytes
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages, b""  # the client left already; the branch sees it too
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+            if size > limit:
+                return messages, b""  # too large: the branch reads on and answers 413
+        return messages, b"".join(m.get("body", b"") for m in messages)
+
+    def _decide(self, scope: Scope, body: bytes) -> tuple[Decision, str]:
+        """Return the decision and the conversation id to add (empty: keep the client's)."""
+        config = self.flags.current()
+        heads = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
+        try:
+            data = json.loads(body) if body else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            data = None
+        data = data if isinstance(data, dict) else {}
+        route = ROUTES[scope["path"]]
+        agent = data.get("agent" if route == "native" else "model")
+        if route == "native" and agent is None:
+            agent = self.settings.default_agent
+        conversation = data.get("conversation_id") or heads.get("x-conversation-id") or ""
+        added = ""
+        if data and not conversation:
+            conversation = added = new_id()
+        decision = decide(config, RouteRequest(
+            agent=agent if isinstance(agent, str) else "",
+            conversation_id=conversation if isinstance(conversation, str) else "",
+            tenant=heads.get(config.tenant_header, ""),
+            override=heads.get("x-stream-path-override", ""),
+            presented_key=heads.get("x-operator-key", "")))
+        DECISIONS.labels(decision.path, decision.impl, decision.reason).inc()
+        log.info("flag: %s agent=%s conversation=%s bucket=%s -> path=%s impl=%s (%s%s)",
+                 scope["path"], agent, conversation, decision.bucket, decision.path,
+                 decision.impl, decision.reason,
+                 ", override refused" if decision.override_refused else "")
+        return decision, added
+
+    # -- the Flask branch ---------------------------------------------------------
+
+    async def _legacy(self, scope: Scope, receive: Receive, send: Send,
+                      messages: list[dict[str, Any]]) -> None:
+        if scope["type"] != "http":
+            await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
+            return
+        if self.in_flight >= self.threads:
+            log.warning("all %d WSGI threads are busy: 503 for %s", self.threads, scope["path"])
+            error = Overloaded(f"all {self.threads} WSGI threads of this worker are busy",
+                               retry_after=1)
+            await JSONResponse(error.body(), error.status, error.headers())(scope, receive, send)
+            return
+        watch = DisconnectWatch(receive, messages)
+        scope = {**scope, ON_DISCONNECT: watch.on_disconnect}
+        self.in_flight += 1
+        try:
+            await self.wsgi(scope, watch.receive, send)  # type: ignore[arg-type]
+        finally:
+            self.in_flight -= 1
+            await watch.aclose()
+
+    # -- lifespan -----------------------------------------------------------------
+
+    def _legacy_service(self) -> StreamService:
+        """The native service relabelled ``legacy``: the same admission, lifecycle, hooks,
+        store and key limits (shared references), the legacy path's label and form."""
+        service = copy.copy(self.async_app.state.service)
+        service.path = "legacy"
+        service.prefer_sync = True
+        service.registry = self._legacy_registry
+        return service
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        try:
+            self._shutdown_native = await run_lifespan(self.async_app)  # opens the store
+            self.bridge.attach(self._legacy_service(), self.glue)
+            install_sigterm_drain(self.lifecycle)
+        except Exception as e:
+            log.exception("hybrid front start-up failed")
+            await send({"type": "lifespan.startup.failed", "message": str(e)})
+            return
+        log.info("hybrid front ready: flags %s, %d WSGI threads", self.flags.path or "(env)",
+                 self.threads)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        grace = self.settings.policy.send_timeout or 5.0
+        if not await self.bridge.aclose(grace):
+            log.warning("sync agents still running at shutdown")
+        if self._shutdown_native is not None:
+            await self._shutdown_native()
+        self.wsgi.executor.shutdown(wait=False, cancel_futures=True)
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _with_path_header(send: Send, path: str) -> Send:
+    """Add X-Stream-Path to a response that lacks it (errors before the stream)."""
+    value = path.encode()
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers") or []
+            if not any(k.lower() == b"x-stream-path" for k, _ in headers):
+                message = {**message, "headers": [*headers, (b"x-stream-path", value)]}
+        await send(message)
+
+    return wrapped
+
+
+def create_app() -> HybridFront:
+    """Factory for gunicorn/uvicorn: the hybrid front configured from the environment."""
+    return HybridFront()
+
+
+class HybridWorker(UvicornWorker):
+    """gunicorn's uvicorn worker, with uvicorn's graceful timeout set (uvicorn#2094).
+
+    uvicorn-worker leaves ``timeout_graceful_shutdown`` unset (wait forever), so a
+    stream that never ends would hold the worker until gunicorn's SIGKILL. The drain
+    runs first (``drain_grace`` + 1 s); uvicorn then gets what is left of gunicorn's
+    ``graceful_timeout`` minus a margin for the lifespan shutdown.
+    """
+
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "asyncio", "http": "auto", "lifespan": "on"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        grace = Settings.from_env().drain_grace
+        self.config.timeout_graceful_shutdown = max(
+            1, int(self.cfg.graceful_timeout - grace - 3))

@@ -1,0 +1,50 @@
+"""gunicorn configuration for the hybrid front (``streambridge serve --path hybrid``).
+
+Use: ``gunicorn -c python:migration.hybrid_gunicorn_conf 'migration.hybrid:create_app()'``.
+The worker class is ``migration.hybrid.HybridWorker`` (uvicorn-worker's, with uvicorn's
+graceful timeout set: uvicorn#2094). Timeouts, outermost first (each longer than the
+one below it):
+
+    orchestrator grace (e.g. Kubernetes terminationGracePeriodSeconds)
+      > graceful_timeout = drain_grace + 6 s (whole seconds)
+        > drain_grace + 1 s (streams end in-band) + uvicorn's timeout_graceful_shutdown
+          (graceful_timeout - drain_grace - 3 s) + the lifespan shutdown
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+_grace = float(os.environ.get("STREAMBRIDGE_DRAIN_GRACE", "10") or 10)
+
+bind = os.environ.get("STREAMBRIDGE_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("STREAMBRIDGE_WORKERS", "1"))
+worker_class = "migration.hybrid.HybridWorker"
+graceful_timeout = int(_grace + 6.999)
+timeout = 30
+keepalive = 5
+preload_app = False  # each worker builds its app (and its loop's seam) after fork
+control_socket_disable = True  # gunicorn 27: no control socket under ~/.gunicorn
+
+# Metrics from every worker: prometheus_client reads this before it is imported.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streambridge-prom-")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Forget a dead worker's live gauges (Prometheus multiprocess mode)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def post_worker_init(worker: Any) -> None:
+    """Show streambridge's log lines (the flag's decisions among them) in gunicorn's log."""
+    import logging
+    import sys
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="[%(process)d] [%(name)s] %(levelname)s %(message)s")

@@ -1,0 +1,186 @@
+"""Shared pieces of the benchmarks: server processes measured as a whole tree.
+
+``bench_engine.py`` owns the raw asyncio HTTP client (``StreamClient``,
+``open_streams``, ``run_phase``...); ``bench_legacy.py`` reuses it as is. What
+lives here is what that script lacks: a server started from any command line
+(gunicorn or uvicorn), whose CPU and RSS are those of its whole process tree
+(gunicorn's master plus its worker), and a client that walks away mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+from bench_engine import HOST, StreamClient
+
+LISTEN = re.compile(rb"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
+START_TIMEOUT = 30.0
+
+
+class TreeServer:
+    """A server subprocess on an ephemeral loopback port, measured with its children.
+
+    Args:
+        name: the variant's name (log file name, messages).
+        cmd: the command line; it must bind 127.0.0.1 port 0 and log the port.
+        env: extra environment variables.
+        log_dir: where its combined stdout/stderr goes.
+    """
+
+    def __init__(self, name: str, cmd: Sequence[str], env: Mapping[str, str],
+                 log_dir: Path, cwd: Path) -> None:
+        self.name, self.cmd, self.env, self.cwd = name, list(cmd), dict(env), cwd
+        self.log_path = log_dir / f"{name}.log"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ps: psutil.Process | None = None
+        self._tree: list[psutil.Process] = []
+
+    def start(self) -> None:
+        """Start the server and return once ``/healthz`` answers 200.
+
+        Raises:
+            RuntimeError: the server exited or did not get ready in time.
+        """
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env={**os.environ, **self.env},
+                                         stdout=log, stderr=subprocess.STDOUT)
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.port:
+            match = LISTEN.search(self.log_path.read_bytes())
+            if match:
+                self.port = int(match.group(1))
+            else:
+                self._check_alive(deadline)
+                time.sleep(0.05)
+        while not self._healthy():
+            self._check_alive(deadline)
+            time.sleep(0.05)
+        self._tree = [self.ps, *self.ps.children(recursive=True)]
+
+    def _check_alive(self, deadline: float) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None or time.monotonic() > deadline:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} server did not start:\n{tail}")
+
+    def _healthy(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=2) as sock:
+                sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n"
+                             "Connection: close\r\n\r\n".encode())
+                return sock.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """PIDs of the processes under the one we started (gunicorn's worker)."""
+        return [p.pid for p in self._tree[1:]]
+
+    def cpu(self) -> float:
+        """User + system CPU seconds of the whole tree (every thread of every process)."""
+        total = 0.0
+        for p in self._tree:
+            with_times = p.cpu_times()
+            total += with_times.user + with_times.system
+        return total
+
+    def rss(self) -> int:
+        """Resident set size of the whole tree in bytes."""
+        return sum(int(p.memory_info().rss) for p in self._tree)
+
+    def open_connections(self) -> int:
+        """Established TCP connections held by the tree."""
+        return sum(1 for p in self._tree for c in p.net_connections("tcp")
+                   if c.status == psutil.CONN_ESTABLISHED)
+
+    async def wait_idle(self, max_wait: float) -> None:
+        """Wait (bounded) until the server holds no established TCP connection."""
+        deadline = time.monotonic() + max_wait
+        while self.open_connections():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: connections still open after {max_wait} s")
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM the process we started (it stops its own workers); SIGKILL after 15 s."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+class LeavingClient(StreamClient):
+    """A stream client that closes its connection after ``leave_after`` tokens.
+
+    ``left_at`` is the wall time of the close (the agent's clock: same machine).
+    """
+
+    def __init__(self, request: bytes, leave_after: int) -> None:
+        super().__init__(request, keep_lags=False)
+        self.leave_after = leave_after
+        self.left_at: float | None = None
+        self.left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.left_at is None and self.tokens >= self.leave_after:
+            self.left_at = time.time()
+            self.close()  # FIN, as a browser tab closing; the server sees it on a write
+            self.left.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.left.done():
+            self.left.set_result(None)
+
+
+def read_agent_record(path: Path) -> tuple[list[float], float | None]:
+    """Parse an agent's record: production times, and its ``finally`` time (or None)."""
+    try:
+        lines = path.read_text().split("\n")
+    except FileNotFoundError:
+        return [], None
+    times: list[float] = []
+    ended: float | None = None
+    for line in lines:
+        if line.startswith("end "):
+            ended = float(line[4:])
+        elif line.strip():
+            times.append(float(line))
+    return times, ended
+
+
+def after_leaving(times: list[float], left_at: float) -> int:
+    """Tokens the agent produced after its client left."""
+    return sum(1 for t in times if t > left_at)
+
+
+def gunicorn_cmd(python: str, app: str, extra: Sequence[str]) -> list[str]:
+    """A bare gunicorn command line (1 worker, loopback, ephemeral port) for ``app``."""
+    return [python, "-m", "gunicorn", "--no-control-socket", "--workers", "1",
+            "--bind", f"{HOST}:0", "--backlog", "4096", "--timeout", "60",
+            "--log-level", "info", *extra, app]
+
+
+def summarize_counts(values: Sequence[Any]) -> str:
+    """``min/median/max`` of small integers, for a table cell."""
+    ordered = sorted(values)
+    return f"{ordered[0]}/{ordered[len(ordered) // 2]}/{ordered[-1]}" if ordered else "-"

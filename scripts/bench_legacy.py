@@ -1,0 +1,416 @@
+"""Benchmark: the legacy path (gthread, gevent) and the async path against today's baselines.
+
+What is compared (one run, five servers up at once, 1 worker each, 127.0.0.1)
+    All stream the same sync agent, ``bench_legacy_apps.bench_sync``: tokens that are
+    their own production wall time, paced by ``time.sleep(interval_ms)``.
+
+    - direct:   Flask view iterating the agent, ``gunicorn -k gthread --threads 256``;
+    - polling:  Flask view + agent thread + ``queue.Queue`` polled with
+      ``get(timeout=0.1)``, ``gunicorn -k gthread --threads 256``;
+    - legacy-gthread: ``streambridge serve --path legacy --worker-class gthread
+      --threads 256`` (the reference app; agent registered through
+      ``STREAMBRIDGE_AGENTS=bench_legacy_apps:AGENTS``);
+    - legacy-gevent:  the same with ``--worker-class gevent`` (1000 connections);
+    - async:    ``streambridge serve --path async`` (uvicorn) with
+      ``STREAMBRIDGE_AGENT_FORM=sync``: the sync agent through the janus runner;
+    - async-twin: the same server running the agent's async twin (``asyncio.sleep``
+      pacing): the engine with no thread hop, for reference (no target applies).
+
+    Persistence is off (``STREAMBRIDGE_DATABASE_URL=none``) unless ``--store``: the
+    baselines store nothing. With ``--store`` each product server writes its own
+    embedded SQLite file in the run's temporary directory.
+
+    The baselines send ``data: <token>\\n\\n`` per token; the product sends its native
+    SSE (``id``/``event: delta``/JSON data, coalesced deltas), as users get it.
+
+How it is measured
+    With ``bench_engine.py``'s raw asyncio client (one connection per stream; every
+    timestamp found in each read counts as a token with its own lag). Phases
+    alternate between the servers, the order rotating every round.
+
+    - TTFC: request written → first token read. "1 stream" pools sequential 1-token
+      requests and the paced single streams; "N streams" the concurrent paced phase.
+    - lag: receive wall time − production wall time, every token of the paced phases.
+    - CPU µs/token: user+system CPU of the server's whole process tree (psutil) over
+      the phase / tokens received; "@10 ms" is the concurrent paced phase.
+    - tokens/s unpaced: tokens received / wall time (``SO_RCVLOWAT`` reads).
+    - RSS/stream: tree RSS with N streams open (first token read, second due in
+      ``rss_hold_ms``) minus before, / N; taken first, on fresh heaps.
+    - after-leave: clients close after 20 tokens of a 10 ms-paced stream; the agent
+      logs each production time and the time its ``finally`` ran; we count tokens
+      produced after the close and wait up to ``leave_wait`` s for the ``finally``.
+
+Usage
+    ``.venv/bin/python scripts/bench_legacy.py [--quick] [--json PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from _benchlib import (
+    LeavingClient,
+    TreeServer,
+    after_leaving,
+    gunicorn_cmd,
+    read_agent_record,
+)
+from bench_engine import (
+    UNPACED_RCVLOWAT,
+    Sample,
+    chat_request,
+    log,
+    open_streams,
+    pct,
+    raise_fd_limit,
+    run_phase,
+)
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+PY = sys.executable
+VARIANTS = ("direct", "polling", "legacy-gthread", "legacy-gevent", "async", "async-twin")
+PRODUCT = ("legacy-gthread", "legacy-gevent", "async")
+BASE = "direct"
+THREADS = "256"
+SERVE = [PY, "-m", "migration.cli", "serve", "--port", "0"]
+COMMANDS: dict[str, list[str]] = {
+    "direct": gunicorn_cmd(PY, "bench_legacy_apps:direct_app()",
+                           ["--worker-class", "gthread", "--threads", THREADS]),
+    "polling": gunicorn_cmd(PY, "bench_legacy_apps:polling_app()",
+                            ["--worker-class", "gthread", "--threads", THREADS]),
+    "legacy-gthread": [*SERVE, "--path", "legacy", "--worker-class", "gthread",
+                       "--threads", THREADS],
+    "legacy-gevent": [*SERVE, "--path", "legacy", "--worker-class", "gevent"],
+    "async": [*SERVE, "--path", "async"],
+    "async-twin": [*SERVE, "--path", "async"],
+}
+# async: the sync agent through the janus runner on uvicorn's loop; async-twin: its
+# async twin, natively (the engine without any seam).
+VARIANT_ENV: dict[str, dict[str, str]] = {"async": {"STREAMBRIDGE_AGENT_FORM": "sync"},
+                                          "async-twin": {"STREAMBRIDGE_AGENT_FORM": "async"}}
+CPU_TARGET_US = 25.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of every phase (``--quick`` shrinks them)."""
+
+    ttfc_requests: int = 30
+    paced_tokens: int = 200
+    interval_ms: float = 10.0
+    single_rounds: int = 2
+    concurrent: int = 100
+    concurrent_rounds: int = 2
+    unpaced_tokens: int = 10_000
+    unpaced_rounds: int = 2
+    unpaced_streams: int = 20
+    unpaced_multi_tokens: int = 5_000
+    unpaced_multi_rounds: int = 2
+    open_threaded: int = 200      # RSS: streams held open on gthread servers
+    open_async: int = 500         # ... on gevent and uvicorn
+    rss_hold_ms: int = 4_000
+    leaving: int = 5              # disconnect phase: streams per variant
+    leave_after: int = 20
+    leave_wait: float = 2.0
+    phase_timeout: float = 120.0
+
+
+QUICK = Plan(ttfc_requests=8, paced_tokens=60, single_rounds=1, concurrent=30,
+             concurrent_rounds=1, unpaced_tokens=3_000, unpaced_rounds=1, unpaced_streams=5,
+             unpaced_multi_tokens=2_000, unpaced_multi_rounds=1, open_threaded=50,
+             open_async=100, rss_hold_ms=2_000, leaving=2, phase_timeout=30.0)
+
+
+def ordered(round_no: int) -> tuple[str, ...]:
+    """Every variant, the order rotated each round."""
+    k = round_no % len(VARIANTS)
+    return VARIANTS[k:] + VARIANTS[:k]
+
+
+async def leave_phase(server: TreeServer, plan: Plan, state_dir: Path) -> dict[str, Any]:
+    """Streams whose clients leave mid-way: what their agents did afterwards."""
+    loop = asyncio.get_running_loop()
+    sids = [f"{server.name}-{uuid.uuid4().hex[:12]}" for _ in range(plan.leaving)]
+    clients = [LeavingClient(chat_request(server.port, {
+        "tokens": 600, "interval_ms": plan.interval_ms, "sid": sid}), plan.leave_after)
+        for sid in sids]
+    for c in clients:
+        await loop.create_connection(lambda c=c: c, "127.0.0.1", server.port)
+        c.send()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.left for c in clients)), plan.phase_timeout)
+    finally:
+        for c in clients:
+            c.close()
+    if any(c.left_at is None for c in clients):
+        raise RuntimeError(f"{server.name}: a stream ended before its client left")
+    deadline = max(c.left_at or 0.0 for c in clients) + plan.leave_wait
+    while time.time() < deadline:
+        if all(read_agent_record(state_dir / s)[1] is not None for s in sids):
+            break
+        await asyncio.sleep(0.02)
+    after, stop_ms, running = [], [], 0
+    for sid, c in zip(sids, clients, strict=True):
+        times, ended = read_agent_record(state_dir / sid)
+        assert c.left_at is not None
+        after.append(after_leaving(times, c.left_at))
+        if ended is None:
+            running += 1
+        else:
+            stop_ms.append((ended - c.left_at) * 1000)
+    return {"after": after, "stop_ms": stop_ms, "still_running": running}
+
+
+async def benchmark(servers: dict[str, TreeServer], plan: Plan,
+                    state_dir: Path) -> dict[str, Any]:
+    """Run every phase on every server, interleaved, and return the raw samples."""
+    paced: dict[str, Any] = {"tokens": plan.paced_tokens, "interval_ms": plan.interval_ms}
+    t = plan.phase_timeout
+    out: dict[str, dict[str, list[Sample]]] = {}
+
+    def keep(phase: str, name: str, sample: Sample) -> None:
+        out.setdefault(phase, {v: [] for v in VARIANTS})[name].append(sample)
+
+    log("warm-up")
+    for name in VARIANTS:
+        await run_phase(servers[name], 10, {"tokens": 20, "interval_ms": 1},
+                        keep_lags=False, max_wait=t, expect_tokens=20)
+        await run_phase(servers[name], 1, {"tokens": 500, "interval_ms": 0},
+                        keep_lags=False, max_wait=t, expect_tokens=500)
+
+    log("RSS per open stream")
+    rss: dict[str, dict[str, float]] = {}
+    for name in VARIANTS:
+        count = plan.open_threaded if name in ("direct", "polling", "legacy-gthread") \
+            else plan.open_async
+        per, _ = await rss_per_stream_held(servers[name], count, plan)
+        rss[name] = {"streams": count, "bytes": per}
+
+    log(f"TTFC, {plan.ttfc_requests} sequential 1-token requests per variant")
+    for i in range(plan.ttfc_requests):
+        for name in ordered(i):
+            keep("ttfc1", name, await run_phase(servers[name], 1, {"tokens": 1},
+                                                keep_lags=False, max_wait=t, expect_tokens=1))
+
+    for label, phase, streams, rounds in (
+            ("1 stream", "paced1", 1, plan.single_rounds),
+            (f"{plan.concurrent} streams", "pacedN", plan.concurrent, plan.concurrent_rounds)):
+        log(f"{label} x {plan.paced_tokens} tokens @ {plan.interval_ms:g} ms, {rounds} rounds")
+        for r in range(rounds):
+            for name in ordered(r):
+                keep(phase, name, await run_phase(servers[name], streams, paced,
+                                                  keep_lags=True, max_wait=t,
+                                                  expect_tokens=plan.paced_tokens))
+
+    for phase, streams, tokens, rounds in (
+            ("unpaced1", 1, plan.unpaced_tokens, plan.unpaced_rounds),
+            ("unpacedN", plan.unpaced_streams, plan.unpaced_multi_tokens,
+             plan.unpaced_multi_rounds)):
+        log(f"unpaced {streams} x {tokens} tokens, {rounds} rounds")
+        for r in range(rounds):
+            for name in ordered(r):
+                keep(phase, name, await run_phase(
+                    servers[name], streams, {"tokens": tokens, "interval_ms": 0},
+                    keep_lags=False, max_wait=t, expect_tokens=tokens,
+                    rcvlowat=UNPACED_RCVLOWAT))
+
+    log(f"disconnects: {plan.leaving} streams per variant leave after {plan.leave_after} tokens")
+    leaving = {}
+    for name in VARIANTS:  # last: the polling baseline's agents keep running afterwards
+        leaving[name] = await leave_phase(servers[name], plan, state_dir)
+    return {"samples": out, "rss": rss, "leaving": leaving}
+
+
+async def rss_per_stream_held(server: TreeServer, count: int, plan: Plan) -> tuple[float, float]:
+    """``bench_engine.rss_per_stream`` with a second token due in ``rss_hold_ms``.
+
+    A WSGI server sees a closed connection only on its next write, so the streams
+    must end by themselves rather than by the client closing them (a sleeping
+    thread per stream would otherwise hold the gthread pool for the next phases).
+    """
+    before = server.rss()
+    clients = await open_streams(server.port, count,
+                                 {"tokens": 2, "interval_ms": plan.rss_hold_ms},
+                                 send_at_once=False)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.first_token for c in clients)),
+                               plan.phase_timeout)
+        after = server.rss()
+        done_early = sum(1 for c in clients if c.closed.done())
+        if done_early:
+            log(f"warning: {server.name}: {done_early} streams ended before the RSS reading")
+        await asyncio.wait_for(asyncio.gather(*(c.closed for c in clients)),
+                               plan.phase_timeout)
+    finally:
+        for c in clients:
+            c.close()
+    await server.wait_idle(plan.phase_timeout)
+    return (after - before) / count, 0.0
+
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def figures(raw: dict[str, Any], plan: Plan) -> dict[str, dict[str, float]]:
+    """Every figure per variant: ``{metric: {variant: value}}``."""
+    samples: dict[str, dict[str, list[Sample]]] = raw["samples"]
+
+    def pooled(phases: Sequence[str], name: str, attr: str) -> list[float]:
+        return [v for ph in phases for s in samples[ph][name] for v in getattr(s, attr)]
+
+    def median(phase: str, name: str, fn: Callable[[Sample], float]) -> float:
+        return statistics.median(fn(s) for s in samples[phase][name])
+
+    def cpu_us(s: Sample) -> float:
+        return s.server_cpu / s.tokens * 1e6 if s.tokens else math.nan
+
+    n, k = plan.concurrent, plan.unpaced_streams
+    fig: dict[str, dict[str, float]] = {}
+    for name in VARIANTS:
+        for label, ttfc_phases, lag_phase in (("1", ("ttfc1", "paced1"), "paced1"),
+                                              (str(n), ("pacedN",), "pacedN")):
+            ttfc = pooled(ttfc_phases, name, "ttfc")
+            lags = pooled((lag_phase,), name, "lags")
+            for p in (50, 99):
+                fig.setdefault(f"TTFC p{p} ms, {label} str", {})[name] = pct(ttfc, p) * 1e3
+            for p in (50, 99):
+                fig.setdefault(f"lag p{p} ms, {label} str", {})[name] = pct(lags, p) * 1e3
+        fig.setdefault(f"CPU us/tok @10ms, {n} str", {})[name] = median("pacedN", name, cpu_us)
+        fig.setdefault("CPU us/tok @10ms, 1 str", {})[name] = median("paced1", name, cpu_us)
+        for phase, label in (("unpaced1", "1"), ("unpacedN", str(k))):
+            fig.setdefault(f"tok/s unpaced, {label} str", {})[name] = median(
+                phase, name, lambda s: s.tokens / s.wall)
+            fig.setdefault(f"CPU us/tok unpaced, {label}", {})[name] = median(phase, name, cpu_us)
+        r = raw["rss"][name]
+        fig.setdefault("RSS KB/open stream", {})[name] = r["bytes"] / 1024
+        lv = raw["leaving"][name]
+        fig.setdefault("tokens after leave, max", {})[name] = max(lv["after"])
+        fig.setdefault("agents still running", {})[name] = lv["still_running"]
+        fig.setdefault("agent stop ms, max", {})[name] = max(lv["stop_ms"], default=math.nan)
+        fig.setdefault("client CPU max share", {})[name] = max(
+            s.client_cpu for by in samples.values() for s in by[name])
+        fig.setdefault("incomplete streams", {})[name] = sum(
+            s.incomplete for by in samples.values() for s in by[name])
+    return fig
+
+
+def targets(fig: dict[str, dict[str, float]], plan: Plan) -> dict[str, dict[str, bool]]:
+    """The issue's targets for each product variant: ``{target: {variant: ok}}``."""
+    n, k = plan.concurrent, plan.unpaced_streams
+    latency = [m for m in fig if m.startswith(("TTFC", "lag"))]
+    out: dict[str, dict[str, bool]] = {}
+    for name in PRODUCT:
+        d = fig
+        checks = {
+            f"CPU/tok @10ms {n} str <= {CPU_TARGET_US:g} us":
+                d[f"CPU us/tok @10ms, {n} str"][name] <= CPU_TARGET_US,
+            "unpaced tok/s 1 str >= 0.5x direct":
+                d["tok/s unpaced, 1 str"][name] >= 0.5 * d["tok/s unpaced, 1 str"][BASE],
+            f"unpaced tok/s {k} str >= 0.5x direct":
+                d[f"tok/s unpaced, {k} str"][name] >= 0.5 * d[f"tok/s unpaced, {k} str"][BASE],
+            f"lag p99 {n} str <= 2x direct":
+                d[f"lag p99 ms, {n} str"][name] <= 2 * d[f"lag p99 ms, {n} str"][BASE],
+            "beats polling on every latency figure":
+                all(d[m][name] < d[m]["polling"] for m in latency),
+            "agent stops within 3 tokens of a disconnect":
+                d["tokens after leave, max"][name] <= 3 and not d["agents still running"][name],
+        }
+        for target, ok in checks.items():
+            out.setdefault(target, {})[name] = ok
+    return out
+
+
+def _num(x: float) -> str:
+    """A figure in at most 6 characters (``113k`` for large counts)."""
+    return f"{x / 1e3:.0f}k" if abs(x) >= 1e4 else f"{x:.4g}"
+
+
+def render(fig: dict[str, dict[str, float]], ok: dict[str, dict[str, bool]]) -> str:
+    """The figure table (value, and ×direct) and the target table as text."""
+    w = 15
+    head = f"{'metric':<29}" + "".join(f"{v:>{w}}" for v in VARIANTS)
+    lines = [head, "-" * len(head)]
+    for metric, by in fig.items():
+        cells = []
+        for v in VARIANTS:
+            x, base = by[v], by[BASE]
+            ratio = f" {x / base:4.2f}x" if base and not metric.startswith(
+                ("agents", "incomplete", "client", "tokens after")) and v != BASE else ""
+            if metric.startswith("agents still"):
+                cells.append(f"{int(x)}" + (" running" if x else ""))
+            else:
+                cells.append(f"{_num(x)}{ratio}")
+        lines.append(f"{metric:<29}" + "".join(f"{c:>{w}}" for c in cells))
+    lines += ["", f"{'target (issue 3)':<48}" + "".join(f"{v:>16}" for v in PRODUCT)]
+    for target, by in ok.items():
+        lines.append(f"{target:<48}" + "".join(
+            f"{'yes' if by[v] else 'NO':>16}" for v in PRODUCT))
+    return "\n".join(lines)
+
+
+def store_env(variant: str, store: bool, tmp: Path) -> dict[str, str]:
+    """Persistence off, or an embedded SQLite file of the variant's own."""
+    if not store:
+        return {"STREAMBRIDGE_DATABASE_URL": "none"}
+    return {"STREAMBRIDGE_DATABASE_PATH": str(tmp / f"{variant}.sqlite3")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the five servers, run the benchmark, print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run (~1 minute)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures as JSON")
+    parser.add_argument("--store", action="store_true",
+                        help="keep the embedded SQLite store on (default: persistence off)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    raise_fd_limit(8192)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_legacy_") as tmp:
+        state_dir = Path(tmp) / "agents"
+        state_dir.mkdir()
+        env = {"PYTHONPATH": str(SCRIPTS), "BENCH_STATE_DIR": str(state_dir),
+               "STREAMBRIDGE_AGENTS": "bench_legacy_apps:AGENTS",
+               "STREAMBRIDGE_DEFAULT_AGENT": "bench", "STREAMBRIDGE_MAX_STREAMS": "2000",
+               "STREAMBRIDGE_DRAIN_GRACE": "2", "PYTHONUNBUFFERED": "1"}
+        servers = {v: TreeServer(v, COMMANDS[v], {**env, **VARIANT_ENV.get(v, {}), **store_env(
+            v, args.store, Path(tmp))}, Path(tmp), REPO) for v in VARIANTS}
+        try:
+            for server in servers.values():
+                server.start()
+                log(f"{server.name}: pid {server.proc.pid if server.proc else '?'}, "
+                    f"workers {server.worker_pids}, port {server.port}")
+            raw = asyncio.run(benchmark(servers, plan, state_dir))
+        finally:
+            for server in servers.values():
+                server.stop()
+    fig = figures(raw, plan)
+    ok = targets(fig, plan)
+    print(f"1 worker each, loopback; gthread --threads {THREADS}; RSS with "
+          f"{plan.open_threaded} open streams on gthread variants, {plan.open_async} on "
+          f"gevent/async; store {'on' if args.store else 'off'}")
+    print(render(fig, ok))
+    log(f"done in {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"plan": asdict(plan), "figures": fig,
+                                         "targets": ok, "leaving": raw["leaving"],
+                                         "rss": raw["rss"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

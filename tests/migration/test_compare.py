@@ -1,0 +1,51 @@
+"""``streambridge compare`` end to end: real servers of two paths, a table and an HTML report."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from migration._latency import StreamSample, percentile
+from migration._report import rows
+from migration.compare import PathResult
+from tests.servers import REPO
+
+
+def test_percentile_is_nearest_rank() -> None:
+    """p50 of 1..100 is 50, p99 is 99, and an empty list gives NaN."""
+    values = [float(v) for v in range(100, 0, -1)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([], 0.5) != percentile([], 0.5)
+
+
+def test_ratios_are_to_the_first_path() -> None:
+    """Every row after the first carries its ratio to the first path in brackets."""
+    def result(path: str, step: float) -> PathResult:
+        r = PathResult(path, batch_seconds=1.0)
+        r.samples = [StreamSample(path, 0.0, [step, 2 * step, 3 * step], tokens=3)]
+        return r
+
+    table = rows([result("legacy-gthread", 0.010), result("async", 0.005)])
+    assert table[1][3] == "10.00"  # TTFC p50 ms of the baseline, no ratio
+    assert table[2][3] == "5.00 (0.50×)"
+
+
+def test_compare_runs_every_path_interleaved_and_writes_a_self_contained_report(
+        tmp_path: Path) -> None:
+    """Two real paths, one command: a row per path, no failed stream, an offline HTML report."""
+    report = tmp_path / "report.html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "migration.cli", "compare", "--paths", "legacy-gthread,async",
+         "--rounds", "2", "--concurrency", "3", "--tokens", "12", "--interval-ms", "5",
+         "--html", str(report)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert re.match(r"legacy-gthread\s+6\s+0\s+\d", lines["legacy-gthread"])
+    assert re.match(r"async\s+6\s+0\s+\d+\.\d+ \(\d+\.\d+×\)", lines["async"])
+    page = report.read_text(encoding="utf-8")
+    assert page.count("<svg") == 3
+    assert "<script" not in page and "<link" not in page and "src=" not in page
