@@ -103,8 +103,11 @@ class HybridFront:
         ext.bridge = self.bridge  # the Flask extension streams through the loop's seam
         self.lifecycle = shared.lifecycle
         self.threads = threads or wsgi_threads(s)
+        # send_queue_size: a2wsgi holds up to that many written chunks per stream (each a
+        # join of up to 16 frames) between the WSGI thread and uvicorn; its default of 10
+        # held ~30 MB for a stalled reader. One keeps backpressure as tight as gthread's.
         self.wsgi = WSGIMiddleware(expose_disconnect(self.flask_app.wsgi_app),  # type: ignore[arg-type]
-                                   workers=self.threads)
+                                   workers=self.threads, send_queue_size=1)
         self.in_flight = 0
         self._shutdown_native: Callable[[], Awaitable[None]] | None = None
 

@@ -201,7 +201,7 @@ def test_more_requests_than_wsgi_threads_get_503_not_a_silent_queue(
     for c in clients:
         c.read_until(b"event: delta", 1)
     r = httpx.post(srv.url("/v1/chat"), json=chat_body(tokens=1), timeout=5)
-    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded", srv.log()
     assert r.headers["retry-after"] and r.headers["x-stream-path"] == "legacy"
     assert "WSGI threads are busy" in srv.log()
     for c in clients:
