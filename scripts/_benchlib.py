@@ -12,22 +12,19 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_engine import HOST, StreamClient
+from bench_engine import HOST, Server, StreamClient
 
 LISTEN = re.compile(rb"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
 START_TIMEOUT = 30.0
 
 
-class TreeServer:
+class TreeServer(Server):
     """A server subprocess on an ephemeral loopback port, measured with its children.
 
     Args:
@@ -37,52 +34,23 @@ class TreeServer:
         log_dir: where its combined stdout/stderr goes.
     """
 
+    LISTEN = LISTEN
+
     def __init__(self, name: str, cmd: Sequence[str], env: Mapping[str, str],
                  log_dir: Path, cwd: Path) -> None:
-        self.name, self.cmd, self.env, self.cwd = name, list(cmd), dict(env), cwd
-        self.log_path = log_dir / f"{name}.log"
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ps: psutil.Process | None = None
+        super().__init__(name, log_dir)
+        self.cmd, self.env, self.cwd = list(cmd), dict(env), cwd
         self._tree: list[psutil.Process] = []
 
-    def start(self) -> None:
-        """Start the server and return once ``/healthz`` answers 200.
+    def command(self) -> list[str]:
+        return self.cmd
 
-        Raises:
-            RuntimeError: the server exited or did not get ready in time.
-        """
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env={**os.environ, **self.env},
-                                         stdout=log, stderr=subprocess.STDOUT)
-        self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.port:
-            match = LISTEN.search(self.log_path.read_bytes())
-            if match:
-                self.port = int(match.group(1))
-            else:
-                self._check_alive(deadline)
-                time.sleep(0.05)
-        while not self._healthy():
-            self._check_alive(deadline)
-            time.sleep(0.05)
+    def popen_options(self) -> dict[str, Any]:
+        return {"cwd": self.cwd, "env": {**os.environ, **self.env}}
+
+    def started(self) -> None:
+        assert self.ps is not None
         self._tree = [self.ps, *self.ps.children(recursive=True)]
-
-    def _check_alive(self, deadline: float) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None or time.monotonic() > deadline:
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.name} server did not start:\n{tail}")
-
-    def _healthy(self) -> bool:
-        try:
-            with socket.create_connection((HOST, self.port), timeout=2) as sock:
-                sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n"
-                             "Connection: close\r\n\r\n".encode())
-                return sock.recv(64).startswith(b"HTTP/1.1 200")
-        except OSError:
-            return False
 
     @property
     def worker_pids(self) -> list[int]:
@@ -113,18 +81,6 @@ class TreeServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name}: connections still open after {max_wait} s")
             await asyncio.sleep(0.05)
-
-    def stop(self) -> None:
-        """SIGTERM the process we started (it stops its own workers); SIGKILL after 15 s."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 class LeavingClient(StreamClient):

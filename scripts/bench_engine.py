@@ -115,6 +115,8 @@ class Server:
         log_dir: where its combined stdout/stderr goes.
     """
 
+    LISTEN = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
     def __init__(self, name: str, log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
@@ -122,23 +124,33 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ps: psutil.Process | None = None
 
+    def command(self) -> list[str]:
+        """The command line; it binds 127.0.0.1 port 0 and logs the port (``LISTEN``)."""
+        return [sys.executable, "-m", "uvicorn", "--factory", FACTORIES[self.name],
+                "--app-dir", str(SCRIPTS), "--host", HOST, "--port", "0",
+                "--backlog", "4096", "--no-access-log", "--log-level", "info",
+                "--no-use-colors", "--loop", "asyncio", "--http", "h11"]
+
+    def popen_options(self) -> dict[str, Any]:
+        """Extra ``subprocess.Popen`` arguments (working directory, environment)."""
+        return {"cwd": REPO}
+
+    def started(self) -> None:
+        """Called once the server answers ``/healthz`` (subclasses measure children)."""
+
     def start(self) -> None:
-        """Start uvicorn and return once ``/healthz`` answers 200.
+        """Start the server and return once ``/healthz`` answers 200.
 
         Raises:
             RuntimeError: the server exited or did not get ready in time.
         """
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", FACTORIES[self.name],
-               "--app-dir", str(SCRIPTS), "--host", HOST, "--port", "0",
-               "--backlog", "4096", "--no-access-log", "--log-level", "info",
-               "--no-use-colors", "--loop", "asyncio", "--http", "h11"]
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         **self.popen_options())
         self.ps = psutil.Process(self.proc.pid)
         deadline = time.monotonic() + START_TIMEOUT
-        pattern = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
         while not self.port:
-            match = pattern.search(self.log_path.read_bytes())
+            match = self.LISTEN.search(self.log_path.read_bytes())
             if match:
                 self.port = int(match.group(1))
             else:
@@ -147,6 +159,7 @@ class Server:
         while not self._healthy():
             self._check_alive(deadline)
             time.sleep(0.05)
+        self.started()
 
     def _check_alive(self, deadline: float) -> None:
         assert self.proc is not None
