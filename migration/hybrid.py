@@ -26,16 +26,19 @@
 #   returns, a2wsgi ends the response) and aborts the session on the loop: the agent stops
 #   within milliseconds, as on the async branch.
 # - Threads: a2wsgi's pool (10 by default, and silently queueing) is sized to the stream
-#   and buffered slots plus 16; above that the front answers 503 at once and logs it.
+#   and buffered slots plus 16, so admission refuses streams first; a request finding every
+#   thread busy waits up to admission_timeout for one, then gets 503 and a log line.
 # - Shutdown: SIGTERM drains the shared lifecycle (both branches' streams end in-band with
 #   error "shutdown") before uvicorn's own handler runs; uvicorn-worker does not pass
 #   gunicorn's graceful timeout to uvicorn (uvicorn#2094), so HybridWorker sets
 #   timeout_graceful_shutdown itself, inside gunicorn's graceful_timeout.
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -85,8 +88,6 @@ class HybridFront:
 
     def __init__(self, settings: Settings | None = None, *, flags: FlagStore | None = None,
                  threads: int | None = None) -> None:
-        import os
-
         self.settings = s = settings or Settings.from_env()
         self.flags = flags or FlagStore(os.environ.get(ENV_FILE))
         registry = default_registry(s)
@@ -108,7 +109,8 @@ class HybridFront:
         # held ~30 MB for a stalled reader. One keeps backpressure as tight as gthread's.
         self.wsgi = WSGIMiddleware(expose_disconnect(self.flask_app.wsgi_app),  # type: ignore[arg-type]
                                    workers=self.threads, send_queue_size=1)
-        self.in_flight = 0
+        # Counted here, not by a2wsgi's executor, which would queue the excess silently.
+        self._threads_free = asyncio.Semaphore(self.threads)
         self._shutdown_native: Callable[[], Awaitable[None]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -186,20 +188,31 @@ class HybridFront:
         if scope["type"] != "http":
             await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
             return
-        if self.in_flight >= self.threads:
+        if not await self._take_thread():
             log.warning("all %d WSGI threads are busy: 503 for %s", self.threads, scope["path"])
             error = Overloaded(f"all {self.threads} WSGI threads of this worker are busy",
-                               retry_after=1)
+                               retry_after=max(1.0, self.settings.admission_timeout))
             await JSONResponse(error.body(), error.status, error.headers())(scope, receive, send)
             return
         watch = DisconnectWatch(receive, messages)
         scope = {**scope, ON_DISCONNECT: watch.on_disconnect}
-        self.in_flight += 1
         try:
             await self.wsgi(scope, watch.receive, send)  # type: ignore[arg-type]
         finally:
-            self.in_flight -= 1
+            self._threads_free.release()
             await watch.aclose()
+
+    async def _take_thread(self) -> bool:
+        """Wait (like admission: up to admission_timeout) for a WSGI thread; False: none."""
+        free, timeout = self._threads_free, self.settings.admission_timeout
+        if free.locked() and timeout <= 0:
+            return False
+        try:
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                await free.acquire()
+        except TimeoutError:
+            return False
+        return True
 
     # -- lifespan -----------------------------------------------------------------
 

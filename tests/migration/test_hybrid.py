@@ -194,14 +194,17 @@ def test_flask_branch_is_not_capped_at_ten_streams(servers: list[Server]) -> Non
 
 def test_more_requests_than_wsgi_threads_get_503_not_a_silent_queue(
         servers: list[Server]) -> None:
-    """With STREAMBRIDGE_HYBRID_THREADS=2, a third Flask-branch request is refused at once."""
-    srv = start(servers, "hybrid-0", STREAMBRIDGE_HYBRID_THREADS="2")
+    """With STREAMBRIDGE_HYBRID_THREADS=2, a third Flask-branch request waits, then gets 503."""
+    srv = start(servers, "hybrid-0", STREAMBRIDGE_HYBRID_THREADS="2",
+                STREAMBRIDGE_ADMISSION_TIMEOUT="0.3")
     clients = [RawStream(srv.port, "/v1/chat", chat_body(tokens=10_000, interval_ms=50))
                for _ in range(2)]
     for c in clients:
-        c.read_until(b"event: delta", 1)
+        assert c.read_until(b"event: delta", 1).startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
     r = httpx.post(srv.url("/v1/chat"), json=chat_body(tokens=1), timeout=5)
-    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded", srv.log()
+    assert 0.25 < time.monotonic() - started < 2
+    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
     assert r.headers["retry-after"] and r.headers["x-stream-path"] == "legacy"
     assert "WSGI threads are busy" in srv.log()
     for c in clients:
