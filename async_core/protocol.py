@@ -6,6 +6,7 @@ exactly the same inputs with exactly the same errors. Stdlib only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import uuid
@@ -47,6 +48,8 @@ class ChatCall:
         stream: False asks for one buffered JSON body.
         format: the wire format of the response.
         include_usage: OpenAI ``stream_options.include_usage``.
+        new_conversation: the server made the id up (the request named none), so the
+            conversation has no history and no owner yet.
     """
 
     route: Route
@@ -57,6 +60,7 @@ class ChatCall:
     stream: bool = True
     format: Format = "sse"
     include_usage: bool = False
+    new_conversation: bool = False
 
 
 def new_id() -> str:
@@ -99,7 +103,15 @@ def parse_chat(route: Route, body: bytes, *, headers: Mapping[str, str],
     options = data.get("options") or {}
     if not isinstance(options, dict):
         raise BadRequest("options must be an object")
-    conversation_id = _conversation_id(data, headers)
+    conversation_id, made_up = _conversation_id(data, headers)
+    call = _parse(route, data, headers, query, options, conversation_id, default_agent,
+                  max_messages)
+    return dataclasses.replace(call, new_conversation=True) if made_up else call
+
+
+def _parse(route: Route, data: dict[str, Any], headers: Mapping[str, str],
+           query: Mapping[str, str], options: dict[str, Any], conversation_id: str,
+           default_agent: str, max_messages: int) -> ChatCall:
     if route == "native":
         return _native(data, headers, query, options, conversation_id, default_agent,
                        max_messages)
@@ -206,7 +218,8 @@ def _bool(data: dict[str, Any], key: str, *, default: bool) -> bool:
     return value
 
 
-def _conversation_id(data: dict[str, Any], headers: Mapping[str, str]) -> str:
+def _conversation_id(data: dict[str, Any], headers: Mapping[str, str]) -> tuple[str, bool]:
+    """The conversation id, and whether it was made up here (the request named none)."""
     body_id, header_id = data.get("conversation_id"), headers.get("x-conversation-id")
     if body_id is not None and not isinstance(body_id, str):
         raise BadRequest("conversation_id must be a string")
@@ -214,7 +227,7 @@ def _conversation_id(data: dict[str, Any], headers: Mapping[str, str]) -> str:
         raise BadRequest("conversation_id and X-Conversation-Id disagree")
     cid = body_id or header_id
     if not cid:
-        return new_id()
+        return new_id(), True
     if not _ID.match(cid):
         raise BadRequest("conversation_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-    return cid
+    return cid, False

@@ -136,7 +136,7 @@ class StreamService:
         try:
             if store is not None:
                 history = await store.begin(stream_id, call.conversation_id, principal.tenant,
-                                            call.messages)
+                                            call.messages, new=call.new_conversation)
                 messages = (*history, *call.messages)
             slot_release = await self.admission.admit(agent.name, buffered=not call.stream)
         except BaseException as error:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -68,7 +69,11 @@ def engine_app() -> Starlette:
     """The streambridge engine serving :func:`bench_agent` as agent ``bench``."""
     registry = AgentRegistry([Agent(name=AGENT_NAME, async_fn=bench_agent,
                                     validate=bench_options)])
-    return create_app(Settings(max_streams=MAX_STREAMS, default_agent=AGENT_NAME),
+    # No transcript store: the baseline stores nothing either (the store's own cost is
+    # measured by running with STREAMBRIDGE_BENCH_STORE=1).
+    store = "" if os.environ.get("STREAMBRIDGE_BENCH_STORE") else "none"
+    return create_app(Settings(max_streams=MAX_STREAMS, default_agent=AGENT_NAME,
+                               database_url=store),
                       registry=registry)
 
 

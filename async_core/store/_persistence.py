@@ -105,12 +105,19 @@ class Persistence:
     # -- the service's hooks --------------------------------------------------------
 
     async def begin(self, stream_id: str, conversation_id: str, tenant: str,
-                    messages: Messages) -> Messages:
+                    messages: Messages, *, new: bool = False) -> Messages:
         """Claim the conversation and return its earlier turns as agent messages.
+
+        Args:
+            new: the server made the id up: no history, no owner, nothing to read or
+                claim (the writer's upsert creates the row with the first checkpoint).
 
         Raises:
             NotFound: the conversation belongs to another tenant.
         """
+        if new:  # no database round trip before the first byte of a new conversation
+            self._streams[stream_id] = (tenant, messages)
+            return ()
         if self.writer.pending_for(conversation_id):
             await self.writer.flush()  # the previous turn may still be on its way
         turns = await self.store.claim(conversation_id, tenant)
