@@ -14,14 +14,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._bridge import Bridge, bridges
     from ._flask import StreamBridge, error_response
-    from ._seam import Bridge, JanusRunner, bridges
+    from ._seam import JanusRunner
     from .app import create_app
 
 __all__ = ["Bridge", "JanusRunner", "StreamBridge", "bridges", "create_app", "error_response"]
 
-_WHERE = {"StreamBridge": "_flask", "error_response": "_flask", "Bridge": "_seam",
-          "JanusRunner": "_seam", "bridges": "_seam", "create_app": "app"}
+_WHERE = {"StreamBridge": "_flask", "error_response": "_flask", "Bridge": "_bridge",
+          "JanusRunner": "_seam", "bridges": "_bridge", "create_app": "app"}
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ from async_core.auth import Principal
 from async_core.exceptions import StreamBridgeError
 from async_core.protocol import ROUTES, ChatCall, Route, check_body_size
 
-from ._seam import Bridge
+from ._bridge import Bridge
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

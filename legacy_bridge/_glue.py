@@ -294,3 +294,29 @@ def detect_glue(max_agents: int) -> ThreadGlue:
     if monkey is not None and monkey.is_module_patched("threading"):
         return GeventGlue(max_agents)
     return ThreadGlue(max_agents)
+
+
+def native_sqlite_threads(glue: ThreadGlue) -> None:
+    """Under gevent, give aiosqlite a native thread and queue (it talks to the loop thread).
+
+    aiosqlite runs each connection in a ``threading.Thread`` fed by a
+    ``queue.SimpleQueue``; after ``patch_all`` both are greenlet-based and must not be
+    shared with the native loop thread (gevent#2013). The C ``_queue.SimpleQueue`` and
+    the original ``start_new_thread`` are native; results come back through
+    ``loop.call_soon_threadsafe`` (our loop's self-pipe is native too, see _glue).
+    """
+    import _queue
+
+    import aiosqlite.core
+
+    start = glue.start_thread
+
+    class NativeThread:
+        def __init__(self, target: Callable[..., None], args: tuple[Any, ...] = ()) -> None:
+            self._target, self._args = target, args
+
+        def start(self) -> None:
+            start(self._target, *self._args)
+
+    aiosqlite.core.Thread = NativeThread  # type: ignore[attr-defined,misc]
+    aiosqlite.core.SimpleQueue = _queue.SimpleQueue  # type: ignore[attr-defined,misc]

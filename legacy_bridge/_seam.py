@@ -32,11 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import threading
-import weakref
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeAlias
 
 import janus
 from janus import (
@@ -47,18 +44,14 @@ from janus import (
     SyncQueueShutDown,
 )
 
-from async_core import AgentEnd, AgentRegistry, Outcome, Settings, StreamService, StreamSession
-from async_core._engine import FinishHook
+from async_core import AgentEnd, Outcome, StreamSession
 from async_core._sources import Batch
 from async_core.agents import AgentItem, AgentRequest
 from async_core.exceptions import Overloaded, StreamBridgeError
-from async_core.wire import Event
 
-from ._glue import GeventGlue, HybridCondition, Signal, ThreadGlue, detect_glue
+from ._glue import GeventGlue, HybridCondition, Signal, ThreadGlue
 
 log = logging.getLogger("streambridge.legacy")
-T = TypeVar("T")
-_BRIDGES: weakref.WeakSet[Bridge] = weakref.WeakSet()
 FRAME_QUEUE = 16
 
 
@@ -249,10 +242,14 @@ class JanusRunner:
         return JanusSource(self._glue, fn, request, maxsize)
 
 
+class _OnLoop(Protocol):
+    def on_loop(self, fn: Callable[..., object], *args: Any) -> None: ...
+
+
 class WSGIBody:
     """The WSGI response iterable of one stream: reads frames_q, joins what is queued."""
 
-    def __init__(self, bridge: Bridge, session: StreamSession, frames: janus.Queue[Any]) -> None:
+    def __init__(self, bridge: _OnLoop, session: StreamSession, frames: janus.Queue[Any]) -> None:
         self._bridge, self._session, self._frames = bridge, session, frames
         self._q = frames.sync_q
         self._done = False
@@ -304,226 +301,52 @@ class WSGIBody:
         self._bridge.on_loop(self._session.abort, Outcome.CLIENT_DISCONNECTED)
 
 
-class Bridge:
-    """The per-process bridge between WSGI workers and the engine's event loop.
+FramesQueue: TypeAlias = janus.Queue[Any]
 
-    Create it anywhere (nothing starts before ``start()``); every WSGI-side method
-    may be called from any request thread or greenlet.
 
-    Args:
-        settings: policy and limits of the stream service.
-        registry: the agents (default: built-in plus ``settings.agents``).
-        hooks: finish hooks (persistence, webhooks) for every stream.
-        path: the label for ``X-Stream-Path`` and metrics.
-        max_agents: sync agents running at once (default: one per stream slot and per
-            buffered slot, so admission, not this pool, is what refuses requests).
+def make_frames_queue(glue: ThreadGlue) -> FramesQueue:
+    """A new frames_q (engine -> WSGI body) for one stream."""
+    return _make_queue(glue, FRAME_QUEUE)
+
+
+async def pump(session: StreamSession, frames: janus.Queue[Any]) -> None:
+    """Move ``session``'s frames into frames_q until its end, then finish the session.
+
+    Runs on the loop, one task per stream. A full queue for longer than the send
+    timeout ends the stream (``send_timeout``); a body closed by the server ends it
+    as ``client_disconnected``; a failure before the first frame is handed to the
+    body as an HTTP error.
     """
-
-    def __init__(self, settings: Settings, *, registry: AgentRegistry | None = None,
-                 hooks: tuple[FinishHook, ...] = (), path: str = "legacy",
-                 max_agents: int | None = None) -> None:
-        self.settings, self._registry, self._hooks, self.path = settings, registry, hooks, path
-        self._max_agents = max_agents or ((settings.max_streams or 1024) + settings.max_buffered)
-        self._pid: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._glue: ThreadGlue | None = None
-        self._service: StreamService | None = None
-        self._pumps: set[asyncio.Task[None]] = set()
-        self._start_lock = threading.Lock()
-        self._start_error: BaseException | None = None
-        _BRIDGES.add(self)
-
-    # -- lifecycle ------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start this process's loop thread (idempotent; restarts after a fork)."""
-        if self._pid == os.getpid():
-            return
-        with self._start_lock:  # nothing in here blocks or switches greenlets
-            if self._pid == os.getpid():
-                return
-            glue = detect_glue(self._max_agents)
-            self._glue, self._ready, self._stopped = glue, Signal(glue), Signal(glue)
-            self._loop = glue.new_loop()
-            self._pumps = set()
-            glue.start_thread(self._thread_main, self._loop)
-            self._ready.wait()
-            if self._start_error is not None:  # e.g. bad database or webhook settings
-                raise self._start_error
-            self._pid = os.getpid()
-        log.info("loop thread started (pid %s, %s workers)", os.getpid(),
-                 "gevent" if glue.gevent else "thread")
-
-    @property
-    def service(self) -> StreamService:
-        """The stream service on this process's loop (starts the loop if needed)."""
-        self.start()
-        assert self._service is not None
-        return self._service
-
-    def _thread_main(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            loop.run_until_complete(self._main())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        except BaseException:
-            log.exception("the bridge's event loop crashed")
-        finally:
-            loop.close()
-            self._stopped.set()
-
-    async def _main(self) -> None:
-        assert self._glue is not None
-        self._service = StreamService(
-            self.settings, path=self.path, registry=self._registry,  # type: ignore[arg-type]
-            sync_runner=JanusRunner(self._glue), hooks=self._hooks, prefer_sync=True)
-        self._stop_requested = asyncio.Event()
-        self._start_error = None
-        try:
-            if self._glue.gevent:
-                _native_sqlite_threads(self._glue)
-            await self._service.start()  # the store's engine belongs to this loop
-        except BaseException as error:
-            self._start_error = error
-            self._ready.set()
-            return
-        self._ready.set()
-        await self._stop_requested.wait()
-        self._service.lifecycle.begin_drain(0.0)  # whatever still runs ends now, in-band
-        if self._pumps:
-            await asyncio.wait(self._pumps, timeout=self.settings.policy.send_timeout or 5.0)
-        await self._service.aclose()  # every final transcript is flushed before exit
-
-    def on_loop(self, fn: Callable[..., object], *args: Any) -> None:
-        """Schedule ``fn(*args)`` on the loop from any thread (no-op once it closed)."""
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                self._loop.call_soon_threadsafe(fn, *args)
-
-    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run ``await fn(*args)`` on the loop; block this thread or greenlet for the result.
-
-        Raises:
-            Whatever the coroutine raised (``StreamBridgeError`` for the client).
-        """
-        self.start()
-        assert self._glue is not None
-        assert self._loop is not None
-        done, box = Signal(self._glue), []
-
-        def run() -> None:
-            task = asyncio.get_running_loop().create_task(fn(*args))  # type: ignore[arg-type]
-            task.add_done_callback(lambda t: (box.append(t), done.set()))
-
-        self._loop.call_soon_threadsafe(run)
-        done.wait()
-        return box[0].result()  # type: ignore[no-any-return]
-
-    def begin_drain(self) -> None:
-        """Start the drain (SIGTERM): not ready, no new streams, running ones get the grace."""
-        if self._service is not None:
-            self.on_loop(self._service.lifecycle.begin_drain)
-
-    def wait_drained(self, within: float) -> bool:
-        """Block until no stream runs (True) or ``within`` seconds pass (False)."""
-        if self._service is None or self._pid != os.getpid():
-            return True
-        return self.call(self._service.lifecycle.wait_drained, within)
-
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the loop thread: end streams, close queues and loop, wait for agents."""
-        if self._pid != os.getpid() or self._loop is None or self._glue is None:
-            return True
-        self.on_loop(lambda: self._stop_requested.set())
-        stopped = self._stopped.wait(timeout)
-        agents = self._glue.join_agents(min(2.0, timeout))
-        self._pid = None
-        log.info("loop thread %s, agents %s (pid %s)", "stopped" if stopped else "DID NOT STOP",
-                 "finished" if agents else "STILL RUNNING", os.getpid())
-        return stopped and agents
-
-    # -- streams --------------------------------------------------------------------
-
-    def stream(self, session: StreamSession) -> WSGIBody:
-        """Start pumping ``session``'s frames and return the WSGI body that reads them."""
-        assert self._glue is not None
-        frames = _make_queue(self._glue, FRAME_QUEUE)
-        self.on_loop(self._start_pump, session, frames)
-        return WSGIBody(self, session, frames)
-
-    def _start_pump(self, session: StreamSession, frames: janus.Queue[Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self._pump(session, frames))
-        self._pumps.add(task)
-        task.add_done_callback(self._pumps.discard)
-
-    async def _pump(self, session: StreamSession, frames: janus.Queue[Any]) -> None:
-        fq = frames.async_q
-        send_timeout = session.policy.send_timeout or None
-        reason = Outcome.CLIENT_DISCONNECTED
-        stream = session.frames()
-        try:
-            async for frame in stream:
-                try:
-                    fq.put_nowait(frame)
-                except AsyncQueueFull:  # the client is behind: wait, but not forever
-                    async with asyncio.timeout(send_timeout):
-                        await fq.put(frame)
-            frames.shutdown()  # EOF once the body has read what is queued
-            async with asyncio.timeout(send_timeout):
-                await fq.join()
-        except StreamBridgeError as error:  # failed before the first byte: an HTTP error
-            fq.put_nowait(_FailedBeforeFirstByte(error))
-            frames.shutdown()
-            async with asyncio.timeout(send_timeout):
-                await fq.join()
-        except TimeoutError:
-            reason = Outcome.SEND_TIMEOUT
-            session.abort(reason)
-        except AsyncQueueShutDown:
-            reason = Outcome.CLIENT_DISCONNECTED  # the body was closed
-            session.abort(reason)
-        except asyncio.CancelledError:
-            reason = Outcome.SHUTDOWN
-            raise
-        finally:
-            await stream.aclose()
-            frames.shutdown(immediate=True)
-            await frames.aclose()
-            await session.finish(reason)
-
-    async def collect(self, session: StreamSession) -> list[Event]:
-        """Run a buffered (``stream: false``) session to its end and finish it."""
-        try:
-            return await session.collect()
-        finally:
-            await session.finish(Outcome.CLIENT_DISCONNECTED)
-
-
-def _native_sqlite_threads(glue: ThreadGlue) -> None:
-    """Under gevent, give aiosqlite a native thread and queue (it talks to the loop thread).
-
-    aiosqlite runs each connection in a ``threading.Thread`` fed by a
-    ``queue.SimpleQueue``; after ``patch_all`` both are greenlet-based and must not be
-    shared with the native loop thread (gevent#2013). The C ``_queue.SimpleQueue`` and
-    the original ``start_new_thread`` are native; results come back through
-    ``loop.call_soon_threadsafe`` (our loop's self-pipe is native too, see _glue).
-    """
-    import _queue
-
-    import aiosqlite.core
-
-    start = glue.start_thread
-
-    class NativeThread:
-        def __init__(self, target: Callable[..., None], args: tuple[Any, ...] = ()) -> None:
-            self._target, self._args = target, args
-
-        def start(self) -> None:
-            start(self._target, *self._args)
-
-    aiosqlite.core.Thread = NativeThread  # type: ignore[attr-defined,misc]
-    aiosqlite.core.SimpleQueue = _queue.SimpleQueue  # type: ignore[attr-defined,misc]
-
-
-def bridges() -> list[Bridge]:
-    """Every bridge created in this process (for the gunicorn hooks)."""
-    return list(_BRIDGES)
+    fq = frames.async_q
+    send_timeout = session.policy.send_timeout or None
+    reason = Outcome.CLIENT_DISCONNECTED
+    stream = session.frames()
+    try:
+        async for frame in stream:
+            try:
+                fq.put_nowait(frame)
+            except AsyncQueueFull:  # the client is behind: wait, but not forever
+                async with asyncio.timeout(send_timeout):
+                    await fq.put(frame)
+        frames.shutdown()  # EOF once the body has read what is queued
+        async with asyncio.timeout(send_timeout):
+            await fq.join()
+    except StreamBridgeError as error:  # failed before the first byte: an HTTP error
+        fq.put_nowait(_FailedBeforeFirstByte(error))
+        frames.shutdown()
+        async with asyncio.timeout(send_timeout):
+            await fq.join()
+    except TimeoutError:
+        reason = Outcome.SEND_TIMEOUT
+        session.abort(reason)
+    except AsyncQueueShutDown:
+        reason = Outcome.CLIENT_DISCONNECTED  # the body was closed
+        session.abort(reason)
+    except asyncio.CancelledError:
+        reason = Outcome.SHUTDOWN
+        raise
+    finally:
+        await stream.aclose()
+        frames.shutdown(immediate=True)
+        await frames.aclose()
+        await session.finish(reason)

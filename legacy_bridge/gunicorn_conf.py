@@ -52,7 +52,7 @@ def post_worker_init(worker: Any) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="[%(process)d] [%(name)s] %(levelname)s %(message)s")
-    from legacy_bridge._seam import bridges
+    from legacy_bridge._bridge import bridges
 
     for bridge in bridges():
         bridge.start()
@@ -78,7 +78,7 @@ def post_worker_init(worker: Any) -> None:
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Stop the loop thread: end what still runs, close queues, wait for agents."""
-    from legacy_bridge._seam import bridges
+    from legacy_bridge._bridge import bridges
 
     for bridge in bridges():
         bridge.stop(timeout=max(graceful_timeout / 2, 1.0))

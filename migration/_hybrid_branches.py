@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from async_core import Agent, AgentRegistry, Settings, StreamService
+from legacy_bridge._bridge import Bridge
 from legacy_bridge._glue import ThreadGlue
-from legacy_bridge._seam import Bridge
 
 from ._flagfile import FlagStore
 from .flags import Path, impl_for
