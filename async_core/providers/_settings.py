@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-ENV_PREFIX = "STREAMBRIDGE_"
+from .._settings import _read as read_setting
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,17 +83,8 @@ class ProviderSettings:
         """
         env = os.environ if environ is None else environ
         kw: dict[str, Any] = {}
-        for f in fields(cls):
-            key = ENV_PREFIX + f.name.upper()
-            raw = env.get(key)
-            if raw is None or not raw.strip():
-                continue
-            raw = raw.strip()
-            kind = f.type if isinstance(f.type, str) else f.type.__name__
-            try:
-                kw[f.name] = float(raw) if kind == "float" else int(raw) if kind == "int" else raw
-            except ValueError:
-                raise ValueError(f"{key}={raw!r} is not a valid {kind}") from None
+        for f in fields(cls):  # the server settings' one reader: same parsing, same errors
+            read_setting(env, f.name, f.type, kw)
         return cls(**kw)
 
 
