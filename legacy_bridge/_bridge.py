@@ -162,6 +162,7 @@ class Bridge:
         self.on_loop(lambda: self._stop_requested.set())
         stopped = self._stopped.wait(timeout)
         agents = self._glue.join_agents(min(2.0, timeout))
+        self._glue.retire_idle_agents()
         self._pid = None
         log.info("loop thread %s, agents %s (pid %s)", "stopped" if stopped else "DID NOT STOP",
                  "finished" if agents else "STILL RUNNING", os.getpid())

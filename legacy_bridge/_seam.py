@@ -10,9 +10,13 @@
 #     frames_q (engine -> WSGI body):   the pump task awaits frames_q.async_q.put (a full
 #              queue for longer than the send timeout ends the stream: send_timeout); the
 #              WSGI body blocks in frames_q.sync_q.get.
-#   No polling and no sleeps: every hop blocks or awaits. Each hop moves a batch: the
-#   reader takes the first item blocking, then what is already queued with get_nowait
-#   (the engine coalesces agent items into one delta; the body joins frames into one write).
+#   No polling and no sleeps: every hop blocks or awaits. Each hop moves a batch, not a
+#   token (_BatchQueue): a put while the reader is behind appends to the last queued
+#   batch, so one get takes everything queued (the engine coalesces those agent items
+#   into one delta; the body joins those frames into one write). The bound counts items.
+# - Wake-ups: a put that finds its reader waiting on the loop rings the loop's _Doorbell;
+#   the puts of every stream that arrive during one pass of the loop share one self-pipe
+#   write, and a queue whose reader was already rung is not rung again.
 # - Disconnect: WSGI sees it only when a write fails; the server then calls body.close().
 #   Heartbeats (non-empty bytes from the engine) are therefore the disconnect probe. close()
 #   shuts frames_q down (the pump's put raises) and aborts the session on the loop; the
@@ -30,8 +34,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import math
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeAlias
 
@@ -40,7 +47,6 @@ from janus import (
     AsyncQueueEmpty,
     AsyncQueueFull,
     AsyncQueueShutDown,
-    SyncQueueEmpty,
     SyncQueueShutDown,
 )
 
@@ -76,16 +82,112 @@ class _FailedBeforeFirstByte:
         self.error = error
 
 
-class _Queue(janus.Queue[Any]):
-    """janus.Queue that wakes its async side with one callback instead of a new Task.
+class _Doorbell:
+    """Cross-thread calls into one loop, coalesced into one ``call_soon_threadsafe``.
 
-    janus runs every sync-to-async notification (a ``put`` while the engine awaits
-    ``get``) as ``call_soon_threadsafe`` + a Task that takes the async mutex: three
-    loop iterations and a Task per token (measured by scripts/bench_legacy.py). In
-    the callback, on the queue's loop, the mutex is almost always free: take it
-    without waiting, notify, release. Only if taking it would wait does janus' Task
-    do the work, so the lock discipline of janus' conditions is unchanged.
+    ``call_soon_threadsafe`` writes a byte to the loop's self-pipe on every call (a
+    syscall, and a GIL release and re-take, per token). Calls rung while a run is
+    already scheduled join it: under load every stream's wake-ups of one loop pass
+    cost one write. Order is kept (FIFO).
     """
+
+    __slots__ = ("__weakref__", "_calls", "_loop", "_rung")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._calls: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque())
+        self._rung = False
+
+    def ring(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon; safe from any thread."""
+        self._calls.append((fn, args))
+        if not self._rung:  # a scheduled run that has not started will see our call
+            self._rung = True
+            self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        self._rung = False  # before draining: a call appended from now on rings again
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("cross-thread call %r failed", fn)
+
+
+_DOORBELLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Doorbell] = (
+    weakref.WeakKeyDictionary())
+
+
+def _doorbell(loop: asyncio.AbstractEventLoop) -> _Doorbell:
+    bell = _DOORBELLS.get(loop)
+    if bell is None:  # setdefault is one dict operation: two threads get the same bell
+        bell = _DOORBELLS.setdefault(loop, _Doorbell(loop))
+    return bell
+
+
+class _Queue(janus.Queue[Any]):
+    """janus.Queue with cheaper sync-to-async wake-ups and batched storage.
+
+    Wake-ups: janus runs every sync-to-async notification (a ``put`` while the
+    engine awaits ``get``) as ``call_soon_threadsafe`` + a Task that takes the async
+    mutex: three loop iterations and a Task per token (measured by
+    scripts/bench_legacy.py). Here the notification goes through the loop's
+    :class:`_Doorbell`; on the loop the mutex is almost always free: it is taken
+    without waiting, the condition notified, the mutex released. Only if taking it
+    would wait does janus' Task do the work, so the lock discipline of janus'
+    conditions is unchanged. A not-empty notification already on its way is not
+    sent again (each queue has one reader).
+
+    Storage: items are kept in batches (lists). A put appends to the last queued
+    batch, and ``get``/``get_nowait`` return a whole batch: a reader that fell
+    behind takes everything in one hop. ``maxsize`` and ``qsize()`` count items, so
+    backpressure is unchanged; ``task_done`` is owed once per batch.
+
+    Relies on janus 2.0's storage hooks (``_init``/``_qsize``/``_put_internal``/
+    ``_get``) and ``_notify_async``/``_setup_async_notifier``; setup.cfg pins
+    ``janus>=2.0,<2.1`` for that reason and tests/legacy_bridge covers both.
+    """
+
+    def _init(self, maxsize: int) -> None:
+        self._batches: collections.deque[list[Any]] = collections.deque()
+        self._items = 0
+        self._not_empty_rung = False
+
+    def _qsize(self) -> int:
+        return self._items
+
+    def _put_internal(self, item: Any) -> None:
+        batches = self._batches
+        if batches:
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+            self._unfinished_tasks += 1
+        self._items += 1
+
+    def _get(self) -> list[Any]:
+        batch = self._batches.popleft()
+        self._items -= len(batch)
+        return batch
+
+    def _notify_async(self, method: Callable[[], None]) -> None:
+        # Called by janus with the sync mutex held.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if method == self._async_not_empty.notify:
+            if self._not_empty_rung:
+                return
+            self._not_empty_rung = True
+            method = self._notify_not_empty
+        _doorbell(loop).ring(self._setup_async_notifier, loop, method)
+
+    def _notify_not_empty(self) -> None:
+        self._not_empty_rung = False  # first: a put from now on rings again
+        self._async_not_empty.notify()
 
     def _setup_async_notifier(self, loop: asyncio.AbstractEventLoop,
                               method: Callable[[], None]) -> None:
@@ -105,7 +207,7 @@ class _Queue(janus.Queue[Any]):
 
 
 class _GeventSafeQueue(_Queue):
-    """janus.Queue whose sync side uses a native mutex and hybrid conditions (see _glue)."""
+    """_Queue whose sync side uses a native mutex and hybrid conditions (see _glue)."""
 
     def __init__(self, maxsize: int, glue: ThreadGlue) -> None:
         super().__init__(maxsize)
@@ -182,6 +284,8 @@ class JanusSource:
         self._q = _make_queue(glue, maxsize)
         self._failed: AgentEnd | None = None
         self._cancel = CancelSignal(glue)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.inf
         gen = fn(request.with_cancel(self._cancel))
         if not glue.spawn_agent(lambda: _run_agent(gen, self._q.sync_q)):
             gen.close()
@@ -192,39 +296,50 @@ class JanusSource:
             return [self._failed]
         aq = self._q.async_q
         try:
-            first = aq.get_nowait()
+            items: list[Any] = aq.get_nowait()
         except AsyncQueueEmpty:
+            # One timer per stream, re-armed only when the deadline moves earlier (an
+            # asyncio.timeout per wait costs a TimerHandle and a cancel per token); one
+            # that fires early makes this return [] and the engine waits again.
+            if deadline < self._timer_when:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+                self._timer_when = deadline
             try:
-                async with asyncio.timeout_at(deadline):
-                    first = await aq.get()
-            except TimeoutError:
-                return []
+                items = await aq.get()
             except AsyncQueueShutDown:
                 return [AgentEnd()]
         except AsyncQueueShutDown:
             return [AgentEnd()]
         batch: Batch = []
-        item: Any = first
         while True:
-            if isinstance(item, _AgentFailed):
-                batch.append(AgentEnd(item.error))
-                break
-            if item is not _WAKE:
-                batch.append(item)
+            for item in items:
+                if isinstance(item, _AgentFailed):
+                    batch.append(AgentEnd(item.error))
+                    return batch
+                if item is not _WAKE:
+                    batch.append(item)
             try:
-                item = aq.get_nowait()
+                items = aq.get_nowait()
             except AsyncQueueEmpty:
-                break
+                return batch
             except AsyncQueueShutDown:
                 batch.append(AgentEnd())
-                break
-        return batch
+                return batch
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_when = None, math.inf
+        self.wake()
 
     def wake(self) -> None:
         with contextlib.suppress(AsyncQueueFull, AsyncQueueShutDown):
             self._q.async_q.put_nowait(_WAKE)
 
     async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._q.shutdown(immediate=True)  # a blocked or next put in the agent raises
         self._cancel.set()  # an agent waiting on its token (or reading upstream) stops now
         await self._q.aclose()
@@ -275,21 +390,15 @@ class WSGIBody:
             return first
         q = self._q
         try:
-            chunks = [q.get()]
+            chunks: list[Any] = q.get()  # a batch: every frame queued since the last read
         except SyncQueueShutDown:  # EOF: the terminal frame was read
             self._done = True
             raise StopIteration from None
         if isinstance(chunks[0], _FailedBeforeFirstByte):
             self._done = True
             raise chunks[0].error
-        try:
-            while True:
-                chunks.append(q.get_nowait())
-        except (SyncQueueEmpty, SyncQueueShutDown):
-            pass
-        for _ in chunks:
-            with contextlib.suppress(ValueError, SyncQueueShutDown):
-                q.task_done()
+        with contextlib.suppress(ValueError, SyncQueueShutDown):
+            q.task_done()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -56,7 +56,24 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        ins = self._insert = (
+            postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)
+        # The write path's statements, built once and run with parameter lists: each
+        # execution then reuses one compiled form instead of building and compiling a
+        # statement per checkpoint (a third of a busy server's CPU, measured).
+        self._new_conversation = ins(conversations).on_conflict_do_nothing(
+            index_elements=["id"])
+        self._touch = update(conversations).where(
+            conversations.c.id == bindparam("cid")).values(updated_at=bindparam("now"))
+        upsert = ins(turns)
+        self._upsert_turns = upsert.on_conflict_do_update(
+            index_elements=["stream_id", "position"],
+            set_={c: upsert.excluded[c] for c in (
+                "outcome", "reason", "writer", "updated_at", "content", "tokens")},
+            # A checkpoint never overwrites a final transcript (they may race in a batch).
+            where=turns.c.outcome == IN_PROGRESS)
+        self._new_deliveries = ins(webhook_outbox).on_conflict_do_nothing(
+            index_elements=["id"])
 
     # -- conversations --------------------------------------------------------------
 
@@ -108,12 +125,10 @@ class Store:
 
     async def _write_one(self, conn: AsyncConnection, snap: Snapshot, now: float,
                          disabled: set[str]) -> None:
-        ins = self._insert
-        await conn.execute(ins(conversations).values(
-            id=snap.conversation_id, tenant=snap.tenant, created_at=now, updated_at=now,
-        ).on_conflict_do_nothing(index_elements=["id"]))
-        await conn.execute(update(conversations).where(
-            conversations.c.id == snap.conversation_id).values(updated_at=now))
+        await conn.execute(self._new_conversation, [{
+            "id": snap.conversation_id, "tenant": snap.tenant, "created_at": now,
+            "updated_at": now}])
+        await conn.execute(self._touch, [{"cid": snap.conversation_id, "now": now}])
         common = {"conversation_id": snap.conversation_id, "stream_id": snap.stream_id,
                   "outcome": snap.outcome, "reason": snap.reason, "agent": snap.agent,
                   "writer": None if snap.final else snap.writer, "created_at": now,
@@ -123,18 +138,10 @@ class Store:
                 for i, m in enumerate(snap.messages)]
         rows.append({**common, "position": len(snap.messages), "role": "assistant",
                      "content": snap.text, "tokens": snap.tokens})
-        stmt = ins(turns).values(rows)
-        changed = {"outcome": stmt.excluded.outcome, "reason": stmt.excluded.reason,
-                   "writer": stmt.excluded.writer, "updated_at": stmt.excluded.updated_at,
-                   "content": stmt.excluded.content, "tokens": stmt.excluded.tokens}
-        # A checkpoint never overwrites a final transcript (they may race in a batch).
-        await conn.execute(stmt.on_conflict_do_update(
-            index_elements=["stream_id", "position"], set_=changed,
-            where=turns.c.outcome == IN_PROGRESS))
+        await conn.execute(self._upsert_turns, rows)
         deliveries = [dict(d) for d in snap.deliveries if d["url"] not in disabled]
         if deliveries:
-            await conn.execute(ins(webhook_outbox).values(deliveries)
-                               .on_conflict_do_nothing(index_elements=["id"]))
+            await conn.execute(self._new_deliveries, deliveries)
 
     async def recover(self, host: str) -> int:
         """Mark checkpoints of dead writers on this host ``interrupted``; return how many."""

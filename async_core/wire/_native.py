@@ -72,6 +72,8 @@ class NativeSSEEncoder:
 
     def encode(self, event: Event) -> bytes:
         """Frame one event as ``id: <seq>\\nevent: <kind>\\ndata: <json>\\n\\n``."""
+        if type(event) is Delta:  # the hot path: the same bytes, without building a dict
+            return _SSE_DELTA % (event.seq, dumps_compact(event.text).encode(), event.tokens)
         return encode_sse(
             id=str(event.seq), event=event_kind(event), data=dumps_compact(payload(event))
         )

@@ -317,3 +317,19 @@ def test_ollama_chunks_validate_with_official_models(
         if fmt == "ollama-chat":
             assert "message" in obj
         model(**obj)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(alphabet=st.characters(exclude_categories=())),
+       seq=st.integers(min_value=1, max_value=10**9), tokens=st.integers(0, 10**9))
+@example(text="a\u2028b\r\n\ud800\"\\", seq=1, tokens=1)
+def test_delta_fast_paths_send_the_general_framing(text: str, seq: int, tokens: int) -> None:
+    """Native SSE/NDJSON deltas (framed without a dict) are the bytes the general path makes."""
+    from async_core.wire._json import dumps_compact
+    from async_core.wire._native import payload
+
+    delta = Delta(seq, text, tokens)
+    sse = encode_sse(id=str(seq), event="delta", data=dumps_compact(payload(delta)))
+    assert make_encoder("sse", META).encode(delta) == sse
+    ndjson = encode_ndjson({"event": "delta", "seq": seq, **payload(delta)})
+    assert make_encoder("ndjson", META).encode(delta) == ndjson
