@@ -34,6 +34,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -43,6 +46,7 @@ from typing import Any
 SCRIPTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent)]
 
+import psutil  # noqa: E402
 from bench_engine import HOST, StreamClient, pct, raise_fd_limit  # noqa: E402
 
 from tests.fake_upstream import FakeUpstream, fake  # noqa: E402
@@ -50,6 +54,25 @@ from tests.servers import Server  # noqa: E402
 
 PATHS = {"legacy-gthread": ["--threads", "128"], "legacy-gevent": [], "async": []}
 TARGET_TTFC_MS, TARGET_LAG_MS = 3.0, 1.0
+SINGLE = "direct-1"  # the baseline at one stream: what the machine gives with no load
+
+
+class CPU:
+    """CPU seconds (user + system) of a process tree: the upstream, a server, the client."""
+
+    def __init__(self, pid: int, tree: bool = True) -> None:
+        root = psutil.Process(pid)
+        self.procs = [root, *(root.children(recursive=True) if tree else ())]
+
+    def seconds(self) -> float:
+        total = 0.0
+        for p in self.procs:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
 
 
 def direct_request(port: int, script: dict[str, Any]) -> bytes:
@@ -102,41 +125,95 @@ async def run(args: argparse.Namespace, upstream: FakeUpstream,
     for name, (port, _) in requests.items():  # pools, imports, first connections
         req = direct_request(port, warm) if name == "direct" else proxy_request(port, warm)
         await phase(port, req, min(args.streams, 20), 30)
+    cpus = {"upstream": CPU(upstream.proc.pid), "client": CPU(os.getpid(), tree=False),
+            **{name: CPU(srv.proc.pid) for name, srv in servers.items()}}
+    spies = start_py_spy(args.py_spy, {"upstream": upstream.proc.pid,
+                                       **{n: srv.proc.pid for n, srv in servers.items()}})
+    try:
+        return await measure(args, requests, servers, cpus)
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+
+
+def start_py_spy(out_dir: str, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """py-spy (``PY_SPY``, default /tmp/tools/bin/py-spy) on each process tree, GIL only."""
+    if not out_dir:
+        return []
+    os.makedirs(out_dir, exist_ok=True)
+    exe = os.environ.get("PY_SPY", "/tmp/tools/bin/py-spy")
+    spies = [subprocess.Popen([exe, "record", "--gil", "--nonblocking", "--subprocesses",
+                               "-f", "raw", "-r", "200", "-p", str(pid),
+                               "-o", os.path.join(out_dir, f"{name}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, pid in pids.items()]
+    time.sleep(1.0)  # attached before the first measured phase
+    return spies
+
+
+async def measure(args: argparse.Namespace, requests: dict[str, tuple[int, bytes]],
+                  servers: dict[str, Server],
+                  cpus: dict[str, CPU]) -> dict[str, dict[str, list[float]]]:
+    """The measured rounds: every target in turn, order alternating between rounds."""
+    names = [*requests, SINGLE] if args.streams > 1 else list(requests)
     samples: dict[str, dict[str, list[float]]] = {
-        n: {"ttfc": [], "lag": [], "tokens": [], "bad": []} for n in requests}
-    order = list(requests)
+        n: {"ttfc": [], "lag": [], "tokens": [], "bad": [], "up": [], "srv": [], "cli": [],
+            "wall": []} for n in names}
     max_wait = 30 + args.tokens * args.pace_ms / 1000 * 3
     for round_no in range(args.rounds):
-        for name in order if round_no % 2 == 0 else order[::-1]:
-            port, request = requests[name]
+        for name in names if round_no % 2 == 0 else names[::-1]:
+            port, request = requests["direct" if name == SINGLE else name]
+            streams = 1 if name == SINGLE else args.streams
+            before = {k: c.seconds() for k, c in cpus.items()}
             started = time.monotonic()
-            clients = await phase(port, request, args.streams, max_wait)
+            clients = await phase(port, request, streams, max_wait)
+            wall = time.monotonic() - started
+            await asyncio.sleep(0.25)  # what the streams' ends still cost is theirs
+            after = {k: c.seconds() for k, c in cpus.items()}
             s = samples[name]
             s["ttfc"] += [c.ttfc * 1000 for c in clients if c.ttfc is not None]
             s["lag"] += [lag * 1000 for c in clients for lag in c.lags]
             s["tokens"].append(sum(c.tokens for c in clients))
             s["bad"].append(sum(1 for c in clients if c.status != 200 or
                                 c.tokens != args.tokens))
-            print(f"  round {round_no + 1} {name:<15} {time.monotonic() - started:5.2f} s",
+            s["up"].append(after["upstream"] - before["upstream"])
+            s["cli"].append(after["client"] - before["client"])
+            s["srv"].append(after[name] - before[name] if name in servers else 0.0)
+            s["wall"].append(wall)
+            print(f"  round {round_no + 1} {name:<15} {wall:5.2f} s",
                   file=sys.stderr, flush=True)
     return samples
 
 
 def render(samples: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> str:
-    """The table: each target's TTFC and lag, and what it adds to the direct baseline."""
+    """The table: each target's TTFC and lag, and what it adds to the direct baseline.
+
+    CPU columns are µs of CPU per token delivered, over the whole phase (setup and
+    teardown of the connections included): the upstream's, the proxy's (its whole
+    process tree) and the client's; ``busy`` is all three over the phase's wall time
+    (2.0 = both cores saturated).
+    """
     base_ttfc, base_lag = pct(samples["direct"]["ttfc"], 50), pct(samples["direct"]["lag"], 50)
     lines = [f"proxy mode: {args.streams} concurrent streams x {args.tokens} tokens, "
-             f"{args.pace_ms:g} ms pacing, {args.rounds} round(s); times in ms",
+             f"{args.pace_ms:g} ms pacing, {args.rounds} round(s); times in ms, "
+             "CPU in us per token",
              f"{'target':<15}{'bad':>5}{'TTFC p50':>10}{'TTFC p99':>10}{'lag p50':>9}"
-             f"{'lag p99':>9}{'+TTFC p50':>11}{'+lag p50':>10}  targets (+3 / +1 ms)"]
+             f"{'lag p99':>9}{'+TTFC p50':>11}{'+lag p50':>10}{'up':>6}{'proxy':>7}"
+             f"{'client':>7}{'busy':>6}  targets (+3 / +1 ms)"]
     for name, s in samples.items():
         ttfc50, lag50 = pct(s["ttfc"], 50), pct(s["lag"], 50)
-        added = "" if name == "direct" else (
-            f"{ttfc50 - base_ttfc:>11.2f}{lag50 - base_lag:>10.2f}  "
-            + ("met" if ttfc50 - base_ttfc <= TARGET_TTFC_MS and lag50 - base_lag
-               <= TARGET_LAG_MS else "MISSED"))
+        tokens = max(1.0, sum(s["tokens"]))
+        cpu = [sum(s[k]) / tokens * 1e6 for k in ("up", "srv", "cli")]
+        busy = (sum(s["up"]) + sum(s["srv"]) + sum(s["cli"])) / max(1e-9, sum(s["wall"]))
+        added = "" if name in ("direct", SINGLE) else (
+            f"{ttfc50 - base_ttfc:>11.2f}{lag50 - base_lag:>10.2f}")
+        verdict = "" if name in ("direct", SINGLE) else (
+            "met" if ttfc50 - base_ttfc <= TARGET_TTFC_MS and lag50 - base_lag
+            <= TARGET_LAG_MS else "MISSED")
         lines.append(f"{name:<15}{int(sum(s['bad'])):>5}{ttfc50:>10.2f}{pct(s['ttfc'], 99):>10.2f}"
-                     f"{lag50:>9.2f}{pct(s['lag'], 99):>9.2f}{added}")
+                     f"{lag50:>9.2f}{pct(s['lag'], 99):>9.2f}{added:<21}"
+                     f"{cpu[0]:>6.0f}{cpu[1]:>7.0f}{cpu[2]:>7.0f}{busy:>6.2f}  {verdict}")
     return "\n".join(lines)
 
 
@@ -148,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pace-ms", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--py-spy", default="", metavar="DIR",
+                        help="record each server (and the upstream) with py-spy --gil "
+                             "during the measured rounds; raw profiles go to DIR")
     args = parser.parse_args(argv)
     raise_fd_limit(4 * args.streams + 256)
     upstream = FakeUpstream()

