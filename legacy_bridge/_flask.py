@@ -103,7 +103,10 @@ class StreamBridge:
             kept = {k: v for k, v in headers.items()
                     if k.lower() not in ("cache-control", "x-accel-buffering")}
             return _json(error.body(), error.status, {**kept, **error.headers()})
-        response = Response(body, headers=headers, content_type=service.content_type(session))
+        # direct_passthrough: the server iterates (and closes) the body itself, without
+        # werkzeug's two wrapping generators per chunk; it yields bytes only.
+        response = Response(body, headers=headers, content_type=service.content_type(session),
+                            direct_passthrough=True)
         response.headers.pop("Content-Length", None)
         return response
 

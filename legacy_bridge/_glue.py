@@ -53,13 +53,18 @@ class _NativeWaiter:
 
 
 class _GreenletWaiter:
-    """One wait of a greenlet: its hub sleeps until the async watcher fires."""
+    """One wait of a greenlet: its hub sleeps until the async watcher fires.
 
-    __slots__ = ("_timeout", "_waiter", "_watcher")
+    Watchers are kept in ``free`` (the hub thread's own list) for the next wait: a new
+    libev watcher per token cost a visible share of the hub's time. ``ev_async_start``
+    clears a send left over from the previous use, and ``stop`` clears a pending one.
+    """
 
-    def __init__(self, hub: Any, waiter_cls: Any, timeout_cls: Any) -> None:
-        self._waiter, self._timeout = waiter_cls(hub), timeout_cls
-        self._watcher = hub.loop.async_()
+    __slots__ = ("_free", "_timeout", "_waiter", "_watcher")
+
+    def __init__(self, hub: Any, waiter_cls: Any, timeout_cls: Any, free: list[Any]) -> None:
+        self._waiter, self._timeout, self._free = waiter_cls(hub), timeout_cls, free
+        self._watcher = free.pop() if free else hub.loop.async_()
         # Started before the mutex is released: libev drops sends made before start.
         self._watcher.start(self._waiter.switch, True)
 
@@ -75,7 +80,13 @@ class _GreenletWaiter:
 
     def close(self) -> None:  # with the mutex held: no send() can be in flight
         self._watcher.stop()
-        self._watcher.close()
+        if len(self._free) < _FREE_WATCHERS:
+            self._free.append(self._watcher)
+        else:
+            self._watcher.close()
+
+
+_FREE_WATCHERS = 1024
 
 
 class HybridCondition:
@@ -324,10 +335,12 @@ class GeventGlue(ThreadGlue):
         self._count_lock = self.allocate_lock()
         self._running = 0
         self._idle = HybridCondition(self.allocate_lock(), self)
+        self._free_watchers: list[Any] = []  # used by the hub thread only
 
     def new_waiter(self) -> Any:
         if self._ident() == self._hub_thread:
-            return _GreenletWaiter(self._get_hub(), self._waiter_cls, self._timeout_cls)
+            return _GreenletWaiter(self._get_hub(), self._waiter_cls, self._timeout_cls,
+                                   self._free_watchers)
         return _NativeWaiter(self.allocate_lock)
 
     def new_loop(self) -> asyncio.AbstractEventLoop:
