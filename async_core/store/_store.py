@@ -17,12 +17,13 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..exceptions import NotFound
 from ._schema import conversations, turns, webhook_endpoints, webhook_outbox
 
 IN_PROGRESS = "in_progress"
+WRITE_SLICE = 4  # snapshots per statement execution in Store.write
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,35 +114,35 @@ class Store:
     # -- transcripts and outbox -----------------------------------------------------
 
     async def write(self, snapshots: Sequence[Snapshot]) -> None:
-        """Write checkpoints and final transcripts (with their deliveries) atomically."""
+        """Write checkpoints and final transcripts (with their deliveries) atomically.
+
+        One transaction. Its statements run once per slice of ``WRITE_SLICE`` snapshots,
+        with every row of the slice (checkpoints arrive by the hundred per second).
+        Preparing a statement's parameters runs on the loop, so a slice bounds how long
+        the streams on that loop wait for it.
+        """
         if not snapshots:
             return
         now = time.time()
+        deliveries = [dict(d) for snap in snapshots for d in snap.deliveries]
         async with self.engine.begin() as conn:
-            disabled = {row[0] for row in await conn.execute(
-                select(webhook_endpoints.c.url).where(webhook_endpoints.c.disabled_at.is_not(None)))}
-            for snap in snapshots:
-                await self._write_one(conn, snap, now, disabled)
-
-    async def _write_one(self, conn: AsyncConnection, snap: Snapshot, now: float,
-                         disabled: set[str]) -> None:
-        await conn.execute(self._new_conversation, [{
-            "id": snap.conversation_id, "tenant": snap.tenant, "created_at": now,
-            "updated_at": now}])
-        await conn.execute(self._touch, [{"cid": snap.conversation_id, "now": now}])
-        common = {"conversation_id": snap.conversation_id, "stream_id": snap.stream_id,
-                  "outcome": snap.outcome, "reason": snap.reason, "agent": snap.agent,
-                  "writer": None if snap.final else snap.writer, "created_at": now,
-                  "updated_at": now}
-        rows = [{**common, "position": i, "role": m.get("role", "user"),
-                 "content": m.get("content", ""), "tokens": 0}
-                for i, m in enumerate(snap.messages)]
-        rows.append({**common, "position": len(snap.messages), "role": "assistant",
-                     "content": snap.text, "tokens": snap.tokens})
-        await conn.execute(self._upsert_turns, rows)
-        deliveries = [dict(d) for d in snap.deliveries if d["url"] not in disabled]
-        if deliveries:
-            await conn.execute(self._new_deliveries, deliveries)
+            for i in range(0, len(snapshots), WRITE_SLICE):
+                part = snapshots[i:i + WRITE_SLICE]
+                conversation_rows = list({snap.conversation_id: {
+                    "id": snap.conversation_id, "tenant": snap.tenant, "created_at": now,
+                    "updated_at": now} for snap in part}.values())
+                await conn.execute(self._new_conversation, conversation_rows)
+                await conn.execute(self._touch, [{"cid": c["id"], "now": now}
+                                                 for c in conversation_rows])
+                await conn.execute(self._upsert_turns,
+                                   [row for snap in part for row in _turn_rows(snap, now)])
+            if deliveries:
+                disabled = {row[0] for row in await conn.execute(
+                    select(webhook_endpoints.c.url).where(
+                        webhook_endpoints.c.disabled_at.is_not(None)))}
+                deliveries = [d for d in deliveries if d["url"] not in disabled]
+                if deliveries:
+                    await conn.execute(self._new_deliveries, deliveries)
 
     async def recover(self, host: str) -> int:
         """Mark checkpoints of dead writers on this host ``interrupted``; return how many."""
@@ -240,3 +241,17 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def _turn_rows(snap: Snapshot, now: float) -> list[dict[str, Any]]:
+    """The turns rows of one snapshot: the messages it was asked, then the answer."""
+    common = {"conversation_id": snap.conversation_id, "stream_id": snap.stream_id,
+              "outcome": snap.outcome, "reason": snap.reason, "agent": snap.agent,
+              "writer": None if snap.final else snap.writer, "created_at": now,
+              "updated_at": now}
+    rows = [{**common, "position": i, "role": m.get("role", "user"),
+             "content": m.get("content", ""), "tokens": 0}
+            for i, m in enumerate(snap.messages)]
+    rows.append({**common, "position": len(snap.messages), "role": "assistant",
+                 "content": snap.text, "tokens": snap.tokens})
+    return rows
