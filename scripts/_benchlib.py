@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_engine import HOST, Server, StreamClient
+from bench_engine import HOST, Server, StreamClient, thread_switches
 
 LISTEN = re.compile(rb"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
 START_TIMEOUT = 30.0
@@ -64,6 +64,10 @@ class TreeServer(Server):
             with_times = p.cpu_times()
             total += with_times.user + with_times.system
         return total
+
+    def switches(self) -> int:
+        """Voluntary context switches of every live thread of the tree so far."""
+        return thread_switches([p.pid for p in self._tree])
 
     def rss(self) -> int:
         """Resident set size of the whole tree in bytes."""

@@ -187,6 +187,11 @@ class Server:
         assert self.ps is not None
         return int(self.ps.memory_info().rss)
 
+    def switches(self) -> int:
+        """Voluntary context switches of the server's live threads so far."""
+        assert self.ps is not None
+        return thread_switches([self.ps.pid])
+
     async def wait_idle(self, max_wait: float) -> None:
         """Wait (bounded) until the server holds no established TCP connection."""
         assert self.ps is not None
@@ -360,6 +365,25 @@ class Sample:
     ttfc: list[float] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
     incomplete: int = 0
+    switches: int = 0  # voluntary context switches of the server's threads
+
+
+def thread_switches(pids: Sequence[int]) -> int:
+    """Sum of ``voluntary_ctxt_switches`` over every live thread of ``pids`` (Linux).
+
+    psutil's ``num_ctx_switches`` reads only the main thread's counters; a thread
+    that has exited takes its counts with it (our servers keep their threads).
+    """
+    total = 0
+    for pid in pids:
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+            except (OSError, ValueError):
+                continue  # the thread ended while we read
+    return total
 
 
 async def run_phase(server: Server, streams: int, options: dict[str, Any], *,
@@ -367,13 +391,15 @@ async def run_phase(server: Server, streams: int, options: dict[str, Any], *,
                     rcvlowat: int = 0) -> Sample:
     """Run ``streams`` concurrent streams to their end and measure them."""
     cpu0, client0, t0 = server.cpu(), time.process_time(), time.perf_counter()
+    switches0 = server.switches()
     clients = await open_streams(server.port, streams, options, keep_lags=keep_lags,
                                  rcvlowat=rcvlowat)
     await wait_all(clients, server.name, max_wait, lambda c: c.closed)
     wall = time.perf_counter() - t0
     sample = Sample(streams=streams, tokens=sum(c.tokens for c in clients), wall=wall,
                     server_cpu=server.cpu() - cpu0,
-                    client_cpu=(time.process_time() - client0) / wall)
+                    client_cpu=(time.process_time() - client0) / wall,
+                    switches=server.switches() - switches0)
     for c in clients:
         if c.ttfc is not None:
             sample.ttfc.append(c.ttfc)

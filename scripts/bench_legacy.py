@@ -33,6 +33,8 @@ How it is measured
     - lag: receive wall time − production wall time, every token of the paced phases.
     - CPU µs/token: user+system CPU of the server's whole process tree (psutil) over
       the phase / tokens received; "@10 ms" is the concurrent paced phase.
+    - switches/token: voluntary context switches of every live thread of the tree
+      (/proc/<pid>/task/*/status) over the concurrent paced phase / tokens.
     - tokens/s unpaced: tokens received / wall time (``SO_RCVLOWAT`` reads).
     - RSS/stream: tree RSS with N streams open (first token read, second due in
       ``rss_hold_ms``) minus before, / N; taken first, on fresh heaps.
@@ -291,6 +293,9 @@ def figures(raw: dict[str, Any], plan: Plan) -> dict[str, dict[str, float]]:
                 fig.setdefault(f"lag p{p} ms, {label} str", {})[name] = pct(lags, p) * 1e3
         fig.setdefault(f"CPU us/tok @10ms, {n} str", {})[name] = median("pacedN", name, cpu_us)
         fig.setdefault("CPU us/tok @10ms, 1 str", {})[name] = median("paced1", name, cpu_us)
+        # Thread wake-ups: each hop between OS threads is one (plus the GIL hand-over).
+        fig.setdefault(f"switches/tok @10ms, {n} str", {})[name] = median(
+            "pacedN", name, lambda s: s.switches / s.tokens if s.tokens else math.nan)
         for phase, label in (("unpaced1", "1"), ("unpacedN", str(k))):
             fig.setdefault(f"tok/s unpaced, {label} str", {})[name] = median(
                 phase, name, lambda s: s.tokens / s.wall)
