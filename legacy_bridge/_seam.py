@@ -14,7 +14,7 @@
 #   token (_BatchQueue): a put while the reader is behind appends to the last queued
 #   batch, so one get takes everything queued (the engine coalesces those agent items
 #   into one delta; the body joins those frames into one write). The bound counts items.
-# - Wake-ups: a put that finds its reader waiting on the loop rings the loop's _Doorbell;
+# - Wake-ups: a put that finds its reader waiting on the loop rings the loop's Doorbell;
 #   the puts of every stream that arrive during one pass of the loop share one self-pipe
 #   write, and a queue whose reader was already rung is not rung again.
 # - Disconnect: WSGI sees it only when a write fails; the server then calls body.close().
@@ -38,7 +38,6 @@ import collections
 import contextlib
 import logging
 import math
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeAlias
 
@@ -55,7 +54,9 @@ from async_core._sources import Batch
 from async_core.agents import AgentItem, AgentRequest
 from async_core.exceptions import Overloaded, StreamBridgeError
 
-from ._glue import GeventGlue, HybridCondition, Signal, ThreadGlue
+from ._cancel import CancelSignal
+from ._doorbell import doorbell
+from ._glue import GeventGlue, HybridCondition, ThreadGlue
 
 log = logging.getLogger("streambridge.legacy")
 FRAME_QUEUE = 16
@@ -82,60 +83,14 @@ class _FailedBeforeFirstByte:
         self.error = error
 
 
-class _Doorbell:
-    """Cross-thread calls into one loop, coalesced into one ``call_soon_threadsafe``.
-
-    ``call_soon_threadsafe`` writes a byte to the loop's self-pipe on every call (a
-    syscall, and a GIL release and re-take, per token). Calls rung while a run is
-    already scheduled join it: under load every stream's wake-ups of one loop pass
-    cost one write. Order is kept (FIFO).
-    """
-
-    __slots__ = ("__weakref__", "_calls", "_loop", "_rung")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._calls: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
-            collections.deque())
-        self._rung = False
-
-    def ring(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop soon; safe from any thread."""
-        self._calls.append((fn, args))
-        if not self._rung:  # a scheduled run that has not started will see our call
-            self._rung = True
-            self._loop.call_soon_threadsafe(self._run)
-
-    def _run(self) -> None:
-        self._rung = False  # before draining: a call appended from now on rings again
-        calls = self._calls
-        while calls:
-            fn, args = calls.popleft()
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("cross-thread call %r failed", fn)
-
-
-_DOORBELLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Doorbell] = (
-    weakref.WeakKeyDictionary())
-
-
-def _doorbell(loop: asyncio.AbstractEventLoop) -> _Doorbell:
-    bell = _DOORBELLS.get(loop)
-    if bell is None:  # setdefault is one dict operation: two threads get the same bell
-        bell = _DOORBELLS.setdefault(loop, _Doorbell(loop))
-    return bell
-
-
 class _Queue(janus.Queue[Any]):
     """janus.Queue with cheaper sync-to-async wake-ups and batched storage.
 
     Wake-ups: janus runs every sync-to-async notification (a ``put`` while the
     engine awaits ``get``) as ``call_soon_threadsafe`` + a Task that takes the async
     mutex: three loop iterations and a Task per token (measured by
-    scripts/bench_legacy.py). Here the notification goes through the loop's
-    :class:`_Doorbell`; on the loop the mutex is almost always free: it is taken
+    scripts/bench_legacy.py). Here the notification goes through the loop's doorbell
+    (``_doorbell.py``); on the loop the mutex is almost always free: it is taken
     without waiting, the condition notified, the mutex released. Only if taking it
     would wait does janus' Task do the work, so the lock discipline of janus'
     conditions is unchanged. A not-empty notification already on its way is not
@@ -183,7 +138,7 @@ class _Queue(janus.Queue[Any]):
                 return
             self._not_empty_rung = True
             method = self._notify_not_empty
-        _doorbell(loop).ring(self._setup_async_notifier, loop, method)
+        doorbell(loop).ring(self._setup_async_notifier, loop, method)
 
     def _notify_not_empty(self) -> None:
         self._not_empty_rung = False  # first: a put from now on rings again
@@ -238,42 +193,6 @@ def _run_agent(gen: Iterator[AgentItem], q: janus.SyncQueue[Any]) -> None:
             q.shutdown()
     finally:
         gen.close()  # GeneratorExit at the agent's yield: its finally closes upstream
-
-
-class CancelSignal:
-    """The ``CancelToken`` of one sync agent run: set when its stream is over."""
-
-    def __init__(self, glue: ThreadGlue) -> None:
-        self._signal = Signal(glue)
-        self._lock = glue.allocate_lock()  # guards _callbacks; never held while waiting
-        self._callbacks: list[Callable[[], object]] = []
-
-    def is_set(self) -> bool:
-        return self._signal.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._signal.wait(timeout)
-
-    def add_callback(self, fn: Callable[[], object]) -> None:
-        with self._lock:
-            if not self._signal.is_set():
-                self._callbacks.append(fn)
-                return
-        _call_quietly(fn)
-
-    def set(self) -> None:
-        with self._lock:
-            callbacks, self._callbacks = self._callbacks, []
-        self._signal.set()
-        for fn in callbacks:
-            _call_quietly(fn)
-
-
-def _call_quietly(fn: Callable[[], object]) -> None:
-    try:
-        fn()
-    except Exception:
-        log.exception("cancel callback %r failed", fn)
 
 
 class JanusSource:
