@@ -11,10 +11,10 @@
 #              queue for longer than the send timeout ends the stream: send_timeout); the
 #              WSGI body blocks in frames_q.sync_q.get.
 #   No polling and no sleeps: every hop blocks or awaits. Each hop moves a batch, not a
-#   token (_BatchQueue): a put while the reader is behind appends to the last queued
+#   token (_Queue): a put while the reader is behind appends to the last queued
 #   batch, so one get takes everything queued (the engine coalesces those agent items
 #   into one delta; the body joins those frames into one write). The bound counts items.
-# - Wake-ups: a put that finds its reader waiting on the loop rings the loop's Doorbell;
+# - Wake-ups: a put that finds its reader waiting on the loop rings the loop's doorbell;
 #   the puts of every stream that arrive during one pass of the loop share one self-pipe
 #   write, and a queue whose reader was already rung is not rung again.
 # - Disconnect: WSGI sees it only when a write fails; the server then calls body.close().
