@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._engine import Outcome, StreamInfo, StreamRecord, StreamSession
+from ._engine import StreamSession
 from ._lifecycle import Lifecycle, LifecycleState
+from ._records import Outcome, StreamInfo, StreamRecord
 from ._settings import Settings, StreamPolicy
 from ._sources import AgentEnd, AgentSource, AsyncSource, SyncRunner
 from .agents import (

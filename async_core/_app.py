@@ -15,9 +15,9 @@ from starlette.routing import Route
 
 from . import _metrics as metrics
 from ._asgi import SessionResponse
-from ._engine import FinishHook, Outcome
 from ._lifecycle import install_sigterm_drain
 from ._page import PAGE_CONTENT_TYPE, cors_headers, render_page
+from ._records import FinishHook, Outcome
 from ._settings import PathName, Settings
 from ._sources import SyncRunner
 from .agents import AgentRegistry

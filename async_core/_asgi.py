@@ -31,7 +31,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from ._engine import Outcome, StreamSession
+from ._engine import StreamSession
+from ._records import Outcome
 from .exceptions import StreamBridgeError
 
 log = logging.getLogger("streambridge.asgi")

@@ -23,12 +23,11 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from . import exceptions as exc
+from ._records import _OUTCOME_OF, FinishHook, Outcome, ProgressHook, StreamInfo, StreamRecord
 from ._settings import StreamPolicy
 from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner
 from .agents import Agent, AgentFailure, AgentRequest, Finish, StateUpdate, Usage
@@ -36,63 +35,6 @@ from .wire import Delta, Done, Encoder, Error, Event, State, StreamMeta
 
 log = logging.getLogger("streambridge.engine")
 INF = math.inf
-
-
-class Outcome(StrEnum):
-    """How a stream ended; recorded exactly once per stream."""
-
-    COMPLETED = "completed"
-    CLIENT_DISCONNECTED = "client_disconnected"
-    CANCELLED = "cancelled"
-    FIRST_CHUNK_TIMEOUT = "first_chunk_timeout"
-    IDLE_TIMEOUT = "idle_timeout"
-    TOTAL_TIMEOUT = "total_timeout"
-    SEND_TIMEOUT = "send_timeout"
-    AGENT_ERROR = "agent_error"
-    REJECTED = "rejected"
-    SHUTDOWN = "shutdown"
-
-
-_OUTCOME_OF: dict[type[exc.StreamBridgeError], Outcome] = {
-    exc.AgentError: Outcome.AGENT_ERROR,
-    exc.FirstChunkTimeout: Outcome.FIRST_CHUNK_TIMEOUT,
-    exc.IdleTimeout: Outcome.IDLE_TIMEOUT,
-    exc.TotalTimeout: Outcome.TOTAL_TIMEOUT,
-    exc.StreamShutdown: Outcome.SHUTDOWN,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class StreamInfo:
-    """Who a stream is: ids and the labels its metrics carry."""
-
-    stream_id: str
-    conversation_id: str
-    agent: str
-    path: str
-    format: str
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRecord:
-    """What finish hooks receive: the whole story of one stream."""
-
-    info: StreamInfo
-    request: AgentRequest
-    outcome: Outcome
-    text: str
-    tokens: int
-    ttfc: float | None
-    duration: float
-    started_at: float
-    error_code: str | None
-    usage: dict[str, int] | None
-
-
-FinishHook = Callable[[StreamRecord], "Awaitable[None] | None"]
-# Called while streaming with (info, text so far, tokens so far); must return at once
-# (persistence files a checkpoint for its background writer, see store/_writer.py).
-ProgressHook = Callable[[StreamInfo, str, int], None]
 
 
 class StreamSession:

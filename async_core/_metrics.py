@@ -20,7 +20,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from ._engine import StreamRecord
+from ._records import StreamRecord
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _DURATION = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)

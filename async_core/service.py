@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import _metrics as metrics
 from ._admission import Admission
-from ._engine import FinishHook, StreamInfo, StreamSession
+from ._engine import StreamSession
 from ._lifecycle import Lifecycle
+from ._records import FinishHook, StreamInfo
 from ._settings import PathName, Settings
 from ._sources import SyncRunner
 from .agents import AgentRegistry, AgentRequest, load_agents

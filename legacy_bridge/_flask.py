@@ -18,8 +18,8 @@ from werkzeug.exceptions import HTTPException
 
 from async_core import AgentRegistry, Settings, StreamSession, parse_chat
 from async_core import _metrics as metrics
-from async_core._engine import FinishHook
 from async_core._page import PAGE_CONTENT_TYPE, cors_headers, render_page
+from async_core._records import FinishHook
 from async_core.auth import Principal
 from async_core.exceptions import StreamBridgeError
 from async_core.protocol import ROUTES, ChatCall, Route, check_body_size

@@ -144,3 +144,39 @@ def summarize_counts(values: Sequence[Any]) -> str:
     """``min/median/max`` of small integers, for a table cell."""
     ordered = sorted(values)
     return f"{ordered[0]}/{ordered[len(ordered) // 2]}/{ordered[-1]}" if ordered else "-"
+
+
+def _num(x: float) -> str:
+    """A figure in at most 6 characters (``113k`` for large counts)."""
+    return f"{x / 1e3:.0f}k" if abs(x) >= 1e4 else f"{x:.4g}"
+
+
+def render_tables(fig: dict[str, dict[str, float]], ok: dict[str, dict[str, bool]],
+                  variants: Sequence[str], product: Sequence[str], base_name: str,
+                  title: str) -> str:
+    """A figure table (value, and × the baseline) and a target table as text.
+
+    Args:
+        fig: ``{metric: {variant: value}}``; counts (agents, incomplete, client,
+            tokens after) get no ratio.
+        ok: ``{target: {variant: met}}`` for the ``product`` variants.
+    """
+    w = 15
+    head = f"{'metric':<29}" + "".join(f"{v:>{w}}" for v in variants)
+    lines = [head, "-" * len(head)]
+    for metric, by in fig.items():
+        cells = []
+        for v in variants:
+            x, base = by[v], by[base_name]
+            ratio = f" {x / base:4.2f}x" if base and not metric.startswith(
+                ("agents", "incomplete", "client", "tokens after")) and v != base_name else ""
+            if metric.startswith("agents still"):
+                cells.append(f"{int(x)}" + (" running" if x else ""))
+            else:
+                cells.append(f"{_num(x)}{ratio}")
+        lines.append(f"{metric:<29}" + "".join(f"{c:>{w}}" for c in cells))
+    lines += ["", f"{title:<48}" + "".join(f"{v:>16}" for v in product)]
+    for target, by in ok.items():
+        lines.append(f"{target:<48}" + "".join(
+            f"{'yes' if by[v] else 'NO':>16}" for v in product))
+    return "\n".join(lines)

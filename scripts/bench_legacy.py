@@ -68,6 +68,7 @@ from _benchlib import (
     after_leaving,
     gunicorn_cmd,
     read_agent_record,
+    render_tables,
 )
 from bench_engine import (
     UNPACED_RCVLOWAT,
@@ -339,32 +340,9 @@ def targets(fig: dict[str, dict[str, float]], plan: Plan) -> dict[str, dict[str,
     return out
 
 
-def _num(x: float) -> str:
-    """A figure in at most 6 characters (``113k`` for large counts)."""
-    return f"{x / 1e3:.0f}k" if abs(x) >= 1e4 else f"{x:.4g}"
-
-
 def render(fig: dict[str, dict[str, float]], ok: dict[str, dict[str, bool]]) -> str:
     """The figure table (value, and ×direct) and the target table as text."""
-    w = 15
-    head = f"{'metric':<29}" + "".join(f"{v:>{w}}" for v in VARIANTS)
-    lines = [head, "-" * len(head)]
-    for metric, by in fig.items():
-        cells = []
-        for v in VARIANTS:
-            x, base = by[v], by[BASE]
-            ratio = f" {x / base:4.2f}x" if base and not metric.startswith(
-                ("agents", "incomplete", "client", "tokens after")) and v != BASE else ""
-            if metric.startswith("agents still"):
-                cells.append(f"{int(x)}" + (" running" if x else ""))
-            else:
-                cells.append(f"{_num(x)}{ratio}")
-        lines.append(f"{metric:<29}" + "".join(f"{c:>{w}}" for c in cells))
-    lines += ["", f"{'target (issue 3)':<48}" + "".join(f"{v:>16}" for v in PRODUCT)]
-    for target, by in ok.items():
-        lines.append(f"{target:<48}" + "".join(
-            f"{'yes' if by[v] else 'NO':>16}" for v in PRODUCT))
-    return "\n".join(lines)
+    return render_tables(fig, ok, VARIANTS, PRODUCT, BASE, "target (issue 3)")
 
 
 def store_env(variant: str, store: bool, tmp: Path) -> dict[str, str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .._engine import Outcome, StreamInfo, StreamRecord
+from .._records import Outcome, StreamInfo, StreamRecord
 from .._settings import Settings
 from ..webhooks import DeliveryWorker, WebhookConfig, deliveries
 from ._db import create_engine, database_url, is_sqlite, process_token

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .._engine import StreamRecord
+    from .._records import StreamRecord
 
 
 def deliveries(record: StreamRecord, *, tenant: str, outcome: str,

@@ -1,0 +1,67 @@
+"""What the engine records of a stream: its outcome, its identity and its final story."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from . import exceptions as exc
+from .agents import AgentRequest
+
+
+class Outcome(StrEnum):
+    """How a stream ended; recorded exactly once per stream."""
+
+    COMPLETED = "completed"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    CANCELLED = "cancelled"
+    FIRST_CHUNK_TIMEOUT = "first_chunk_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+    TOTAL_TIMEOUT = "total_timeout"
+    SEND_TIMEOUT = "send_timeout"
+    AGENT_ERROR = "agent_error"
+    REJECTED = "rejected"
+    SHUTDOWN = "shutdown"
+
+
+_OUTCOME_OF: dict[type[exc.StreamBridgeError], Outcome] = {
+    exc.AgentError: Outcome.AGENT_ERROR,
+    exc.FirstChunkTimeout: Outcome.FIRST_CHUNK_TIMEOUT,
+    exc.IdleTimeout: Outcome.IDLE_TIMEOUT,
+    exc.TotalTimeout: Outcome.TOTAL_TIMEOUT,
+    exc.StreamShutdown: Outcome.SHUTDOWN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """Who a stream is: ids and the labels its metrics carry."""
+
+    stream_id: str
+    conversation_id: str
+    agent: str
+    path: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """What finish hooks receive: the whole story of one stream."""
+
+    info: StreamInfo
+    request: AgentRequest
+    outcome: Outcome
+    text: str
+    tokens: int
+    ttfc: float | None
+    duration: float
+    started_at: float
+    error_code: str | None
+    usage: dict[str, int] | None
+
+
+FinishHook = Callable[[StreamRecord], "Awaitable[None] | None"]
+# Called while streaming with (info, text so far, tokens so far); must return at once
+# (persistence files a checkpoint for its background writer, see store/_writer.py).
+ProgressHook = Callable[[StreamInfo, str, int], None]
