@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._bridge import Bridge, bridges
+    from ._endpoints import ROUTE_HOOK, Endpoint
     from ._flask import StreamBridge, error_response
     from ._seam import JanusRunner
     from .app import create_app
 
-__all__ = ["Bridge", "JanusRunner", "StreamBridge", "bridges", "create_app", "error_response"]
+__all__ = ["Bridge", "Endpoint", "JanusRunner", "ROUTE_HOOK", "StreamBridge", "bridges",
+           "create_app", "error_response"]
 
 _WHERE = {"StreamBridge": "_flask", "error_response": "_flask", "Bridge": "_bridge",
+          "Endpoint": "_endpoints", "ROUTE_HOOK": "_endpoints",
           "JanusRunner": "_seam", "bridges": "_bridge", "create_app": "app"}
 
 

@@ -1,7 +1,9 @@
 """The Flask side: ``StreamBridge``, an extension that streams through the engine.
 
-Add it to an existing Flask app and return ``bridge.stream(...)`` from a view, or
-register ``bridge.blueprint()`` to serve the whole HTTP contract. Views run in
+Add it to an existing Flask app and declare streaming endpoints with
+``bridge.endpoint(...)`` / ``@bridge.streaming(...)`` (``_endpoints.py``: the same
+declarations the hybrid front serves natively), return ``bridge.stream(...)`` from a
+view, or register ``bridge.blueprint()`` to serve the built-in HTTP contract. Views run in
 gunicorn's threads or greenlets; every stream runs on the worker's event loop
 behind the seam (``_seam.py``). This module never imports Starlette.
 """
@@ -10,13 +12,13 @@ from __future__ import annotations
 
 import http
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from async_core import AgentRegistry, Settings, StreamSession, parse_chat
+from async_core import AgentRegistry, Settings, StreamSession, default_registry, parse_chat
 from async_core import _metrics as metrics
 from async_core._page import PAGE_CONTENT_TYPE, cors_headers, render_page
 from async_core._records import FinishHook
@@ -25,6 +27,9 @@ from async_core.exceptions import StreamBridgeError
 from async_core.protocol import ROUTES, ChatCall, Route, check_body_size
 
 from ._bridge import Bridge
+from ._endpoints import Endpoint, ToRequest, endpoint_view
+
+F = TypeVar("F", bound=ToRequest)
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -49,20 +54,81 @@ class StreamBridge:
         settings: policy and limits (default: ``Settings.from_env()``).
         registry: the agents (default: built-in plus ``settings.agents``).
         hooks: finish hooks called once per stream.
+
+    Attributes:
+        registry: the agents this extension streams (the hybrid front serves them too).
+        endpoints: the declared streaming endpoints, by Flask endpoint name.
     """
 
     def __init__(self, app: Flask | None = None, *, settings: Settings | None = None,
                  registry: AgentRegistry | None = None,
                  hooks: tuple[FinishHook, ...] = ()) -> None:
         self.settings = settings or Settings.from_env()
-        self.bridge = Bridge(self.settings, registry=registry, hooks=hooks)
+        self.registry = registry if registry is not None else default_registry(self.settings)
+        self.bridge = Bridge(self.settings, registry=self.registry, hooks=hooks)
+        self.endpoints: dict[str, Endpoint] = {}
+        self._apps: list[Flask] = []
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Register the extension and its JSON error handler on ``app``."""
+        """Register the extension, its JSON error handler and the declared endpoints."""
         app.extensions["streambridge"] = self
         app.register_error_handler(StreamBridgeError, error_response)
+        self._apps.append(app)
+        for declared in self.endpoints.values():
+            self._add_rule(app, declared)
+
+    def endpoint(self, path: str, *, agent: str, to_request: ToRequest,
+                 name: str | None = None) -> Endpoint:
+        """Declare a streaming endpoint: ``POST path`` streams ``agent``.
+
+        ``to_request(body)`` gets the request's JSON object and returns the agent's
+        request (``messages`` or ``message``, and optionally ``conversation_id``,
+        ``stream``, ``options``). It runs in the Flask request context on every path
+        (hybrid front included), so ``flask.g``, the session and the app's
+        ``before_request`` auth apply; raise ``flask.abort(401)`` (or let a decorator do
+        it) to refuse. Errors: a body that is not a JSON object is the contract's 400
+        JSON, and so is a bad agent request; anything ``to_request`` raises is handled
+        by the app's own error handlers.
+
+        Args:
+            path: the URL rule (Flask syntax; variables are in ``request.view_args``).
+            agent: the agent's name (the migration flag routes by it).
+            to_request: the user's request → the agent's request.
+            name: the Flask endpoint name (default: ``to_request.__name__``).
+        """
+        declared = Endpoint(path, agent, to_request,
+                            name or getattr(to_request, "__name__", path))
+        if declared.name in self.endpoints:
+            raise ValueError(f"streaming endpoint {declared.name!r} is already declared")
+        self.endpoints[declared.name] = declared
+        for app in self._apps:
+            self._add_rule(app, declared)
+        return declared
+
+    def streaming(self, path: str, *, agent: str,
+                  name: str | None = None) -> Callable[[F], F]:
+        """Decorator form of ``endpoint``: the decorated function is ``to_request``.
+
+        Decorators listed below it (``@login_required``) wrap ``to_request`` and so
+        apply on every path.
+        """
+
+        def register(fn: F) -> F:
+            self.endpoint(path, agent=agent, to_request=fn, name=name)
+            return fn
+
+        return register
+
+    def _add_rule(self, app: Flask, declared: Endpoint) -> None:
+        view = endpoint_view(declared, self.settings.max_body_bytes, self.stream)
+        app.add_url_rule(declared.path, declared.name, view, methods=["POST"])
+
+    def serve_through(self, bridge: Bridge) -> None:
+        """Stream through ``bridge`` instead of this extension's own (the hybrid front's
+        bridge on its server loop); call it before the first request."""
+        self.bridge = bridge
 
     def stream(self, agent: str, body: Mapping[str, Any] | None = None, *,
                route: Route = "native") -> Response:
@@ -121,26 +187,32 @@ class StreamBridge:
                           query=request.args, default_agent=s.default_agent,
                           max_body=s.max_body_bytes, max_messages=s.max_messages)
 
-    def blueprint(self, name: str = "streambridge") -> Blueprint:
-        """A blueprint serving the HTTP contract: chat routes, health, readiness, metrics."""
+    def blueprint(self, name: str = "streambridge", *, chat: bool = True,
+                  page: bool = True) -> Blueprint:
+        """A blueprint serving the HTTP contract: chat routes, health, readiness, metrics.
+
+        Args:
+            name: the blueprint's name.
+            chat: include the built-in chat routes (``/v1/chat``, OpenAI, Ollama).
+            page: include the demo page at ``/``.
+        """
         bp = Blueprint(name, __name__)
         limit = self.settings.max_body_bytes
 
-        def chat() -> Response:
+        def chat_view() -> Response:
             check_body_size(request.content_length, limit)
             body = request.stream.read(limit + 1)
             response = self.respond(self._parse(ROUTES[request.path], body))
             response.headers.update(cors_headers(request.headers.get("Origin")))
             return response
 
-        for path in ROUTES:
-            bp.add_url_rule(path, f"chat{path.replace('/', '_')}", chat, methods=["POST"])
+        for path in ROUTES if chat else ():
+            bp.add_url_rule(path, f"chat{path.replace('/', '_')}", chat_view, methods=["POST"])
 
-        page_body = render_page("legacy")
-
-        @bp.get("/")
-        def page() -> Response:
-            return Response(page_body, content_type=PAGE_CONTENT_TYPE)
+        if page:
+            page_body = render_page("legacy")
+            bp.add_url_rule("/", "page", lambda: Response(page_body,
+                                                          content_type=PAGE_CONTENT_TYPE))
 
         @bp.get("/v1/conversations/<conversation_id>")
         def conversation(conversation_id: str) -> Response:

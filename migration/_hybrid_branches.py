@@ -4,8 +4,10 @@
   ASGI server's running loop instead of a loop thread of its own.
 - ``FlaggedRegistry``: the agent registry each branch's service sees; it narrows an
   agent to the form (sync or async) the flag picks for that branch.
-- ``expose_disconnect``: the WSGI shim that hands the front's disconnect hook to the
-  Flask extension (``streambridge.on_disconnect`` in the environ).
+- ``expose_disconnect``: the WSGI shim that hands the front's hooks to the Flask
+  extension (``streambridge.on_disconnect`` and ``legacy_bridge.ROUTE_HOOK``).
+- ``Handoff``: one Flask-branch request's hand-over of a declared endpoint to the
+  native branch (the flag said async after the user's view built the agent request).
 - ``run_lifespan``: runs a mounted ASGI app's lifespan (the native app's start-up
   and shutdown) inside the front's own.
 """
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from async_core import Agent, AgentRegistry, Settings, StreamService
+from legacy_bridge import ROUTE_HOOK
 from legacy_bridge._bridge import Bridge
 from legacy_bridge._glue import ThreadGlue
 
@@ -26,6 +29,7 @@ from ._flagfile import FlagStore
 from .flags import Path, impl_for
 
 ON_DISCONNECT = "streambridge.on_disconnect"
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class LoopBridge(Bridge):
@@ -108,15 +112,57 @@ class FlaggedRegistry(AgentRegistry):
 
 
 def expose_disconnect(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """WSGI shim: copy the front's disconnect hook from the ASGI scope to the environ."""
+    """WSGI shim: copy the front's hooks (disconnect, route) from the ASGI scope to the environ."""
 
     def shim(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         scope = environ.get("asgi.scope")  # a2wsgi keeps the scope in the environ
-        if scope is not None and ON_DISCONNECT in scope:
-            environ[ON_DISCONNECT] = scope[ON_DISCONNECT]
+        if scope is not None:
+            for key in (ON_DISCONNECT, ROUTE_HOOK):
+                if key in scope:
+                    environ[key] = scope[key]
         return app(environ, start_response)
 
     return shim
+
+
+class Handoff:
+    """A declared endpoint's request, handed from the Flask branch to the native one.
+
+    The user's view (in a WSGI thread) builds the agent's request and calls the
+    route hook; when the flag says async the hook stores it here, the view answers a
+    placeholder, and ``send`` drops that placeholder (keeping its ``Set-Cookie``
+    headers for the native response).
+    """
+
+    def __init__(self) -> None:
+        self.body: dict[str, Any] | None = None
+        self.cookies: list[tuple[bytes, bytes]] = []
+
+    def take(self, body: dict[str, Any]) -> None:
+        """Keep ``body`` for the native branch (called from the WSGI thread)."""
+        self.body = body
+
+    def send(self, send: Send) -> Send:
+        """The Flask branch's ``send``: passes through unless the request was handed off."""
+
+        async def flask_send(message: dict[str, Any]) -> None:
+            if self.body is None:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                self.cookies = [(k, v) for k, v in message.get("headers") or []
+                                if k.lower() == b"set-cookie"]
+
+        return flask_send
+
+    def native_send(self, send: Send) -> Send:
+        """The native branch's ``send``: adds the placeholder's ``Set-Cookie`` headers."""
+
+        async def with_cookies(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and self.cookies:
+                message = {**message, "headers": [*message.get("headers", []), *self.cookies]}
+            await send(message)
+
+        return with_cookies
 
 
 async def run_lifespan(app: Callable[..., Awaitable[None]]

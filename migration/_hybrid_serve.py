@@ -1,9 +1,48 @@
-"""Run the hybrid front under gunicorn with uvicorn workers."""
+"""Run the hybrid front under gunicorn with uvicorn workers, over the user's Flask app."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+# The user's Flask app behind the front (``module:attribute``): --app sets it for the
+# workers, and a plain gunicorn command sets it in the environment.
+APP_ENV = "STREAMBRIDGE_APP"
+
+
+def load_app(spec: str) -> Flask:
+    """Import the Flask app ``spec`` names: ``module:attribute`` or ``module:factory()``.
+
+    Raises:
+        ValueError: a one-line reason (bad spelling, import error, not a Flask app).
+    """
+    from flask import Flask
+
+    module_name, _, attribute = spec.strip().partition(":")
+    attribute = attribute or "app"
+    call = attribute.endswith("()")
+    attribute = attribute.removesuffix("()")
+    if not module_name or not attribute.isidentifier():
+        raise ValueError(f"app {spec!r} must be module:attribute (e.g. yourpackage.wsgi:app)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"app {spec!r}: cannot import {module_name}: {e} "
+                         "(is its directory on PYTHONPATH?)") from None
+    found = getattr(module, attribute, None)
+    if found is None:
+        raise ValueError(f"app {spec!r}: module {module_name} has no {attribute!r}")
+    app = found() if call else found
+    if not isinstance(app, Flask):
+        raise ValueError(f"app {spec!r} is a {type(app).__name__}, not a Flask app")
+    if "streambridge" not in app.extensions:
+        raise ValueError(f"app {spec!r} has no StreamBridge: add legacy_bridge.StreamBridge(app)")
+    return app
 
 
 def gunicorn_argv(*, host: str, port: int, workers: int, log_level: str = "info") -> list[str]:
@@ -15,16 +54,19 @@ def gunicorn_argv(*, host: str, port: int, workers: int, log_level: str = "info"
 
 def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           threads: int | None = None, flags_file: str | None = None,
-          log_level: str = "info") -> None:
+          app: str | None = None, log_level: str = "info") -> None:
     """Replace this process with gunicorn serving the hybrid front (same PID for signals).
 
     Args:
         threads: WSGI threads of the Flask branch (``STREAMBRIDGE_HYBRID_THREADS``).
         flags_file: the migration flag file (``STREAMBRIDGE_FLAGS_FILE``).
+        app: the user's Flask app, ``module:attribute`` (``STREAMBRIDGE_APP``).
     """
     if threads is not None:
         os.environ["STREAMBRIDGE_HYBRID_THREADS"] = str(threads)
     if flags_file is not None:
         os.environ["STREAMBRIDGE_FLAGS_FILE"] = os.path.abspath(flags_file)
+    if app is not None:
+        os.environ[APP_ENV] = app
     argv = gunicorn_argv(host=host, port=port, workers=workers, log_level=log_level)
     os.execv(argv[0], argv)

@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--flags-file", default=None,
                        help="--path hybrid: the migration flag file (default: "
                             "$STREAMBRIDGE_FLAGS_FILE)")
+    serve.add_argument("--app", default=None,
+                       help="--path hybrid: your Flask app behind the front, module:attribute "
+                            "(e.g. yourpackage.wsgi:app; default: $STREAMBRIDGE_APP, else the "
+                            "reference app)")
     from ._flagfile import add_parser as add_flags_parser
 
     add_flags_parser(sub)
@@ -55,10 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"streambridge: {problem}", file=sys.stderr)
             return 2
         if args.path == "hybrid":
+            from ._hybrid_serve import load_app
             from ._hybrid_serve import serve as serve_hybrid
 
+            if args.app:
+                try:
+                    load_app(args.app)  # a bad --app is one line here, not a worker crash
+                except ValueError as e:
+                    print(f"streambridge: --app: {e}", file=sys.stderr)
+                    return 2
             serve_hybrid(host=args.host, port=args.port, workers=args.workers,
-                         threads=args.threads, flags_file=args.flags_file,
+                         threads=args.threads, flags_file=args.flags_file, app=args.app,
                          log_level=args.log_level)
             return 0
         if args.path == "legacy":

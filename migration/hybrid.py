@@ -2,11 +2,20 @@
 # - Routing: POST on a chat route (async_core.protocol.ROUTES) reads the request body
 #   (bounded by max_body_bytes), asks the flag (flags.decide) and replays the body into
 #   the chosen branch: "async" is async_core's Starlette app, served natively; "legacy" is
-#   the reference Flask app mounted through a2wsgi. Everything else (health, readiness,
-#   metrics, the page, the user's own Flask routes) goes to Flask. A chat request with no
+#   the Flask app mounted through a2wsgi: the reference app, or the user's own
+#   (--app / STREAMBRIDGE_APP), whose contract routes count only if it registered the
+#   blueprint. Everything else (health, readiness, metrics, the page, the user's own
+#   routes) goes to Flask untouched. A chat request with no
 #   conversation id gets one here (X-Conversation-Id), so its later turns land in the same
 #   bucket. The decision shows in X-Stream-Path (set by each branch's service; the front
 #   adds it to pre-stream errors), in one log line and in the metrics' path label.
+# - Declared endpoints (legacy_bridge StreamBridge.endpoint): every request goes to Flask
+#   first, so the user's auth and to_request run once, in their request context, on both
+#   branches. The view then calls the route hook (ROUTE_HOOK in the environ) with the
+#   agent's request; the flag decides there. legacy: the view streams through the seam
+#   as any Flask-branch stream. async: a Handoff keeps the agent's request, the view's
+#   placeholder is dropped, the WSGI thread is released and the native app serves the
+#   request as a native POST /v1/chat (same admission, disconnects, drain, metrics).
 # - One loop: gunicorn's uvicorn worker already runs a loop, so the legacy branch does not
 #   start the Bridge's loop thread: LoopBridge attaches the same seam to this loop. A Flask
 #   view (in an a2wsgi thread) blocks on bridge.call() while the loop opens the session;
@@ -43,15 +52,17 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from a2wsgi import WSGIMiddleware
+from flask import Flask
 from prometheus_client import Counter
 from starlette.responses import JSONResponse
 from uvicorn_worker import UvicornWorker
 
-from async_core import Settings, StreamService, default_registry
+from async_core import Settings, StreamService
 from async_core import create_app as create_async_app
 from async_core._lifecycle import install_sigterm_drain
 from async_core.exceptions import Overloaded
 from async_core.protocol import ROUTES, new_id
+from legacy_bridge import ROUTE_HOOK, StreamBridge
 from legacy_bridge._glue import ThreadGlue
 from legacy_bridge._seam import JanusRunner
 from legacy_bridge.app import create_app as create_flask_app
@@ -60,11 +71,13 @@ from ._flagfile import ENV_FILE, FlagStore
 from ._hybrid_branches import (
     ON_DISCONNECT,
     FlaggedRegistry,
+    Handoff,
     LoopBridge,
     expose_disconnect,
     run_lifespan,
     wsgi_threads,
 )
+from ._hybrid_serve import APP_ENV, load_app
 from ._watch import DisconnectWatch, replay
 from .flags import Decision, RouteRequest, decide
 
@@ -73,6 +86,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+_NATIVE = next(path for path, route in ROUTES.items() if route == "native")
 DECISIONS = Counter("streambridge_flag_decisions_total",
                     "Chat requests routed by the migration flag.", ["path", "impl", "reason"])
 
@@ -84,24 +98,34 @@ class HybridFront:
         settings: configuration (default: ``Settings.from_env()``).
         flags: the flag store (default: ``$STREAMBRIDGE_FLAGS_FILE`` over the environment).
         threads: WSGI threads of the Flask branch (default: ``wsgi_threads``).
+        app: the user's Flask app, with a ``StreamBridge`` (default: the reference app).
+
+    Raises:
+        ValueError: ``app`` has no ``StreamBridge`` extension.
     """
 
     def __init__(self, settings: Settings | None = None, *, flags: FlagStore | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, app: Flask | None = None) -> None:
         self.settings = s = settings or Settings.from_env()
         self.flags = flags or FlagStore(os.environ.get(ENV_FILE))
-        registry = default_registry(s)
+        self.flask_app = app if app is not None else create_flask_app(s)
+        ext = self.flask_app.extensions.get("streambridge")
+        if not isinstance(ext, StreamBridge):
+            raise ValueError(f"Flask app {self.flask_app.name!r} has no StreamBridge: "
+                             "add legacy_bridge.StreamBridge(app)")
+        registry = ext.registry
+        # The built-in chat routes go through the flag only where the app serves them.
+        self.contract = frozenset(r.rule for r in self.flask_app.url_map.iter_rules()
+                                  if r.rule in ROUTES)
         self.glue = ThreadGlue((s.max_streams or 1024) + s.max_buffered)
         runner = JanusRunner(self.glue)
         self.async_app = create_async_app(
             s, registry=FlaggedRegistry(registry, self.flags, "async"), sync_runner=runner,
             path="async", drain_on_sigterm=False)
         shared: StreamService = self.async_app.state.service
-        self.flask_app = create_flask_app(s)
-        ext = self.flask_app.extensions["streambridge"]
         self.bridge = LoopBridge(s, path="legacy")
         self._legacy_registry = FlaggedRegistry(registry, self.flags, "legacy")
-        ext.bridge = self.bridge  # the Flask extension streams through the loop's seam
+        ext.serve_through(self.bridge)  # the Flask extension streams through the loop's seam
         self.lifecycle = shared.lifecycle
         self.threads = threads or wsgi_threads(s)
         # send_queue_size: a2wsgi holds up to that many written chunks per stream (each a
@@ -117,7 +141,7 @@ class HybridFront:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif (scope["type"] == "http" and scope["method"] == "POST"
-              and scope["path"] in ROUTES):
+              and scope["path"] in self.contract):
             await self._chat(scope, receive, send)
         else:
             await self._legacy(scope, receive, send, [])
@@ -153,7 +177,6 @@ class HybridFront:
 
     def _decide(self, scope: Scope, body: bytes) -> tuple[Decision, str]:
         """Return the decision and the conversation id to add (empty: keep the client's)."""
-        config = self.flags.current()
         heads = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
         try:
             data = json.loads(body) if body else None
@@ -168,6 +191,12 @@ class HybridFront:
         added = ""
         if data and not conversation:
             conversation = added = new_id()
+        return self._route(scope["path"], heads, agent, conversation), added
+
+    def _route(self, path: str, heads: dict[str, str], agent: object,
+               conversation: object) -> Decision:
+        """Ask the flag (pure), count and log the decision. Any thread."""
+        config = self.flags.current()
         decision = decide(config, RouteRequest(
             agent=agent if isinstance(agent, str) else "",
             conversation_id=conversation if isinstance(conversation, str) else "",
@@ -176,10 +205,25 @@ class HybridFront:
             presented_key=heads.get("x-operator-key", "")))
         DECISIONS.labels(decision.path, decision.impl, decision.reason).inc()
         log.info("flag: %s agent=%s conversation=%s bucket=%s -> path=%s impl=%s (%s%s)",
-                 scope["path"], agent, conversation, decision.bucket, decision.path,
+                 path, agent, conversation, decision.bucket, decision.path,
                  decision.impl, decision.reason,
                  ", override refused" if decision.override_refused else "")
-        return decision, added
+        return decision
+
+    def _route_hook(self, scope: Scope, handoff: Handoff) -> Callable[[str, dict[str, Any]], bool]:
+        """The hook a declared endpoint's view calls (``legacy_bridge.ROUTE_HOOK``)."""
+        heads = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
+
+        def route(agent: str, body: dict[str, Any]) -> bool:
+            conversation = body.get("conversation_id") or heads.get("x-conversation-id")
+            if not conversation:  # one id for this turn and the next: a sticky bucket
+                conversation = body["conversation_id"] = new_id()
+            if self._route(scope["path"], heads, agent, conversation).path == "legacy":
+                return False
+            handoff.take(body)
+            return True
+
+        return route
 
     # -- the Flask branch ---------------------------------------------------------
 
@@ -194,13 +238,29 @@ class HybridFront:
                                retry_after=max(1.0, self.settings.admission_timeout))
             await JSONResponse(error.body(), error.status, error.headers())(scope, receive, send)
             return
-        watch = DisconnectWatch(receive, messages)
-        scope = {**scope, ON_DISCONNECT: watch.on_disconnect}
+        watch, handoff = DisconnectWatch(receive, messages), Handoff()
+        flask_scope = {**scope, ON_DISCONNECT: watch.on_disconnect,
+                       ROUTE_HOOK: self._route_hook(scope, handoff)}
         try:
-            await self.wsgi(scope, watch.receive, send)  # type: ignore[arg-type]
+            await self.wsgi(flask_scope, watch.receive, handoff.send(send))  # type: ignore[arg-type]
         finally:
             self._threads_free.release()
             await watch.aclose()
+        if handoff.body is not None and not watch.disconnected:
+            await self._native(scope, receive, handoff.native_send(send), handoff.body)
+
+    async def _native(self, scope: Scope, receive: Receive, send: Send,
+                      agent_body: dict[str, Any]) -> None:
+        """Serve a declared endpoint's agent request natively, as ``POST /v1/chat``."""
+        body = json.dumps(agent_body).encode()
+        headers = [(k, v) for k, v in scope["headers"]
+                   if k.lower() not in (b"content-length", b"content-type", b"transfer-encoding")]
+        headers += [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]
+        native = {**scope, "path": _NATIVE, "raw_path": _NATIVE.encode(), "headers": headers}
+        message = {"type": "http.request", "body": body, "more_body": False}
+        await self.async_app(native, replay([message], receive),
+                             _with_path_header(send, "async"))
 
     async def _take_thread(self) -> bool:
         """Wait (like admission: up to admission_timeout) for a WSGI thread; False: none."""
@@ -262,9 +322,15 @@ def _with_path_header(send: Send, path: str) -> Send:
     return wrapped
 
 
-def create_app() -> HybridFront:
-    """Factory for gunicorn/uvicorn: the hybrid front configured from the environment."""
-    return HybridFront()
+def create_app(app: str | None = None) -> HybridFront:
+    """Factory for gunicorn/uvicorn: the hybrid front configured from the environment.
+
+    Args:
+        app: the user's Flask app as ``module:attribute`` (or ``module:factory()``);
+            default ``$STREAMBRIDGE_APP``, else the reference app.
+    """
+    spec = app or os.environ.get(APP_ENV, "").strip()
+    return HybridFront(app=load_app(spec) if spec else None)
 
 
 class HybridWorker(UvicornWorker):

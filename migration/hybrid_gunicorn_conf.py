@@ -1,6 +1,10 @@
 """gunicorn configuration for the hybrid front (``streambridge serve --path hybrid``).
 
-Use: ``gunicorn -c python:migration.hybrid_gunicorn_conf 'migration.hybrid:create_app()'``.
+Use: ``gunicorn -c python:migration.hybrid_gunicorn_conf 'migration.hybrid:create_app()'``
+(the application argument may be left out: ``wsgi_app`` below names it). Your own
+Flask app goes behind the front with ``STREAMBRIDGE_APP=yourpackage.wsgi:app`` in the
+environment (what ``streambridge serve --path hybrid --app ...`` sets); the front
+imports it in each worker, after fork. Without it the front serves the reference app.
 The worker class is ``migration.hybrid.HybridWorker`` (uvicorn-worker's, with uvicorn's
 graceful timeout set: uvicorn#2094). Timeouts, outermost first (each longer than the
 one below it):
@@ -22,6 +26,7 @@ _grace = float(os.environ.get("STREAMBRIDGE_DRAIN_GRACE", "10") or 10)
 bind = os.environ.get("STREAMBRIDGE_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("STREAMBRIDGE_WORKERS", "1"))
 worker_class = "migration.hybrid.HybridWorker"
+wsgi_app = "migration.hybrid:create_app()"  # reads STREAMBRIDGE_APP (the user's Flask app)
 graceful_timeout = int(_grace + 6.999)
 timeout = 30
 keepalive = 5

@@ -282,3 +282,73 @@ def test_legacy_branch_runs_on_the_servers_own_loop(monkeypatch: pytest.MonkeyPa
     assert response.headers["x-stream-path"] == "legacy"
     assert "event: done" in response.text
     assert not [t for t in threading.enumerate() if t.name == "streambridge-loop"]
+
+
+def _user_app() -> tuple[object, list[str]]:
+    """A user's Flask app with one declared endpoint; records each to_request call."""
+    from flask import Flask, abort, session
+
+    from legacy_bridge import StreamBridge
+
+    app = Flask("user")
+    app.secret_key = "test-secret"
+    bridge = StreamBridge(app)
+    calls: list[str] = []
+
+    @bridge.streaming("/talk", agent="demo")
+    def talk(body: dict[str, object]) -> dict[str, object]:
+        if body.get("user") != "alice":
+            abort(401)
+        calls.append(str(body["thread"]))
+        session["turns"] = session.get("turns", 0) + 1
+        return {"message": "hi", "conversation_id": body["thread"], "options": {"tokens": 3}}
+
+    return app, calls
+
+
+@pytest.mark.parametrize("mode", ["legacy", "async"])
+def test_declared_endpoint_runs_the_users_view_once_and_keeps_its_cookies(
+        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """In process: on both branches the user's to_request runs once per request (auth
+    refuses before any stream), the stream is served on the flagged branch, and the
+    session cookie the view set reaches the client."""
+    from migration._flagfile import FlagStore
+    from migration._hybrid_branches import run_lifespan
+    from migration.flags import FlagConfig
+    from migration.hybrid import HybridFront
+
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's SIGTERM handler
+    app, calls = _user_app()
+    front = HybridFront(flags=FlagStore(None, FlagConfig(mode=mode)), app=app)  # type: ignore[arg-type]
+    assert front.contract == frozenset()  # no contract blueprint: /v1/chat is the app's
+
+    async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        shutdown = await run_lifespan(front)  # type: ignore[arg-type]
+        try:
+            transport = httpx.ASGITransport(app=front)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                ok = await client.post("/talk", json={"user": "alice", "thread": "t-1"})
+                refused = await client.post("/talk", json={"user": "mallory", "thread": "t-2"})
+                builtin = await client.post("/v1/chat", json=chat_body(tokens=1))
+            return ok, refused, builtin
+        finally:
+            await shutdown()
+
+    ok, refused, builtin = asyncio.run(main())
+    front.wsgi.executor.shutdown(wait=True)
+    assert ok.status_code == 200 and ok.headers["x-stream-path"] == mode
+    assert ok.text.count("event: done") == 1
+    assert "session=" in ok.headers.get("set-cookie", "")
+    assert refused.status_code == 401
+    assert calls == ["t-1"]  # once, and never for the refused request
+    assert builtin.status_code == 404  # the user's app has no /v1/chat
+
+
+def test_a_bad_app_is_one_line_and_exit_2() -> None:
+    """--app naming nothing importable: one line naming the app, exit 2, no traceback."""
+    done = subprocess.run([sys.executable, "-m", "migration.cli", "serve", "--path", "hybrid",
+                           "--app", "no_such_package.wsgi:app", "--port", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no_such_package" in done.stderr
+    assert "Traceback" not in done.stderr
