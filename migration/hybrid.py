@@ -212,9 +212,10 @@ class HybridFront:
 
     def _route_hook(self, scope: Scope, handoff: Handoff) -> Callable[[str, dict[str, Any]], bool]:
         """The hook a declared endpoint's view calls (``legacy_bridge.ROUTE_HOOK``)."""
-        heads = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
 
         def route(agent: str, body: dict[str, Any]) -> bool:
+            heads = {k.decode("latin1").lower(): v.decode("latin1")
+                     for k, v in scope["headers"]}
             conversation = body.get("conversation_id") or heads.get("x-conversation-id")
             if not conversation:  # one id for this turn and the next: a sticky bucket
                 conversation = body["conversation_id"] = new_id()

@@ -10,11 +10,14 @@ conversation pinned to each branch by its sticky bucket).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ import httpx
 import pytest
 
 from migration.flags import FlagConfig, RouteRequest, decide
-from tests.clients import RawStream, metric, stream
+from tests.clients import RawStream, metric, stream, wait_for
 from tests.fake_upstream import API_KEY, FakeUpstream, fake
 from tests.servers import REPO, Server
 
@@ -77,6 +80,14 @@ class ExampleServer(Server):
             raise
 
 
+def start_example(path_id: str, upstream: FakeUpstream, **settings: str) -> ExampleServer:
+    """Start the example with the README command of ``path_id`` and ``settings``."""
+    name, env = SERVERS[path_id]
+    return ExampleServer(path_id, readme_command(name), {
+        **env, "MYAPP_UPSTREAM_URL": upstream.url + "/v1", "MYAPP_UPSTREAM_KEY": API_KEY,
+        **{f"STREAMBRIDGE_{k.upper()}": v for k, v in settings.items()}})
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeUpstream]:
     """The fake OpenAI-compatible upstream the example's agent streams from."""
@@ -88,9 +99,7 @@ def upstream() -> Iterator[FakeUpstream]:
 @pytest.fixture(scope="module", params=list(SERVERS))
 def example(request: pytest.FixtureRequest, upstream: FakeUpstream) -> Iterator[ExampleServer]:
     """The example app, started with one of its README's commands."""
-    name, env = SERVERS[request.param]
-    srv = ExampleServer(request.param, readme_command(name), {
-        **env, "MYAPP_UPSTREAM_URL": upstream.url + "/v1", "MYAPP_UPSTREAM_KEY": API_KEY})
+    srv = start_example(request.param, upstream)
     yield srv
     srv.stop()
     # the example logs its own view's traceback on purpose; nothing else may appear
@@ -131,6 +140,16 @@ def test_streams_complete_with_one_done_on_every_branch(example: ExampleServer) 
         assert r.headers["x-conversation-id"] == conversation
         assert r.kinds().count("done") == 1 and r.kinds()[-1] == "done", r.kinds()
         assert r.text() == "one two three "
+
+
+def test_stream_false_is_one_json_body_on_every_branch(example: ExampleServer) -> None:
+    """The user's body with "stream": false: one JSON body with the whole reply."""
+    for conversation, path in conversations(example.path_id, "whole"):
+        r = chat(example, {"prompt": fake(text="one two ", tokens=2), "thread": conversation,
+                           "stream": False}, ALICE)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-stream-path"] == path
+        assert r.json()["text"] == "one two " and r.json()["finish_reason"] == "stop"
 
 
 def test_unauthenticated_requests_are_refused_on_every_branch(example: ExampleServer,
@@ -207,3 +226,42 @@ def test_metrics_count_the_users_endpoint(example: ExampleServer) -> None:
                    headers=ALICE)
         assert r.kinds()[-1] == "done"
         assert metric(example.base_url, "streambridge_streams_total", **labels) == before + 1
+
+
+@pytest.mark.parametrize("path_id", ["gthread", "hybrid-50"])
+def test_admission_and_the_drain_hold_on_the_users_endpoint(path_id: str,
+                                                             upstream: FakeUpstream) -> None:
+    """Full slots: 503 + Retry-After on every branch; SIGTERM: open streams end in-band
+    with error shutdown (at 50 %: one stream on each branch, one shared set of slots)."""
+    srv = start_example(path_id, upstream, max_streams="2", admission_timeout="0.2",
+                        drain_grace="1")
+    try:
+        convs = conversations(path_id, "drain")
+        results: list[Any] = []
+
+        def read(conversation: str) -> None:
+            results.append(stream(srv.url("/chat"), {
+                "prompt": fake(tokens=10_000, pace_ms=50), "thread": conversation},
+                headers=ALICE, timeout=30))
+
+        readers = [threading.Thread(target=read, args=(convs[i % len(convs)][0],))
+                   for i in range(2)]
+        for t in readers:
+            t.start()
+        wait_for(lambda: httpx.get(srv.url("/readyz"), timeout=5).json()["active_streams"]
+                 == 2, timeout=10)
+        for conversation, _ in convs:
+            r = chat(srv, {"prompt": fake(tokens=1), "thread": conversation}, ALICE)
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] and r.json()["error"]["code"] == "overloaded"
+        srv.signal(signal.SIGTERM)
+        for t in readers:
+            t.join(timeout=20)
+        assert sorted(r.headers["x-stream-path"] for r in results) == sorted(
+            p for _, p in (convs * 2)[:2])
+        for r in results:
+            assert r.kinds()[-1] == "error" and r.kinds().count("done") == 0
+            assert json.loads(r.events[-1].data)["code"] == "shutdown"
+        srv.wait(timeout=15)
+    finally:
+        srv.stop()
