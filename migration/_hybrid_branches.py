@@ -111,6 +111,16 @@ class FlaggedRegistry(AgentRegistry):
         return narrowed
 
 
+def with_path_header(message: dict[str, Any], path: str) -> dict[str, Any]:
+    """``message`` with X-Stream-Path added to a response start that lacks it."""
+    if message["type"] != "http.response.start":
+        return message
+    headers = message.get("headers") or []
+    if any(k.lower() == b"x-stream-path" for k, _ in headers):
+        return message
+    return {**message, "headers": [*headers, (b"x-stream-path", path.encode())]}
+
+
 def expose_disconnect(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
     """WSGI shim: copy the front's hooks (disconnect, route) from the ASGI scope to the environ."""
 
@@ -136,6 +146,7 @@ class Handoff:
 
     def __init__(self) -> None:
         self.body: dict[str, Any] | None = None
+        self.path: str | None = None  # the flag's decision, once the view asked
         self.cookies: list[tuple[bytes, bytes]] = []
 
     def take(self, body: dict[str, Any]) -> None:
@@ -146,8 +157,8 @@ class Handoff:
         """The Flask branch's ``send``: passes through unless the request was handed off."""
 
         async def flask_send(message: dict[str, Any]) -> None:
-            if self.body is None:
-                await send(message)
+            if self.body is None:  # X-Stream-Path on the legacy branch's errors too
+                await send(message if self.path is None else with_path_header(message, self.path))
             elif message["type"] == "http.response.start":
                 self.cookies = [(k, v) for k, v in message.get("headers") or []
                                 if k.lower() == b"set-cookie"]

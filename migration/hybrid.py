@@ -75,6 +75,7 @@ from ._hybrid_branches import (
     LoopBridge,
     expose_disconnect,
     run_lifespan,
+    with_path_header,
     wsgi_threads,
 )
 from ._hybrid_serve import APP_ENV, load_app
@@ -219,7 +220,8 @@ class HybridFront:
             conversation = body.get("conversation_id") or heads.get("x-conversation-id")
             if not conversation:  # one id for this turn and the next: a sticky bucket
                 conversation = body["conversation_id"] = new_id()
-            if self._route(scope["path"], heads, agent, conversation).path == "legacy":
+            handoff.path = self._route(scope["path"], heads, agent, conversation).path
+            if handoff.path == "legacy":
                 return False
             handoff.take(body)
             return True
@@ -311,14 +313,9 @@ class HybridFront:
 
 def _with_path_header(send: Send, path: str) -> Send:
     """Add X-Stream-Path to a response that lacks it (errors before the stream)."""
-    value = path.encode()
 
     async def wrapped(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            headers = message.get("headers") or []
-            if not any(k.lower() == b"x-stream-path" for k, _ in headers):
-                message = {**message, "headers": [*headers, (b"x-stream-path", value)]}
-        await send(message)
+        await send(with_path_header(message, path))
 
     return wrapped
 

@@ -290,12 +290,9 @@ def _user_app() -> tuple[object, list[str]]:
 
     from legacy_bridge import StreamBridge
 
-    app = Flask("user")
-    app.secret_key = "test-secret"
-    bridge = StreamBridge(app)
+    bridge = StreamBridge()  # the factory pattern: declared before init_app
     calls: list[str] = []
 
-    @bridge.streaming("/talk", agent="demo")
     def talk(body: dict[str, object]) -> dict[str, object]:
         if body.get("user") != "alice":
             abort(401)
@@ -303,6 +300,10 @@ def _user_app() -> tuple[object, list[str]]:
         session["turns"] = session.get("turns", 0) + 1
         return {"message": "hi", "conversation_id": body["thread"], "options": {"tokens": 3}}
 
+    bridge.endpoint("/talk", agent="demo", to_request=talk)
+    app = Flask("user")
+    app.secret_key = "test-secret"
+    bridge.init_app(app)
     return app, calls
 
 
