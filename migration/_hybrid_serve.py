@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -43,6 +44,26 @@ def load_app(spec: str) -> Flask:
     if "streambridge" not in app.extensions:
         raise ValueError(f"app {spec!r} has no StreamBridge: add legacy_bridge.StreamBridge(app)")
     return app
+
+
+def app_problem(spec: str) -> str | None:
+    """Why ``spec`` cannot name an app, without importing it (None: it may).
+
+    Checks the spelling and that its top-level package is on ``sys.path``: what the
+    gunicorn master can check before forking, without importing the user's code there.
+    """
+    module_name, _, attribute = spec.strip().partition(":")
+    if not module_name or not (attribute or "app").removesuffix("()").isidentifier():
+        return f"app {spec!r} must be module:attribute (e.g. yourpackage.wsgi:app)"
+    top = module_name.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        return (f"app {spec!r}: no module named {top!r} "
+                "(run from your project's directory or set PYTHONPATH)")
+    return None
 
 
 def gunicorn_argv(*, host: str, port: int, workers: int, log_level: str = "info") -> list[str]:

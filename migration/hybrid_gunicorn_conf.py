@@ -38,6 +38,20 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streambridge-prom-")
 
 
+def on_starting(server: Any) -> None:
+    """Refuse a ``STREAMBRIDGE_APP`` that cannot import: one line and exit 2, not a
+    traceback per worker (checked without importing it into the master)."""
+    import sys
+
+    from migration._hybrid_serve import APP_ENV, app_problem
+
+    spec = os.environ.get(APP_ENV, "").strip()
+    problem = app_problem(spec) if spec else None
+    if problem is not None:
+        print(f"streambridge: {APP_ENV}: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """Forget a dead worker's live gauges (Prometheus multiprocess mode)."""
     from prometheus_client import multiprocess

@@ -267,3 +267,16 @@ def test_admission_and_the_drain_hold_on_the_users_endpoint(path_id: str,
         srv.wait(timeout=15)
     finally:
         srv.stop()
+
+
+def test_the_hybrid_gunicorn_command_refuses_an_app_it_cannot_import() -> None:
+    """The README's gunicorn command with a mistyped STREAMBRIDGE_APP: one line, exit 2."""
+    command = readme_command("hybrid-gunicorn").replace("myapp.wsgi:app", "mypap.wsgi:app")
+    done = subprocess.run(["bash", "-c", command.replace("127.0.0.1:8000", "127.0.0.1:0")],
+                          cwd=EXAMPLE, capture_output=True, text=True, timeout=60, env={
+                              **os.environ, "PATH": f"{Path(sys.executable).parent}"
+                                                    f"{os.pathsep}{os.environ['PATH']}"})
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "[INFO]" not in line]
+    assert errors == ["streambridge: STREAMBRIDGE_APP: app 'mypap.wsgi:app': no module named "
+                      "'mypap' (run from your project's directory or set PYTHONPATH)"]
