@@ -142,6 +142,21 @@ def test_streams_complete_with_one_done_on_every_branch(example: ExampleServer) 
         assert r.text() == "one two three "
 
 
+def test_an_upstream_failure_after_the_first_byte_is_one_in_band_error(
+        example: ExampleServer) -> None:
+    """The upstream errs (in-band) or drops the connection mid-stream: deltas, then exactly
+    one terminal event, an error; no done."""
+    for conversation, path in conversations(example.path_id, "fail"):
+        for fault in ({"error_at": 2}, {"drop_at": 2}):
+            r = stream(example.url("/chat"), {"prompt": fake(tokens=6, **fault),
+                                              "thread": conversation}, headers=ALICE)
+            assert r.status == 200 and r.headers["x-stream-path"] == path
+            kinds = r.kinds()
+            assert kinds.count("delta") >= 1 and kinds[-1] == "error", (fault, kinds)
+            assert kinds.count("error") == 1 and "done" not in kinds
+            assert json.loads(r.events[-1].data)["code"] == "agent_error"
+
+
 def test_stream_false_is_one_json_body_on_every_branch(example: ExampleServer) -> None:
     """The user's body with "stream": false: one JSON body with the whole reply."""
     for conversation, path in conversations(example.path_id, "whole"):

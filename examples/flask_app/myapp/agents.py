@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import requests
 
-from async_core import Agent, AgentRegistry, AgentRequest
+from async_core import Agent, AgentFailure, AgentRegistry, AgentRequest
 
 UPSTREAM_URL = os.environ.get("MYAPP_UPSTREAM_URL", "http://127.0.0.1:11434/v1")
 UPSTREAM_KEY = os.environ.get("MYAPP_UPSTREAM_KEY", "")
@@ -40,7 +40,10 @@ def assistant(request: AgentRequest) -> Iterator[str]:
             data = line[5:].strip()
             if data == b"[DONE]":
                 return
-            for choice in json.loads(data).get("choices", []):
+            chunk = json.loads(data)
+            if "error" in chunk:  # the upstream failed mid-stream: an in-band error event
+                raise AgentFailure(f"upstream error: {chunk['error'].get('message')}")
+            for choice in chunk.get("choices", []):
                 text = (choice.get("delta") or {}).get("content")
                 if text:
                     yield text
