@@ -10,7 +10,9 @@ Precedence, first match wins:
 1. ``X-Stream-Path-Override: legacy|async``, honoured only when the request also
    presents the configured operator key (``X-Operator-Key``); a refused override
    is reported in the decision and otherwise ignored.
-2. A per-agent mode (``agents.<name>.mode``).
+2. A per-endpoint mode: an ``agents`` entry keyed by the request path (a key that
+   starts with ``/``, e.g. ``agents."/chat".mode``: a declared endpoint of the user's
+   app), then a per-agent mode (``agents.<name>.mode``).
 3. The global mode: ``legacy``, ``async``, or a percentage of sticky buckets
    served by async. Buckets are ``blake2b(salt + key) mod 100`` where the key is
    the conversation id (or the tenant when ``sticky = "tenant"``, falling back to the
@@ -157,6 +159,7 @@ class RouteRequest:
         tenant: the tenant header's value, if any.
         override: the ``X-Stream-Path-Override`` header, if any.
         presented_key: the ``X-Operator-Key`` header, if any.
+        endpoint: the request path (per-endpoint modes are keyed by it).
     """
 
     agent: str
@@ -164,6 +167,7 @@ class RouteRequest:
     tenant: str = ""
     override: str = ""
     presented_key: str = ""
+    endpoint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +177,7 @@ class Decision:
     Attributes:
         path: ``legacy`` or ``async``.
         impl: ``sync`` or ``async`` (the preferred form; see the module doc).
-        reason: what decided: ``header``, ``agent`` (fixed per-agent mode), ``mode``
+        reason: what decided: ``header``, ``agent`` (a per-agent or per-endpoint mode), ``mode``
             (fixed global mode), ``bucket`` (percentage), ``no_key`` (percentage but
             no sticky key: the request stays on legacy).
         bucket: the sticky bucket (0..99) when one was computed.
@@ -208,6 +212,17 @@ def key_ok(config: FlagConfig, presented: str) -> bool:
     return hmac.compare_digest(config.operator_key.encode(), presented.encode())
 
 
+def _own_mode(config: FlagConfig, request: RouteRequest) -> Mode | None:
+    """The endpoint's mode (an ``agents`` key starting with ``/``), else the agent's."""
+    keys = (request.endpoint, request.agent) if request.endpoint.startswith("/") else (
+        request.agent,)
+    for key in keys:
+        flag = config.agents.get(key)
+        if flag is not None and flag.mode is not None:
+            return flag.mode
+    return None
+
+
 def decide(config: FlagConfig, request: RouteRequest) -> Decision:
     """Decide the path and agent form of one request (pure: same inputs, same answer)."""
     override = request.override.strip().lower()
@@ -217,9 +232,9 @@ def decide(config: FlagConfig, request: RouteRequest) -> Decision:
             path: Path = override  # type: ignore[assignment]
             return Decision(path, impl_for(config, request.agent, path), "header")
         refused = True
-    flag = config.agents.get(request.agent)
-    mode = flag.mode if flag is not None and flag.mode is not None else config.mode
-    fixed: Reason = "agent" if flag is not None and flag.mode is not None else "mode"
+    own = _own_mode(config, request)
+    mode = own if own is not None else config.mode
+    fixed: Reason = "agent" if own is not None else "mode"
     bucket: int | None = None
     if mode in PATHS:
         path, reason = mode, fixed  # type: ignore[assignment]

@@ -203,7 +203,7 @@ class HybridFront:
             conversation_id=conversation if isinstance(conversation, str) else "",
             tenant=heads.get(config.tenant_header, ""),
             override=heads.get("x-stream-path-override", ""),
-            presented_key=heads.get("x-operator-key", "")))
+            presented_key=heads.get("x-operator-key", ""), endpoint=path))
         DECISIONS.labels(decision.path, decision.impl, decision.reason).inc()
         log.info("flag: %s agent=%s conversation=%s bucket=%s -> path=%s impl=%s (%s%s)",
                  path, agent, conversation, decision.bucket, decision.path,

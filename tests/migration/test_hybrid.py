@@ -307,42 +307,68 @@ def _user_app() -> tuple[object, list[str]]:
     return app, calls
 
 
+def _serve_in_process(monkeypatch: pytest.MonkeyPatch, app: object, config: object,
+                      requests: list[tuple[str, object]]) -> list[httpx.Response]:
+    """POST each ``(path, body)`` to a HybridFront over ``app``, in this process."""
+    from migration._flagfile import FlagStore
+    from migration._hybrid_branches import run_lifespan
+    from migration.hybrid import HybridFront
+
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's SIGTERM handler
+    front = HybridFront(flags=FlagStore(None, config), app=app)  # type: ignore[arg-type]
+    assert front.contract == frozenset()  # no contract blueprint: /v1/chat is the app's
+
+    async def main() -> list[httpx.Response]:
+        shutdown = await run_lifespan(front)  # type: ignore[arg-type]
+        try:
+            transport = httpx.ASGITransport(app=front)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return [await client.post(path, json=body) for path, body in requests]
+        finally:
+            await shutdown()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        front.wsgi.executor.shutdown(wait=True)
+
+
 @pytest.mark.parametrize("mode", ["legacy", "async"])
 def test_declared_endpoint_runs_the_users_view_once_and_keeps_its_cookies(
         monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     """In process: on both branches the user's to_request runs once per request (auth
     refuses before any stream), the stream is served on the flagged branch, and the
     session cookie the view set reaches the client."""
-    from migration._flagfile import FlagStore
-    from migration._hybrid_branches import run_lifespan
     from migration.flags import FlagConfig
-    from migration.hybrid import HybridFront
 
-    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's SIGTERM handler
     app, calls = _user_app()
-    front = HybridFront(flags=FlagStore(None, FlagConfig(mode=mode)), app=app)  # type: ignore[arg-type]
-    assert front.contract == frozenset()  # no contract blueprint: /v1/chat is the app's
-
-    async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
-        shutdown = await run_lifespan(front)  # type: ignore[arg-type]
-        try:
-            transport = httpx.ASGITransport(app=front)  # type: ignore[arg-type]
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                ok = await client.post("/talk", json={"user": "alice", "thread": "t-1"})
-                refused = await client.post("/talk", json={"user": "mallory", "thread": "t-2"})
-                builtin = await client.post("/v1/chat", json=chat_body(tokens=1))
-            return ok, refused, builtin
-        finally:
-            await shutdown()
-
-    ok, refused, builtin = asyncio.run(main())
-    front.wsgi.executor.shutdown(wait=True)
+    ok, refused, builtin = _serve_in_process(monkeypatch, app, FlagConfig(mode=mode), [
+        ("/talk", {"user": "alice", "thread": "t-1"}),
+        ("/talk", {"user": "mallory", "thread": "t-2"}),
+        ("/v1/chat", chat_body(tokens=1))])
     assert ok.status_code == 200 and ok.headers["x-stream-path"] == mode
     assert ok.text.count("event: done") == 1
     assert "session=" in ok.headers.get("set-cookie", "")
     assert refused.status_code == 401
     assert calls == ["t-1"]  # once, and never for the refused request
     assert builtin.status_code == 404  # the user's app has no /v1/chat
+
+
+@pytest.mark.parametrize(("mode", "agents", "served"), [
+    ("legacy", {"/talk": {"mode": "async"}}, "async"),
+    ("async", {"/talk": {"mode": "legacy"}, "demo": {"mode": "async"}}, "legacy"),
+    ("legacy", {"demo": {"mode": "async"}}, "async")])
+def test_the_flag_routes_a_declared_endpoint_by_its_path_then_its_agent(
+        monkeypatch: pytest.MonkeyPatch, mode: str, agents: dict[str, object],
+        served: str) -> None:
+    """agents."/talk".mode pins the endpoint (and wins over its agent's mode)."""
+    from migration.flags import FlagConfig
+
+    app, _ = _user_app()
+    config = FlagConfig(mode=mode, agents=agents)  # type: ignore[arg-type]
+    (r,) = _serve_in_process(monkeypatch, app, config,
+                             [("/talk", {"user": "alice", "thread": "t-1"})])
+    assert r.status_code == 200 and r.headers["x-stream-path"] == served
 
 
 def test_a_bad_app_is_one_line_and_exit_2() -> None:
