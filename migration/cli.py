@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--path hybrid: your Flask app behind the front, module:attribute "
                             "(e.g. yourpackage.wsgi:app; default: $STREAMBRIDGE_APP, else the "
                             "reference app)")
+    serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                       help="--path async: uvicorn's event loop (default: auto, uvloop when "
+                            "it is installed)")
     from ._flagfile import add_parser as add_flags_parser
 
     add_flags_parser(sub)
@@ -83,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # The native app plus a janus runner, so sync agent forms can run here too.
         serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-              app="migration.asgi:create_async_app")
+              app="migration.asgi:create_async_app", loop=args.loop)
         return 0
     if args.command == "db":
         from async_core.store._cli import run as run_db

@@ -36,10 +36,17 @@ BASE_ENV = {
 PATH_ARGS: dict[str, list[str]] = {
     "legacy-gthread": ["--path", "legacy", "--worker-class", "gthread"],
     "legacy-gevent": ["--path", "legacy", "--worker-class", "gevent"],
-    "async": ["--path", "async"],
+    # The asyncio loop named: with uvloop installed uvicorn's "auto" would pick uvloop.
+    "async": ["--path", "async", "--loop", "asyncio"],
     "hybrid-0": ["--path", "hybrid"],
     "hybrid-50": ["--path", "hybrid"],
     "hybrid-100": ["--path", "hybrid"],
+}
+# Paths only the loop-sensitive contract modules add to their own path_id params (CI
+# budget: the async path runs on uvloop there, not the whole suite twice). See
+# uvloop_path_ids().
+LOOP_PATH_ARGS: dict[str, list[str]] = {
+    "async-uvloop": ["--path", "async", "--loop", "uvloop"],
 }
 # Environment a path id needs: the hybrid front's share of async traffic (migration flag).
 PATH_ENV: dict[str, dict[str, str]] = {
@@ -47,6 +54,16 @@ PATH_ENV: dict[str, dict[str, str]] = {
     "hybrid-50": {"STREAMBRIDGE_FLAGS_MODE": "50"},
     "hybrid-100": {"STREAMBRIDGE_FLAGS_MODE": "100"},
 }
+
+
+def uvloop_path_ids() -> list[str]:
+    """Every path of ``PATH_ARGS`` plus the async path on uvloop (issue 16 item 0).
+
+    A contract module whose scenarios reach the loop-sensitive code (the upstream
+    transport, client wire formats, timers, disconnects) overrides ``path_id`` with
+    these params.
+    """
+    return [*PATH_ARGS, *LOOP_PATH_ARGS]
 
 
 def served_path(path_id: str, conversation_id: str, agent: str = "demo") -> str:
@@ -82,7 +99,8 @@ class Server:
         full_env.setdefault("STREAMBRIDGE_DATABASE_PATH", os.path.join(
             tempfile.mkdtemp(prefix="sb-db-"), "streambridge.sqlite3"))
         self.db_path = full_env["STREAMBRIDGE_DATABASE_PATH"]
-        cmd = [sys.executable, "-m", "migration.cli", "serve", *PATH_ARGS[path_id],
+        path_args = {**PATH_ARGS, **LOOP_PATH_ARGS}[path_id]
+        cmd = [sys.executable, "-m", "migration.cli", "serve", *path_args,
                "--port", "0", *(args or [])]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)

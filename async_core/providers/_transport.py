@@ -47,6 +47,24 @@ _EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
     (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
 )
 _HIGH_WATER = 1 << 18  # bytes buffered unread before the socket stops being read
+# What this module calls on a transport. uvloop's transports (what uvicorn picks when
+# uvloop is importable) implement them all but subclass neither asyncio.Transport nor
+# asyncio.BaseTransport, so an isinstance check fails every upstream stream (issue 16).
+_TRANSPORT_METHODS = ("write", "close", "is_closing", "get_extra_info", "pause_reading",
+                      "resume_reading")
+
+
+def _stream_transport(transport: object) -> asyncio.Transport:
+    """Return ``transport`` typed as a stream transport: checked by its methods, not its class.
+
+    Raises:
+        TypeError: it lacks a method a stream transport has (a datagram transport, say).
+    """
+    missing = [m for m in _TRANSPORT_METHODS if not callable(getattr(transport, m, None))]
+    if missing:
+        raise TypeError(f"not a stream transport ({type(transport).__name__} lacks "
+                        f"{', '.join(missing)})")
+    return transport  # type: ignore[return-value]  # structurally an asyncio.Transport
 
 
 @contextlib.contextmanager
@@ -76,8 +94,7 @@ class _Protocol(asyncio.Protocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = _stream_transport(transport)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -197,9 +214,10 @@ class _Stream(httpcore.AsyncNetworkStream):
         except (OSError, ssl.SSLError) as e:
             self._transport.close()
             raise httpcore.ConnectError(str(e)) from None
-        assert isinstance(transport, asyncio.Transport)
-        self._protocol.transport = transport
-        return _Stream(transport, self._protocol)
+        if transport is None:  # the loop's start_tls returns None only once closed
+            raise httpcore.ConnectError("the upstream closed during the TLS handshake")
+        tls = self._protocol.transport = _stream_transport(transport)
+        return _Stream(tls, self._protocol)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":  # idle: only a close (or garbage) can be pending
@@ -252,7 +270,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         sock = transport.get_extra_info("socket")
         for option in socket_options or ():
             sock.setsockopt(*option)
-        return _Stream(transport, protocol)
+        return _Stream(_stream_transport(transport), protocol)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

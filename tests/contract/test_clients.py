@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from async_core.demo import demo_text
+from tests.contract._loops import path_id_on_both_loops  # noqa: F401 - fixture
 from tests.servers import Server
 
 TRICKY = "line one\u2028line two\u2029para\u0085next 😀 end. "

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.clients import RawStream, chat_body, metric, wait_for
+from tests.contract._loops import path_id_on_both_loops  # noqa: F401 - fixture
 from tests.probe_agents import read_probe
 from tests.servers import Server
 

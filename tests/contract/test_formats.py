@@ -8,6 +8,7 @@ import httpx
 
 from async_core.demo import demo_text
 from tests.clients import CHAT, chat_body, stream
+from tests.contract._loops import path_id_on_both_loops  # noqa: F401 - fixture
 from tests.servers import Server, served_path
 
 OPTS = {"tokens": 6, "interval_ms": 5, "states": 3}

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.clients import RawStream, chat_body, metric, stream, wait_for
+from tests.contract._loops import path_id_on_both_loops  # noqa: F401 - fixture
 from tests.servers import Server
 
 CASES = {

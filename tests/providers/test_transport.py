@@ -24,6 +24,14 @@ from async_core.providers._transport import PoolTransport, bound_reads
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 
+
+@pytest.fixture(params=[pytest.param("asyncio", id="asyncio"),
+                        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """Every scenario on both loops: uvloop's transports subclass no asyncio transport
+    class (issue 16 item 0), and uvicorn picks uvloop whenever it is installed."""
+    return request.param
+
 BIG = 32 << 20  # bytes /big sends
 PIECE = 64 << 10
 
