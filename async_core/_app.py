@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -22,7 +22,7 @@ from ._settings import PathName, Settings
 from ._sources import SyncRunner
 from .agents import AgentRegistry
 from .auth import Principal
-from .exceptions import PayloadTooLarge, StreamBridgeError
+from .exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
 from .protocol import ROUTES, check_body_size, parse_chat
 from .service import StreamService
 
@@ -119,11 +119,18 @@ def create_app_from_env() -> Starlette:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left, or the request read timeout cut it, mid-body: nobody to
+        # answer, and no traceback (issue 10 items 3 and 12).
+        log.info("%s %s: the client left before its body arrived", request.method,
+                 request.url.path)
+        raise BadRequest("the request body did not arrive") from None
     return b"".join(chunks)
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Literal
+
 import uvicorn
 
 from ._settings import Settings
+from .read_timeout import read_timeout_protocol
+
+Loop = Literal["auto", "asyncio", "uvloop"]
 
 # uvicorn's own graceful timeout only has to cover writing the terminal events:
 # streams are drained (drain_grace + 1 s) before uvicorn is told to stop.
@@ -13,7 +19,7 @@ SERVER_GRACE_MARGIN = 5.0
 
 def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           app: str = "async_core:create_app_from_env", log_level: str = "info",
-          settings: Settings | None = None) -> None:
+          settings: Settings | None = None, loop: Loop = "auto") -> None:
     """Serve the native app with uvicorn until SIGTERM, then drain and exit.
 
     Args:
@@ -22,9 +28,17 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         workers: worker processes.
         app: import string of an app factory taking no arguments.
         log_level: uvicorn's log level.
-        settings: read for the drain grace (default: from the environment).
+        settings: read for the drain grace and the request read timeout (default: from
+            the environment).
+        loop: uvicorn's event loop; ``auto`` is uvloop when it is importable.
+
+    Raises:
+        SystemExit: ``loop="uvloop"`` without uvloop installed (a one-line message).
     """
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise SystemExit("streambridge: --loop uvloop needs uvloop (pip install uvloop)")
     settings = settings or Settings.from_env()
     uvicorn.run(app, factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, lifespan="on", timeout_keep_alive=5,
+                log_level=log_level, lifespan="on", loop=loop, timeout_keep_alive=5,
+                http=read_timeout_protocol(settings.request_read_timeout),
                 timeout_graceful_shutdown=int(SERVER_GRACE_MARGIN + 0.999))

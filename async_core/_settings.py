@@ -73,6 +73,8 @@ class Settings:
         rate_burst: requests allowed in a burst above the rate.
         drain_grace: seconds running streams get to finish after SIGTERM.
         max_body_bytes: largest accepted request body.
+        request_read_timeout: seconds a client has to send a request's headers and
+            body before its connection is closed (slowloris); ``0`` unbounded.
         max_messages: most messages accepted in one request.
         default_agent: the agent used when a request names none.
         sync_agents: on the async path, prefer an agent's sync implementation
@@ -111,6 +113,7 @@ class Settings:
     rate_burst: int = 0
     drain_grace: float = 10.0
     max_body_bytes: int = 1_048_576
+    request_read_timeout: float = 10.0
     max_messages: int = 1000
     default_agent: str = "demo"
     sync_agents: bool = False

@@ -8,6 +8,12 @@ from typing import Literal
 
 WorkerClass = Literal["gthread", "gevent"]
 WORKER_CLASSES: tuple[WorkerClass, ...] = ("gthread", "gevent")
+# What gunicorn runs for each: its own workers, subclassed to bound the time a client
+# takes to send a request (STREAMBRIDGE_REQUEST_READ_TIMEOUT; see _workers.py).
+WORKER_CLASS_PATHS: dict[str, str] = {
+    "gthread": "legacy_bridge._workers.ReadTimeoutThreadWorker",
+    "gevent": "legacy_bridge._gevent_worker.ReadTimeoutGeventWorker",
+}
 
 
 def gunicorn_argv(*, host: str, port: int, workers: int, worker_class: WorkerClass,
@@ -15,7 +21,7 @@ def gunicorn_argv(*, host: str, port: int, workers: int, worker_class: WorkerCla
     """The gunicorn command line that ``serve`` runs (also shown in the runbooks)."""
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:legacy_bridge.gunicorn_conf",
             "--bind", f"{host}:{port}", "--workers", str(workers),
-            "--worker-class", worker_class, "--log-level", log_level]
+            "--worker-class", WORKER_CLASS_PATHS[worker_class], "--log-level", log_level]
     if threads is not None:
         argv += ["--threads", str(threads)]
     return [*argv, "legacy_bridge.app:create_app()"]

@@ -28,11 +28,16 @@ import sys
 import tempfile
 from typing import Any
 
+from legacy_bridge._serve import WORKER_CLASS_PATHS
+
 _grace = float(os.environ.get("STREAMBRIDGE_DRAIN_GRACE", "10") or 10)
 
 bind = os.environ.get("STREAMBRIDGE_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("STREAMBRIDGE_WORKERS", "1"))
-worker_class = os.environ.get("STREAMBRIDGE_WORKER_CLASS", "gthread")
+# gthread and gevent run as streambridge's subclasses, which bound the time a client
+# takes to send a request (STREAMBRIDGE_REQUEST_READ_TIMEOUT; legacy_bridge/_workers.py).
+_worker = os.environ.get("STREAMBRIDGE_WORKER_CLASS", "gthread")
+worker_class = WORKER_CLASS_PATHS.get(_worker, _worker)
 threads = int(os.environ.get("STREAMBRIDGE_THREADS", "64"))
 worker_connections = int(os.environ.get("STREAMBRIDGE_WORKER_CONNECTIONS", "1000"))
 graceful_timeout = int(_grace + 5.999)

@@ -62,6 +62,7 @@ from async_core import create_app as create_async_app
 from async_core._lifecycle import install_sigterm_drain
 from async_core.exceptions import Overloaded
 from async_core.protocol import ROUTES, new_id
+from async_core.read_timeout import read_timeout_protocol
 from legacy_bridge import ROUTE_HOOK, StreamBridge
 from legacy_bridge._glue import ThreadGlue
 from legacy_bridge._seam import JanusRunner
@@ -332,7 +333,8 @@ def create_app(app: str | None = None) -> HybridFront:
 
 
 class HybridWorker(UvicornWorker):
-    """gunicorn's uvicorn worker, with uvicorn's graceful timeout set (uvicorn#2094).
+    """gunicorn's uvicorn worker, with uvicorn's graceful timeout set (uvicorn#2094)
+    and a bound on the time to send a request (``STREAMBRIDGE_REQUEST_READ_TIMEOUT``).
 
     uvicorn-worker leaves ``timeout_graceful_shutdown`` unset (wait forever), so a
     stream that never ends would hold the worker until gunicorn's SIGKILL. The drain
@@ -344,6 +346,7 @@ class HybridWorker(UvicornWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        grace = Settings.from_env().drain_grace
+        settings = Settings.from_env()
         self.config.timeout_graceful_shutdown = max(
-            1, int(self.cfg.graceful_timeout - grace - 3))
+            1, int(self.cfg.graceful_timeout - settings.drain_grace - 3))
+        self.config.http = read_timeout_protocol(settings.request_read_timeout)
