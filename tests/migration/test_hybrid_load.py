@@ -1,0 +1,79 @@
+"""A burst of 500 concurrent SSE streams on ONE worker, on the async path and on the
+hybrid front (both branches): every stream completes with exactly one ``done``.
+
+Prints each path's time-to-first-chunk p50/p99 (the async path is the same-run
+baseline; issue 10 "Load"); timing is not asserted (shared machines are noisy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.probe_agents import probe_text
+from tests.servers import Server
+
+STREAMS, TOKENS = 500, 40
+BURST_PATHS = ["async", "hybrid-0", "hybrid-100"]
+
+
+@pytest.fixture(scope="module", params=BURST_PATHS)
+def burst_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """One worker with room for the burst (stream slots, file descriptors)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    srv = Server(request.param, {"STREAMBRIDGE_MAX_STREAMS": "2000",
+                                 "STREAMBRIDGE_ADMISSION_TIMEOUT": "30"})
+    yield srv
+    srv.stop()
+    assert not srv.problems(), srv.problems()
+
+
+async def _stream(port: int, body: bytes, start: float) -> tuple[bytes, float]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    data, ttfc = b"", -1.0
+    try:
+        while chunk := await reader.read(65536):
+            data += chunk
+            if ttfc < 0 and b"event: delta" in data:
+                ttfc = time.monotonic() - start
+        return data, ttfc
+    finally:
+        writer.close()
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def test_a_burst_of_500_streams_all_complete_with_one_done(burst_server: Server) -> None:
+    """500 streams opened at once on one worker each get the whole text and one ``done``."""
+
+    async def main() -> list[tuple[bytes, float]]:
+        start = time.monotonic()
+        jobs = []
+        for i in range(STREAMS):
+            body = json.dumps({"agent": "probe", "conversation_id": f"burst-{i}",
+                               "messages": [{"role": "user", "content": "x"}],
+                               "options": {"tokens": TOKENS, "interval_ms": 25}}).encode()
+            jobs.append(_stream(burst_server.port, body, start))
+        return await asyncio.wait_for(asyncio.gather(*jobs), timeout=120)
+
+    results = asyncio.run(main())
+    expected = probe_text(TOKENS)
+    for raw, _ in results:
+        text = "".join(json.loads(line[6:])["text"] for line in raw.decode().split("\n")
+                       if line.startswith("data: {\"text\""))
+        assert text == expected, raw[:300]
+        assert raw.count(b"event: done") == 1
+    ttfcs = [t for _, t in results]
+    print(f"\n{burst_server.path_id}: {STREAMS} streams, TTFC p50 "
+          f"{_quantile(ttfcs, 0.5) * 1000:.0f} ms, p99 {_quantile(ttfcs, 0.99) * 1000:.0f} ms")
