@@ -52,7 +52,8 @@ from bench_engine import HOST, StreamClient, pct, raise_fd_limit  # noqa: E402
 from tests.fake_upstream import FakeUpstream, fake  # noqa: E402
 from tests.servers import Server  # noqa: E402
 
-PATHS = {"legacy-gthread": ["--threads", "128"], "legacy-gevent": [], "async": []}
+PATHS = {"legacy-gthread": ["--threads", "128"], "legacy-gevent": [], "async": [],
+         "async-uvloop": []}  # the async path on uvloop (tests/servers.py LOOP_PATH_ARGS)
 TARGET_TTFC_MS, TARGET_LAG_MS = 3.0, 1.0
 SINGLE = "direct-1"  # the baseline at one stream: what the machine gives with no load
 
@@ -224,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--pace-ms", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--paths", default="legacy-gthread,legacy-gevent,async",
+                        help="comma-separated; also: async-uvloop")
     parser.add_argument("--py-spy", default="", metavar="DIR",
                         help="record each server (and the upstream) with py-spy --gil "
                              "during the measured rounds; raw profiles go to DIR")
