@@ -178,6 +178,9 @@ class _Body:
         while line := self.readline():
             yield line
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)  # anything else the server's input offers
+
 
 def worker_deadlines() -> ReadDeadlines:
     """A worker's deadlines, from ``STREAMBRIDGE_REQUEST_READ_TIMEOUT``."""
