@@ -1,0 +1,432 @@
+"""The ``redis`` backend: Redis Streams shared by every worker and host.
+
+- **Appends** are synchronous: an entry gets its id at once (``fence-seq``, chosen by
+  the owner, so it is known before any round trip), goes into the stream's local
+  buffer (local readers follow it with no round trip) and into a pending list. One
+  writer task per process flushes every dirty stream in one pipeline of ``EVALSHA``
+  calls: one round trip per batch, whatever the number of tokens or streams, and
+  appends made while it is in flight form the next batch. No delay is added to form
+  a batch.
+- **Redis lost**: the pending lists are kept (at most ``redis_max_buffered`` entries
+  a stream; the oldest beyond that are dropped and the epoch is changed so that Redis
+  readers reset) and retried every ``redis_retry`` seconds; retries are idempotent
+  (the script skips ids already written). Local readers never notice. One warning
+  when degraded, one info line when recovered, and ``REDIS_DEGRADED``.
+- **Reads** of a stream another process owns: one ``OPEN`` script (meta, reset
+  check and the first page) then ``XRANGE`` pages, then live entries from the
+  process' ``Multiplexer`` (one ``XREAD BLOCK`` for every followed stream).
+- **Leases** are renewed by one heartbeat task (one pipeline for every owned
+  stream), which also sweeps expired leases every ``sweep_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge
+from redis.exceptions import NoScriptError
+
+from . import _scripts as S
+from ._buffer import StreamBuffer
+from ._ids import EventId, new_epoch, parse_native
+from ._memory import INTERRUPTED
+from ._mux import LOST, Multiplexer
+from ._remote import Remote, to_entry
+from ._settings import LogSettings
+from ._types import TERMINAL_EVENTS, CancelResult, Lease, ReadItem, Reset, StreamMeta
+from .exceptions import LogUnavailable, StaleOwner, StreamClosed, StreamExists, StreamNotFound
+
+log = logging.getLogger("streambridge.streamlog")
+REDIS_DEGRADED = Gauge("streambridge_log_redis_degraded",
+                       "1 while the stream log cannot reach Redis.", multiprocess_mode="max")
+REDIS_DEGRADED_TOTAL = Counter("streambridge_log_redis_outages_total",
+                               "Times the stream log lost Redis.")
+PAGE = 1000
+
+
+class _Owned:
+    """A stream this process owns: its local buffer and what is not yet in Redis."""
+
+    def __init__(self, lease: Lease, tenant: str, conv: str, epoch: str, maxlen: int) -> None:
+        self.lease, self.tenant, self.conv = lease, tenant, conv
+        self.buffer = StreamBuffer(epoch, maxlen)
+        self.seq = 0
+        self.pending: list[tuple[str, str, str]] = []  # (id, event, json data)
+        self.terminal = ""  # status once the terminal entry is appended
+        self.done: asyncio.Future[None] | None = None
+        self.force_epoch = False  # entries were dropped from the retry: readers must reset
+
+
+def _check_id(stream_id: str) -> str:
+    if not stream_id or len(stream_id) > 200 or any(c in stream_id for c in "{} \r\n"):
+        raise ValueError(f"stream id {stream_id[:200]!r} is not usable as a Redis key part")
+    return stream_id
+
+
+class RedisLog:
+    """The Redis Streams stream log (see the module docstring); build it with ``open``.
+
+    Args:
+        settings: the log settings (``redis_url`` must be set).
+        owner: this process' id in leases (default: a random one).
+        sweeper: whether this process sweeps expired leases.
+        heartbeat: whether this process renews its leases (off: a frozen owner).
+    """
+
+    def __init__(self, settings: LogSettings, *, owner: str | None = None,
+                 sweeper: bool = True, heartbeat: bool = True) -> None:
+        self.settings = settings
+        self.owner = owner or uuid.uuid4().hex[:12]
+        timeouts = {"socket_timeout": settings.redis_socket_timeout,
+                    "socket_connect_timeout": min(5.0, settings.redis_socket_timeout),
+                    "protocol": 2}
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_pool, timeout=settings.redis_socket_timeout,
+            client_name=f"sb-{self.owner}", **timeouts)
+        self.client = aioredis.Redis(connection_pool=pool)
+        self.mux = Multiplexer(lambda: aioredis.Redis.from_url(
+            settings.redis_url, single_connection_client=True,
+            client_name=f"sb-{self.owner}-reader", **timeouts),
+            self.client, block=settings.redis_block, retry=settings.redis_retry,
+            on_lost=self._degrade, on_reconnect=self._reconnected)
+        self._sha = {name: "" for name in ("CREATE", "APPEND", "RENEW", "SWEEP", "CANCEL",
+                                           "OPEN")}
+        self._owned: dict[str, _Owned] = {}
+        self._dirty: dict[str, _Owned] = {}
+        self._remote: dict[str, Remote] = {}
+        self._wake = asyncio.Event()
+        self._sweeper = sweeper
+        self._renewing = heartbeat
+        self._tasks: list[asyncio.Task[None]] = []
+        self.degraded = False
+        self.flushes = 0  # pipelines sent by the writer (round trips)
+
+    @classmethod
+    async def open(cls, settings: LogSettings, **kw: Any) -> RedisLog:
+        """Connect, load the scripts and start the writer and heartbeat tasks.
+
+        Raises:
+            LogUnavailable: Redis cannot be reached (the message names the setting).
+        """
+        self = cls(settings, **kw)
+        try:
+            await self._load_scripts()
+        except LOST as exc:
+            await self.client.aclose(close_connection_pool=True)
+            raise LogUnavailable(f"STREAMBRIDGE_REDIS_URL={settings.redis_url} is unreachable "
+                                 f"({type(exc).__name__}: {exc})") from None
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._writer()), loop.create_task(self._heartbeat())]
+        return self
+
+    async def _load_scripts(self) -> None:
+        for name in self._sha:
+            self._sha[name] = await self.client.script_load(getattr(S, name))
+
+    async def _eval(self, name: str, keys: tuple[str, ...], *args: Any) -> Any:
+        try:
+            return await self.client.evalsha(self._sha[name], len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted: its script cache is empty
+            await self._load_scripts()
+            return await self.client.evalsha(self._sha[name], len(keys), *keys, *args)
+
+    # -- degraded / recovered ------------------------------------------------------
+    def _degrade(self, exc: BaseException) -> None:
+        if not self.degraded:
+            self.degraded = True
+            REDIS_DEGRADED.set(1)
+            REDIS_DEGRADED_TOTAL.inc()
+            log.warning("stream log degraded: Redis at STREAMBRIDGE_REDIS_URL unreachable "
+                        "(%s); buffering appends, local readers continue", exc)
+
+    def _recover(self) -> None:
+        if self.degraded:
+            self.degraded = False
+            REDIS_DEGRADED.set(0)
+            log.info("stream log recovered: Redis reachable again")
+
+    # -- producer side -------------------------------------------------------------
+    async def create(self, stream_id: str, *, tenant: str, conversation_id: str) -> Lease:
+        """Create a running stream owned by this process; see ``StreamLog.create``."""
+        k = S.keys(_check_id(stream_id))
+        epoch, ttl_ms = new_epoch(), int(self.settings.lease_ttl * 1000)
+        token = await self._eval("CREATE", k, tenant, conversation_id, epoch, self.owner,
+                                 ttl_ms)
+        if not token:
+            raise StreamExists(f"stream {stream_id!r} already exists")
+        await self.client.zadd(S.RUNNING, {stream_id: time.time() * 1000 + ttl_ms})
+        lease = Lease(stream_id, self.owner, int(token))
+        self._owned[stream_id] = _Owned(lease, tenant, conversation_id, epoch,
+                                        self.settings.log_maxlen)
+        self.mux.follow(k[3].encode(), b"0-0", lambda _e, lease=lease: lease.cancelled.set())
+        return lease
+
+    def _add(self, lease: Lease, event: str, data: Mapping[str, Any]) -> EventId:
+        st = self._owned.get(lease.stream_id)
+        if st is None or st.lease is not lease or lease.lost:
+            raise StaleOwner(f"lease {lease.fence} on {lease.stream_id!r} is not current")
+        if st.terminal:
+            raise StreamClosed(f"stream {lease.stream_id!r} has ended")
+        st.seq += 1
+        eid = EventId(st.buffer.epoch, lease.token, st.seq)
+        st.buffer.add(to_entry(eid, event, data))
+        st.pending.append((eid.native, event, json.dumps(data, separators=(",", ":"))))
+        if len(st.pending) > self.settings.redis_max_buffered:
+            del st.pending[0]
+            st.force_epoch = True
+        if event in TERMINAL_EVENTS:
+            st.terminal = "done" if event == "done" else "error"
+        self._dirty[lease.stream_id] = st
+        self._wake.set()
+        return eid
+
+    def append(self, lease: Lease, event: str, data: Mapping[str, Any]) -> EventId:
+        """Append a non-terminal event (never waits); see ``StreamLog.append``."""
+        if event in TERMINAL_EVENTS:
+            raise ValueError("use finish() for the terminal entry")
+        return self._add(lease, event, data)
+
+    async def finish(self, lease: Lease, event: str, data: Mapping[str, Any]) -> EventId:
+        """Append the terminal entry and wait until Redis has it (or the lease is refused).
+
+        While Redis is unreachable this waits for it (the local readers already have
+        the entry); bound it with a timeout where that matters.
+        """
+        if event not in TERMINAL_EVENTS:
+            raise ValueError(f"terminal event must be one of {sorted(TERMINAL_EVENTS)}")
+        eid = self._add(lease, event, data)
+        st = self._owned[lease.stream_id]
+        st.done = asyncio.get_running_loop().create_future()
+        await asyncio.shield(st.done)
+        return eid
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch = [(st, list(st.pending)) for st in self._dirty.values() if st.pending]
+            self._dirty.clear()
+            if not batch:
+                continue
+            try:
+                results = await self._flush(batch)
+            except LOST as exc:
+                self._degrade(exc)
+                for st, _ in batch:
+                    self._dirty[st.lease.stream_id] = st
+                await asyncio.sleep(self.settings.redis_retry)
+                self._wake.set()
+                continue
+            self._recover()
+            for (st, sent), res in zip(batch, results, strict=True):
+                self._flushed(st, sent, res)
+
+    async def _flush(self, batch: list[tuple[_Owned, list[tuple[str, str, str]]]]) -> list[Any]:
+        s = self.settings
+        for attempt in (0, 1):
+            pipe = self.client.pipeline(transaction=False)
+            for st, sent in batch:
+                args: list[Any] = [st.lease.fence, new_epoch(), st.tenant, st.conv, s.log_maxlen,
+                                   int(s.log_retention * 1000), int(s.lease_ttl * 1000),
+                                   st.terminal if st.pending[-1:] == sent[-1:] else "",
+                                   "1" if st.force_epoch else "0"]
+                for item in sent:
+                    args.extend(item)
+                pipe.evalsha(self._sha["APPEND"], 4, *S.keys(st.lease.stream_id), *args)
+                if args[7]:
+                    pipe.zrem(S.RUNNING, st.lease.stream_id)
+            self.flushes += 1
+            out = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in out):
+                await self._load_scripts()
+                continue
+            break
+        it = iter(out)
+        results = []
+        for st, sent in batch:
+            results.append(next(it))
+            if st.terminal and st.pending[-1:] == sent[-1:]:
+                next(it)
+        return results
+
+    def _flushed(self, st: _Owned, sent: list[tuple[str, str, str]], res: Any) -> None:
+        sid = st.lease.stream_id
+        if isinstance(res, Exception) or res[0] == b"stale":
+            st.lease.lost = True
+            st.lease.cancelled.set()
+            st.pending.clear()
+            self._drop(sid, StaleOwner(f"Redis refused the appends of {st.lease.fence}: "
+                                       f"{res!r}"))
+            return
+        del st.pending[:len(sent)]
+        st.force_epoch = False
+        epoch = res[1].decode()
+        if epoch != st.buffer.epoch:
+            st.buffer.epoch = epoch  # the log was recreated: new ids carry the new epoch
+        if st.pending:
+            self._dirty[sid] = st
+            self._wake.set()
+        elif st.terminal:
+            self._drop(sid, None)
+
+    def _drop(self, stream_id: str, error: BaseException | None) -> None:
+        st = self._owned.pop(stream_id, None)
+        self.mux.unfollow(S.keys(stream_id)[3].encode())
+        if st is not None and st.done is not None and not st.done.done():
+            if error is None:
+                st.done.set_result(None)
+            else:
+                st.done.set_exception(error)
+
+    async def renew(self, lease: Lease) -> bool:
+        """Extend the lease; see ``StreamLog.renew``."""
+        ttl_ms = int(self.settings.lease_ttl * 1000)
+        res = await self._eval("RENEW", S.keys(lease.stream_id)[2:0:-1], lease.fence, ttl_ms)
+        await self.client.zadd(S.RUNNING, {lease.stream_id: time.time() * 1000 + ttl_ms})
+        return self._renewed(lease, int(res))
+
+    def _renewed(self, lease: Lease, res: int) -> bool:
+        if res == 3:
+            lease.cancelled.set()
+        if res == 0 and lease.stream_id in self._owned:
+            lease.lost = True
+            lease.cancelled.set()
+            self._drop(lease.stream_id, StaleOwner(f"lease {lease.fence} expired"))
+        return res != 0
+
+    async def _heartbeat(self) -> None:
+        s = self.settings
+        next_sweep = time.monotonic() + s.sweep_interval
+        while True:
+            await asyncio.sleep(s.lease_renew)
+            try:
+                for st in list(self._owned.values()) if self._renewing else ():
+                    if not st.terminal:
+                        await self.renew(st.lease)
+                if self._sweeper and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + s.sweep_interval
+                    await self.sweep()
+            except LOST as exc:
+                self._degrade(exc)
+
+    # -- reader side -----------------------------------------------------------------
+    async def read(self, stream_id: str, cursor: EventId | None, *,
+                   tenant: str | None = None) -> AsyncIterator[ReadItem]:
+        """Replay then follow; see ``StreamLog.read`` (raises on the first iteration)."""
+        st = self._owned.get(stream_id)
+        if st is not None:
+            if tenant is not None and tenant != st.tenant:
+                raise StreamNotFound(f"no stream {stream_id!r}")
+            async for item in st.buffer.read(cursor):
+                yield item
+            return
+        k = S.keys(_check_id(stream_id))
+        res = await self._eval("OPEN", (k[1], k[0]), cursor.native if cursor else "",
+                               cursor.epoch if cursor else "", PAGE)
+        if res is None or (tenant is not None and res[0][0].decode() != tenant):
+            raise StreamNotFound(f"no stream {stream_id!r}")
+        epoch, reason, page = res[0][3].decode(), res[1].decode(), res[2]
+        pos = b"0-0"
+        if reason:
+            yield Reset(reason)  # type: ignore[arg-type]
+        elif cursor is not None:
+            pos = cursor.native.encode()
+        while True:  # replay, page by page
+            for native, flat in page:
+                entry = to_entry(EventId(epoch, *parse_native(native)),
+                                 flat[1].decode(), flat[3])
+                yield entry
+                if entry.terminal:
+                    return
+                pos = native
+            if len(page) < PAGE:
+                break
+            page = [[n, _flat(f)] for n, f in await self.client.xrange(
+                k[0], b"(" + pos, "+", count=PAGE)]
+        remote = self._remote.get(stream_id)
+        if remote is None:
+            remote = self._remote[stream_id] = Remote(stream_id, epoch, self)
+        async for item in remote.follow(pos):
+            yield item
+
+    async def xrange_after(self, stream_id: str, after: bytes,
+                           upto: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Entries in ``(after, upto]`` of a stream's log (a follower's catch-up)."""
+        return list(await self.client.xrange(S.keys(stream_id)[0], b"(" + after, upto))
+
+    def forget_remote(self, stream_id: str) -> None:
+        """Called by a ``Remote`` when its last follower left."""
+        self._remote.pop(stream_id, None)
+
+    async def _reconnected(self) -> None:
+        """After the reader lost Redis: reset followers of logs that were recreated."""
+        if not self._remote:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        remotes = list(self._remote.values())
+        for r in remotes:
+            pipe.hget(S.keys(r.stream_id)[1], "epoch")
+        for r, epoch in zip(remotes, await pipe.execute(), strict=True):
+            r.check_epoch(epoch.decode() if epoch else None)
+
+    async def meta(self, stream_id: str) -> StreamMeta | None:
+        """Return the stream's metadata; see ``StreamLog.meta``."""
+        m = await self.client.hmget(S.keys(_check_id(stream_id))[1],
+                                    ["tenant", "conv", "status", "epoch", "cancel"])
+        if m[3] is None:
+            return None
+        t, c, status, epoch, cancel = (v.decode() if v else "" for v in m)
+        return StreamMeta(stream_id, t, c, status, epoch, cancel == "1")  # type: ignore[arg-type]
+
+    async def request_cancel(self, stream_id: str) -> CancelResult:
+        """Record a durable cancel intent plus a wake-up; see ``StreamLog.request_cancel``."""
+        k = S.keys(_check_id(stream_id))
+        status, recorded = await self._eval("CANCEL", (k[1], k[3]))
+        if status == b"missing":
+            raise StreamNotFound(f"no stream {stream_id!r}")
+        return CancelResult(status.decode(), bool(recorded))
+
+    async def sweep(self) -> list[str]:
+        """End running streams whose lease expired; see ``StreamLog.sweep``."""
+        due = await self.client.zrangebyscore(S.RUNNING, "-inf", time.time() * 1000)
+        ended, gone = [], []
+        data = json.dumps(INTERRUPTED)
+        for raw in due:
+            sid = raw.decode()
+            res = await self._eval("SWEEP", S.keys(sid), data, self.settings.log_maxlen,
+                                   int(self.settings.log_retention * 1000))
+            if res == 1:
+                ended.append(sid)
+            if res != 2:
+                gone.append(sid)
+        if gone:
+            await self.client.zrem(S.RUNNING, *gone)
+        return ended
+
+    async def aclose(self) -> None:
+        """Flush what Redis can take now, stop the tasks, close the connections."""
+        if self._dirty and not self.degraded:
+            batch = [(st, list(st.pending)) for st in self._dirty.values() if st.pending]
+            try:
+                for (st, sent), res in zip(batch, await self._flush(batch), strict=True):
+                    self._flushed(st, sent, res)
+            except LOST:
+                pass  # nothing more can be done: Redis readers will reset or see no end
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        self._tasks = []
+        await self.mux.aclose()
+        await self.client.aclose(close_connection_pool=True)
+
+
+def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
+    return [b"e", fields[b"e"], b"d", fields[b"d"]]

@@ -1,0 +1,128 @@
+"""Followers in this process of one stream that another process owns.
+
+All followers of a stream share one key of the process' ``Multiplexer``; each keeps
+its own position and drops what it has already seen, so a follower that joins late
+first catches up with ``XRANGE`` from its replay position to where the multiplexer is,
+then takes live entries: no gap, no repeat. After a reconnection the owner checks the
+log's epoch; a recreated log resets the followers explicitly and they read it from
+its start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import _scripts as S
+from ._ids import EventId, parse_native
+from ._types import Entry, ReadItem, Reset
+
+if TYPE_CHECKING:
+    from ._redis import RedisLog
+
+Raw = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def to_entry(eid: EventId, event: str, data: Mapping[str, Any] | bytes) -> Entry:
+    """Build an entry from a local append (a mapping) or a Redis field (JSON bytes)."""
+    return Entry(eid, event, json.loads(data) if isinstance(data, bytes) else dict(data))
+
+
+def _entry(epoch: str, native: bytes, fields: dict[bytes, bytes]) -> Entry:
+    return to_entry(EventId(epoch, *parse_native(native)), fields[b"e"].decode(), fields[b"d"])
+
+
+class Remote:
+    """The followers of one remotely owned stream.
+
+    Args:
+        stream_id: the stream.
+        epoch: its log's epoch when the first follower opened it.
+        owner: the backend (its multiplexer and command client).
+    """
+
+    def __init__(self, stream_id: str, epoch: str, owner: RedisLog) -> None:
+        self.stream_id = stream_id
+        self.epoch: str | None = epoch
+        self._log = owner
+        self._key = S.keys(stream_id)[0].encode()
+        self._pos = b"0-0"  # the last id the multiplexer handed over
+        self._subs: set[asyncio.Queue[tuple[str | None, Raw] | None]] = set()
+        self._held: Raw = []  # entries waiting for the epoch of a recreated log
+        self._fetching = False
+
+    def _on_entries(self, entries: Raw) -> None:
+        self._pos = entries[-1][0]
+        if self.epoch is None:
+            self._held.extend(entries)
+            if not self._fetching:
+                self._fetching = True
+                asyncio.get_running_loop().create_task(self._fetch_epoch())
+            return
+        for q in self._subs:
+            q.put_nowait((self.epoch, entries))
+
+    async def _fetch_epoch(self) -> None:
+        try:
+            while self.epoch is None:
+                raw = await self._log.client.hget(S.keys(self.stream_id)[1], "epoch")
+                if raw is None:
+                    await asyncio.sleep(self._log.settings.redis_retry)
+                else:
+                    self.epoch = raw.decode()
+        finally:
+            self._fetching = False
+        held, self._held = self._held, []
+        if held:
+            for q in self._subs:
+                q.put_nowait((self.epoch, held))
+
+    def check_epoch(self, epoch: str | None) -> None:
+        """After a reconnection: reset the followers if the log was recreated or lost."""
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        self._pos = b"0-0"
+        self._log.mux.restart_key(self._key, b"0-0")
+        for q in self._subs:
+            q.put_nowait(None)
+
+    async def follow(self, pos: bytes) -> AsyncIterator[ReadItem]:
+        """Yield live entries after ``pos`` (the follower's replay position)."""
+        q: asyncio.Queue[tuple[str | None, Raw] | None] = asyncio.Queue()
+        if not self._subs:
+            self._pos = pos
+            self._log.mux.follow(self._key, pos, self._on_entries)
+        hub = self._pos
+        self._subs.add(q)
+        try:
+            if parse_native(hub) > parse_native(pos) and self.epoch is not None:
+                for native, fields in await self._log.xrange_after(self.stream_id, pos, hub):
+                    entry = _entry(self.epoch, native, fields)
+                    yield entry
+                    if entry.terminal:
+                        return
+                    pos = native
+            while True:
+                item = await q.get()
+                if item is None:
+                    yield Reset("epoch")
+                    pos = b"0-0"
+                    continue
+                epoch, entries = item
+                assert epoch is not None
+                for native, fields in entries:
+                    if parse_native(native) <= parse_native(pos):
+                        continue
+                    entry = _entry(epoch, native, fields)
+                    yield entry
+                    if entry.terminal:
+                        return
+                    pos = native
+        finally:
+            self._subs.discard(q)
+            if not self._subs:
+                self._log.mux.unfollow(self._key)
+                self._log.forget_remote(self.stream_id)

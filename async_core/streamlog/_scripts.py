@@ -1,0 +1,144 @@
+"""The Lua scripts of the Redis backend: each touches only the keys of one stream.
+
+Every key of a stream shares the hash tag ``{<stream_id>}`` (one Redis Cluster slot), so
+each script is atomic and Cluster-safe. Keys (``k`` = ``sb:{<stream_id>}``):
+
+- ``k:log``   the stream's entries (Redis Stream; id ``fence-seq``; fields ``e``, ``d``)
+- ``k:meta``  hash: tenant, conv, status, epoch, last (newest id), cancel, token
+- ``k:owner`` the fenced lease: ``<owner>:<token>`` with a TTL of ``lease_ttl``
+- ``k:ctl``   cancel wake-ups (Redis Stream, MAXLEN 1) that the owner's reader follows
+
+The one key outside a stream's slot is ``sb:running``, a sorted set of running streams
+scored by lease expiry: only a hint for the sweeper, never trusted (the sweep script
+re-checks the lease under its own keys).
+"""
+
+from __future__ import annotations
+
+RUNNING = "sb:running"
+
+
+def keys(stream_id: str) -> tuple[str, str, str, str]:
+    """Return the ``log``, ``meta``, ``owner`` and ``ctl`` keys of a stream."""
+    k = f"sb:{{{stream_id}}}"
+    return (f"{k}:log", f"{k}:meta", f"{k}:owner", f"{k}:ctl")
+
+
+# KEYS log meta owner ctl; ARGV tenant conv epoch owner ttl_ms → token, or 0 if it exists.
+CREATE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local token = redis.call('HINCRBY', KEYS[2], 'token', 1)
+redis.call('HSET', KEYS[2], 'tenant', ARGV[1], 'conv', ARGV[2], 'status', 'running',
+           'epoch', ARGV[3], 'last', '0-0', 'cancel', '0')
+redis.call('SET', KEYS[3], ARGV[4] .. ':' .. token, 'PX', ARGV[5])
+redis.call('DEL', KEYS[1], KEYS[4])
+return token
+"""
+
+# KEYS log meta owner ctl; ARGV fence new_epoch tenant conv maxlen retention_ms ttl_ms
+# terminal_status force_epoch, then (id, event, data) triples.
+# → {'ok', epoch, recreated} or {'stale', epoch}. Ids at or below `last` were already
+# written by an earlier try of the same batch and are skipped (retries are idempotent).
+APPEND = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+local recreated = 0
+if not epoch then
+  epoch = ARGV[2]
+  recreated = 1
+  redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'conv', ARGV[4], 'status', 'running',
+             'epoch', epoch, 'last', '0-0', 'cancel', '0', 'token', '0')
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[7])
+elseif redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return {'stale', epoch}
+elseif ARGV[9] == '1' then
+  epoch = ARGV[2]
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local last = redis.call('HGET', KEYS[2], 'last')
+local lmaj, lmin = string.match(last, '(%d+)-(%d+)')
+lmaj = tonumber(lmaj)
+lmin = tonumber(lmin)
+for i = 10, #ARGV, 3 do
+  local maj, min = string.match(ARGV[i], '(%d+)-(%d+)')
+  maj = tonumber(maj)
+  min = tonumber(min)
+  if maj > lmaj or (maj == lmaj and min > lmin) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], ARGV[i], 'e', ARGV[i + 1],
+               'd', ARGV[i + 2])
+    lmaj, lmin, last = maj, min, ARGV[i]
+  end
+end
+redis.call('HSET', KEYS[2], 'last', last)
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[2], 'status', ARGV[8])
+  redis.call('DEL', KEYS[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
+end
+return {'ok', epoch, recreated}
+"""
+
+# KEYS owner meta; ARGV fence ttl_ms → 1 renewed, 3 renewed and a cancel intent is
+# recorded, 2 the log was lost (the next append recreates it), 0 the lease is gone.
+RENEW = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 2 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('HGET', KEYS[2], 'cancel') == '1' then return 3 end
+return 1
+"""
+
+# KEYS log meta owner ctl; ARGV data maxlen retention_ms → 1 ended by this call,
+# 2 its lease is alive, 0 not running (or gone).
+SWEEP = """
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
+local maj, min = string.match(redis.call('HGET', KEYS[2], 'last'), '(%d+)-(%d+)')
+local id = maj .. '-' .. string.format('%d', tonumber(min) + 1)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, 'e', 'error', 'd', ARGV[1])
+redis.call('HSET', KEYS[2], 'status', 'error', 'last', id)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+return 1
+"""
+
+# KEYS meta ctl → {status, recorded}; status 'missing' when there is no such stream.
+CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing', 0} end
+if st ~= 'running' or redis.call('HGET', KEYS[1], 'cancel') == '1' then return {st, 0} end
+redis.call('HSET', KEYS[1], 'cancel', '1')
+redis.call('XADD', KEYS[2], 'MAXLEN', '1', '*', 'cancel', '1')
+return {st, 1}
+"""
+
+# KEYS meta log; ARGV cursor_id cursor_epoch count → false when unknown, else
+# {{tenant, conv, status, epoch, cancel}, reset_reason, entries} where the entries are
+# the first page after the cursor (after the oldest kept entry when reset). Ids are
+# dense (``fence-1``, ``fence-2``, ...), so the oldest kept entry tells whether anything
+# after the cursor was trimmed (``XINFO``'s max-deleted-entry-id ignores trimming).
+OPEN = """
+local m = redis.call('HMGET', KEYS[1], 'tenant', 'conv', 'status', 'epoch', 'cancel')
+if not m[4] then return false end
+local reason = ''
+local start = '-'
+if ARGV[1] ~= '' then
+  if ARGV[2] ~= m[4] then reason = 'epoch' else start = '(' .. ARGV[1] end
+end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+if reason == '' and first then
+  local fmaj, fmin = string.match(first[1], '(%d+)-(%d+)')
+  fmaj, fmin = tonumber(fmaj), tonumber(fmin)
+  if ARGV[1] == '' then
+    if fmin ~= 1 then reason = 'trimmed' end
+  else
+    local cmaj, cmin = string.match(ARGV[1], '(%d+)-(%d+)')
+    cmaj, cmin = tonumber(cmaj), tonumber(cmin)
+    if cmaj < fmaj or (cmaj == fmaj and cmin < fmin - 1) then reason = 'trimmed' end
+  end
+  if reason ~= '' then start = '-' end
+end
+return {m, reason, redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', ARGV[3])}
+"""

@@ -1,0 +1,273 @@
+"""The Redis backend against a real redis-server: each RedisLog plays one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis
+
+from async_core.streamlog import (
+    LogSettings,
+    LogUnavailable,
+    RedisLog,
+    Reset,
+    StaleOwner,
+    StreamExists,
+    StreamNotFound,
+    open_log,
+)
+from tests.streamlog.conftest import RedisServer
+from tests.streamlog.helpers import collect, entries, texts
+
+pytestmark = pytest.mark.anyio
+FAST = {"redis_block": 0.5, "redis_socket_timeout": 2.0, "redis_retry": 0.05}
+
+
+@pytest.fixture
+async def make_log(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Open RedisLogs (one per simulated process) on the shared server; close them after."""
+    opened: list[RedisLog] = []
+
+    async def make(url: str = redis_url, **kw: Any) -> RedisLog:
+        opts = {k: kw.pop(k) for k in ("owner", "sweeper", "heartbeat") if k in kw}
+        log = await RedisLog.open(LogSettings(redis_url=url, **{**FAST, **kw}), **opts)
+        opened.append(log)
+        return log
+
+    yield make
+    for log in opened:
+        await log.aclose()
+
+
+def stat(url: str, command: str) -> int:
+    """Calls of one command so far (INFO commandstats)."""
+    info = redis.Redis.from_url(url).info("commandstats")
+    return int(info.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_replay_then_follow_from_another_process(make_log: Any) -> None:
+    """B replays what A appended before it came, follows the rest live, and resumes by id."""
+    a, b = await make_log(), await make_log()
+    lease = await a.create("s1", tenant="t", conversation_id="c")
+    for w in ("a", "b"):
+        a.append(lease, "delta", {"text": w})
+    await asyncio.sleep(0.05)
+    reader = asyncio.create_task(collect(b.read("s1", None, tenant="t")))
+    await asyncio.sleep(0.05)
+    for w in ("c", "d"):
+        a.append(lease, "delta", {"text": w})
+        await asyncio.sleep(0.01)
+    await a.finish(lease, "done", {"finish_reason": "stop"})
+    got = await reader
+    assert texts(got) == ["a", "b", "c", "d", "done"]
+    second = entries(got)[1].id
+    assert texts(await collect(b.read("s1", second))) == ["c", "d", "done"]
+    meta = await b.meta("s1")
+    assert meta is not None and meta.status == "done" and meta.conversation_id == "c"
+    with pytest.raises(StreamNotFound):
+        await collect(b.read("s1", None, tenant="intruder"))
+    with pytest.raises(StreamExists):
+        await b.create("s1", tenant="t", conversation_id="c")
+
+
+async def test_two_reader_processes_on_one_stream(make_log: Any) -> None:
+    """Readers in two other processes, joining at different times, get the same whole stream."""
+    a, b, c = await make_log(), await make_log(), await make_log()
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    early = asyncio.create_task(collect(b.read("s", None)))
+    late: asyncio.Task[Any] | None = None
+    for i in range(60):
+        a.append(lease, "delta", {"text": str(i)})
+        await asyncio.sleep(0.002)
+        if i == 30:
+            late = asyncio.create_task(collect(c.read("s", None)))
+    await a.finish(lease, "done", {})
+    assert late is not None
+    want = [str(i) for i in range(60)] + ["done"]
+    assert texts(await early) == want and texts(await late) == want
+
+
+async def test_appends_are_coalesced_one_round_trip_per_batch(make_log: Any,
+                                                              redis_url: str) -> None:
+    """1,000 appends made in one loop pass cost one EVALSHA; paced ones never more than one a batch."""
+    a = await make_log(heartbeat=False)
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    before, flushes = stat(redis_url, "evalsha"), a.flushes
+    for i in range(1000):
+        a.append(lease, "delta", {"text": str(i)})
+    await a.finish(lease, "done", {})
+    assert stat(redis_url, "evalsha") - before == 1 and a.flushes - flushes == 1
+    lease = await a.create("p", tenant="t", conversation_id="c")
+    before, flushes = stat(redis_url, "evalsha"), a.flushes
+    for i in range(200):
+        a.append(lease, "delta", {"text": str(i)})
+        if i % 4 == 0:
+            await asyncio.sleep(0.001)
+    await a.finish(lease, "done", {})
+    calls = stat(redis_url, "evalsha") - before
+    assert calls == a.flushes - flushes and calls <= 51
+    got = await collect((await make_log()).read("p", None))
+    assert texts(got) == [str(i) for i in range(200)] + ["done"]
+
+
+async def test_hundred_live_readers_cost_one_blocking_connection(make_log: Any,
+                                                                 redis_url: str) -> None:
+    """100 readers of 100 streams in one process share one XREAD connection (CLIENT LIST).
+
+    The others are the bounded command pool (4) that their replays used."""
+    a, b = await make_log(), await make_log(owner="readers")
+    leases = [await a.create(f"s{i}", tenant="t", conversation_id="c") for i in range(100)]
+    readers = [asyncio.create_task(collect(b.read(f"s{i}", None))) for i in range(100)]
+    await asyncio.sleep(0.3)
+    for lease in leases:
+        a.append(lease, "delta", {"text": "x"})
+    await asyncio.sleep(0.2)
+    clients = redis.Redis.from_url(redis_url).client_list()
+    names = [c["name"] for c in clients if c["name"].startswith("sb-readers")]
+    assert names.count("sb-readers-reader") == 1 and len(names) <= 1 + 4, names
+    await asyncio.gather(*(a.finish(lease, "done", {}) for lease in leases))
+    assert all(texts(r) == ["x", "done"] for r in await asyncio.gather(*readers))
+
+
+async def test_trimmed_log_resets_an_old_cursor(make_log: Any) -> None:
+    """XADD MAXLEN ~ drops old entries; a cursor before them gets Reset('trimmed')."""
+    a, b = await make_log(log_maxlen=10), await make_log()
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    first = a.append(lease, "delta", {"text": "0"})
+    for i in range(1, 500):
+        a.append(lease, "delta", {"text": str(i)})
+        if i % 50 == 0:
+            await asyncio.sleep(0.01)
+    await a.finish(lease, "done", {})
+    for cursor in (first, None):
+        got = await collect(b.read("s", cursor))
+        assert isinstance(got[0], Reset) and got[0].reason == "trimmed"
+        assert texts(got)[-2:] == ["499", "done"] and len(got) < 400
+    kept = entries(got)[-3].id
+    assert texts(await collect(b.read("s", kept))) == ["499", "done"]
+
+
+async def test_stream_expires_a_retention_period_after_its_end(make_log: Any,
+                                                               redis_url: str) -> None:
+    """Every key of a stream gets the retention TTL at its terminal entry, then is gone."""
+    a = await make_log(log_retention=0.5)
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    a.append(lease, "delta", {"text": "x"})
+    await a.finish(lease, "done", {})
+    r = redis.Redis.from_url(redis_url)
+    assert 0 < r.pttl("sb:{s}:log") <= 500 and 0 < r.pttl("sb:{s}:meta") <= 500
+    assert r.exists("sb:{s}:owner") == 0
+    await asyncio.sleep(0.7)
+    assert await a.meta("s") is None and r.exists("sb:{s}:log") == 0
+    with pytest.raises(StreamNotFound):
+        await collect(a.read("s", None))
+
+
+async def test_fenced_lease_refuses_a_stale_owner(make_log: Any, redis_url: str) -> None:
+    """Once another owner holds the lease, the old owner's appends are refused atomically."""
+    a = await make_log()
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    a.append(lease, "delta", {"text": "mine"})
+    await asyncio.sleep(0.05)
+    redis.Redis.from_url(redis_url).set("sb:{s}:owner", "usurper:2", px=10_000)
+    a.append(lease, "delta", {"text": "stale"})
+    with pytest.raises(StaleOwner):
+        await asyncio.wait_for(a.finish(lease, "done", {}), 5)
+    assert lease.lost and lease.cancelled.is_set()
+    log = redis.Redis.from_url(redis_url).xrange("sb:{s}:log")
+    assert [f[b"d"] for _, f in log] == [b'{"text":"mine"}']
+
+
+async def test_sweeper_ends_an_expired_stream_exactly_once(make_log: Any) -> None:
+    """A frozen owner's lease expires; of two racing sweepers one appends `interrupted`."""
+    a = await make_log(heartbeat=False, lease_ttl=0.3, lease_renew=0.1)
+    b, c = await make_log(sweeper=False), await make_log(sweeper=False)
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    a.append(lease, "delta", {"text": "partial"})
+    reader = asyncio.create_task(collect(b.read("s", None)))
+    await asyncio.sleep(0.1)
+    assert await b.sweep() == []  # the lease is still alive
+    await asyncio.sleep(0.3)
+    t0 = time.monotonic()
+    swept = await asyncio.gather(b.sweep(), c.sweep())
+    assert sorted(swept, key=len) == [[], ["s"]]
+    got = await reader
+    assert time.monotonic() - t0 < 1.0
+    assert texts(got) == ["partial", "error"]
+    assert entries(got)[-1].data == {"code": "interrupted", "retryable": True,
+                                     "message": "the stream's owner stopped (lease expired)"}
+    assert await b.sweep() == []
+    with pytest.raises(StaleOwner):
+        await asyncio.wait_for(a.finish(lease, "done", {}), 5)
+
+
+async def test_cancel_intent_reaches_the_owner_within_a_second(make_log: Any) -> None:
+    """A cancel recorded from another process wakes the owner's lease; repeats are no-ops."""
+    a, b = await make_log(), await make_log()
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    first = await b.request_cancel("s")
+    await asyncio.wait_for(lease.cancelled.wait(), 1.0)
+    elapsed = time.monotonic() - t0
+    again = await b.request_cancel("s")
+    assert first.recorded and not again.recorded and elapsed < 1.0
+    meta = await b.meta("s")
+    assert meta is not None and meta.cancel_requested
+    await a.finish(lease, "error", {"code": "cancelled"})
+    ended = await b.request_cancel("s")
+    assert ended.status == "error" and not ended.recorded
+    with pytest.raises(StreamNotFound):
+        await b.request_cancel("nope")
+
+
+async def test_unreachable_redis_at_start_names_the_setting() -> None:
+    """Opening the log on a closed port fails with one line naming STREAMBRIDGE_REDIS_URL."""
+    from tests.streamlog.conftest import _free_port
+
+    with pytest.raises(LogUnavailable) as info:
+        await open_log(LogSettings(redis_url=f"redis://127.0.0.1:{_free_port()}/0", **FAST))
+    assert "STREAMBRIDGE_REDIS_URL=redis://127.0.0.1:" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+async def test_redis_restarted_mid_stream(make_log: Any, make_redis: Callable[[], RedisServer],
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Across a Redis restart: local readers miss nothing, remote readers reset explicitly,
+    appends after the restart land, and the outage is logged once each way."""
+    from async_core.streamlog._redis import REDIS_DEGRADED_TOTAL
+
+    srv = make_redis()
+    a, b = await make_log(srv.url), await make_log(srv.url)
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    local = asyncio.create_task(collect(a.read("s", None), timeout=30))
+    remote = asyncio.create_task(collect(b.read("s", None), timeout=30))
+    outages = REDIS_DEGRADED_TOTAL._value.get()
+    caplog.set_level(logging.INFO, logger="streambridge.streamlog")
+    for i in range(100):
+        a.append(lease, "delta", {"text": str(i)})
+        await asyncio.sleep(0.005)
+        if i == 40:
+            await asyncio.to_thread(srv.restart)
+    await asyncio.wait_for(a.finish(lease, "done", {}), 10)
+    want = [str(i) for i in range(100)] + ["done"]
+    assert texts(await local) == want
+    got = texts(await remote)
+    assert got[-1] == "done"
+    if "RESET" in got:  # the reader saw the loss: after the reset, the recreated log
+        after = got[got.index("RESET") + 1:]
+        assert after == want[want.index(after[0]):]
+    else:
+        assert got == want
+    meta = await b.meta("s")
+    assert meta is not None and meta.status == "done"
+    fresh = texts(await collect(b.read("s", None)))
+    assert fresh[0] == "RESET" and fresh[-2:] == ["99", "done"]
+    warnings = [r for r in caplog.records if "degraded" in r.getMessage()]
+    assert len(warnings) <= 2 and any("recovered" in r.getMessage() for r in caplog.records)
+    assert REDIS_DEGRADED_TOTAL._value.get() > outages
