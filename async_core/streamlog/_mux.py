@@ -31,7 +31,7 @@ log = logging.getLogger("streambridge.streamlog")
 
 
 def parse_xread(resp: Any) -> list[tuple[bytes, list[tuple[bytes, Fields]]]]:
-    """Return an ``XREAD`` reply (RESP2: the backend pins ``protocol=2``) as ``[(key, entries)]``."""
+    """Return an ``XREAD`` reply (RESP2: the backend pins ``protocol=2``) as a list."""
     return [(key, list(entries)) for key, entries in resp or ()]
 
 

@@ -23,32 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import Counter, Gauge
 from redis.exceptions import NoScriptError
 
 from . import _scripts as S
 from ._buffer import StreamBuffer
-from ._ids import EventId, new_epoch, parse_native
+from ._health import Health
+from ._ids import EventId, new_epoch
 from ._memory import INTERRUPTED
 from ._mux import LOST, Multiplexer
-from ._remote import Remote, to_entry
+from ._remote import Remote, replay_and_follow, to_entry
 from ._settings import LogSettings
-from ._types import TERMINAL_EVENTS, CancelResult, Lease, ReadItem, Reset, StreamMeta
+from ._types import TERMINAL_EVENTS, CancelResult, Lease, ReadItem, StreamMeta
 from .exceptions import LogUnavailable, StaleOwner, StreamClosed, StreamExists, StreamNotFound
-
-log = logging.getLogger("streambridge.streamlog")
-REDIS_DEGRADED = Gauge("streambridge_log_redis_degraded",
-                       "1 while the stream log cannot reach Redis.", multiprocess_mode="max")
-REDIS_DEGRADED_TOTAL = Counter("streambridge_log_redis_outages_total",
-                               "Times the stream log lost Redis.")
-PAGE = 1000
 
 
 class _Owned:
@@ -84,18 +76,20 @@ class RedisLog:
                  sweeper: bool = True, heartbeat: bool = True) -> None:
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex[:12]
-        timeouts = {"socket_timeout": settings.redis_socket_timeout,
+        self.health = Health()
+        timeouts: dict[str, Any] = {"socket_timeout": settings.redis_socket_timeout,
                     "socket_connect_timeout": min(5.0, settings.redis_socket_timeout),
                     "protocol": 2}
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_pool, timeout=settings.redis_socket_timeout,
-            client_name=f"sb-{self.owner}", **timeouts)
-        self.client = aioredis.Redis(connection_pool=pool)
+            settings.redis_url, max_connections=settings.redis_pool,
+            timeout=settings.redis_socket_timeout, client_name=f"sb-{self.owner}", **timeouts)
+        # Replies are bytes (decode_responses off); redis-py types them as unions.
+        self.client: Any = aioredis.Redis(connection_pool=pool)
         self.mux = Multiplexer(lambda: aioredis.Redis.from_url(
             settings.redis_url, single_connection_client=True,
             client_name=f"sb-{self.owner}-reader", **timeouts),
             self.client, block=settings.redis_block, retry=settings.redis_retry,
-            on_lost=self._degrade, on_reconnect=self._reconnected)
+            on_lost=self.health.degrade, on_reconnect=self._reconnected)
         self._sha = {name: "" for name in ("CREATE", "APPEND", "RENEW", "SWEEP", "CANCEL",
                                            "OPEN")}
         self._owned: dict[str, _Owned] = {}
@@ -105,7 +99,6 @@ class RedisLog:
         self._sweeper = sweeper
         self._renewing = heartbeat
         self._tasks: list[asyncio.Task[None]] = []
-        self.degraded = False
         self.flushes = 0  # pipelines sent by the writer (round trips)
 
     @classmethod
@@ -130,34 +123,20 @@ class RedisLog:
         for name in self._sha:
             self._sha[name] = await self.client.script_load(getattr(S, name))
 
-    async def _eval(self, name: str, keys: tuple[str, ...], *args: Any) -> Any:
+    async def eval_script(self, name: str, keys: tuple[str, ...], *args: Any) -> Any:
+        """Run one of ``_scripts``' scripts by name (reloading them after a restart)."""
         try:
             return await self.client.evalsha(self._sha[name], len(keys), *keys, *args)
         except NoScriptError:  # Redis restarted: its script cache is empty
             await self._load_scripts()
             return await self.client.evalsha(self._sha[name], len(keys), *keys, *args)
 
-    # -- degraded / recovered ------------------------------------------------------
-    def _degrade(self, exc: BaseException) -> None:
-        if not self.degraded:
-            self.degraded = True
-            REDIS_DEGRADED.set(1)
-            REDIS_DEGRADED_TOTAL.inc()
-            log.warning("stream log degraded: Redis at STREAMBRIDGE_REDIS_URL unreachable "
-                        "(%s); buffering appends, local readers continue", exc)
-
-    def _recover(self) -> None:
-        if self.degraded:
-            self.degraded = False
-            REDIS_DEGRADED.set(0)
-            log.info("stream log recovered: Redis reachable again")
-
     # -- producer side -------------------------------------------------------------
     async def create(self, stream_id: str, *, tenant: str, conversation_id: str) -> Lease:
         """Create a running stream owned by this process; see ``StreamLog.create``."""
         k = S.keys(_check_id(stream_id))
         epoch, ttl_ms = new_epoch(), int(self.settings.lease_ttl * 1000)
-        token = await self._eval("CREATE", k, tenant, conversation_id, epoch, self.owner,
+        token = await self.eval_script("CREATE", k, tenant, conversation_id, epoch, self.owner,
                                  ttl_ms)
         if not token:
             raise StreamExists(f"stream {stream_id!r} already exists")
@@ -165,7 +144,7 @@ class RedisLog:
         lease = Lease(stream_id, self.owner, int(token))
         self._owned[stream_id] = _Owned(lease, tenant, conversation_id, epoch,
                                         self.settings.log_maxlen)
-        self.mux.follow(k[3].encode(), b"0-0", lambda _e, lease=lease: lease.cancelled.set())
+        self.mux.follow(k[3].encode(), b"0-0", lambda _entries: lease.cancelled.set())
         return lease
 
     def _add(self, lease: Lease, event: str, data: Mapping[str, Any]) -> EventId:
@@ -218,13 +197,13 @@ class RedisLog:
             try:
                 results = await self._flush(batch)
             except LOST as exc:
-                self._degrade(exc)
+                self.health.degrade(exc)
                 for st, _ in batch:
                     self._dirty[st.lease.stream_id] = st
                 await asyncio.sleep(self.settings.redis_retry)
                 self._wake.set()
                 continue
-            self._recover()
+            self.health.recover()
             for (st, sent), res in zip(batch, results, strict=True):
                 self._flushed(st, sent, res)
 
@@ -288,7 +267,7 @@ class RedisLog:
     async def renew(self, lease: Lease) -> bool:
         """Extend the lease; see ``StreamLog.renew``."""
         ttl_ms = int(self.settings.lease_ttl * 1000)
-        res = await self._eval("RENEW", S.keys(lease.stream_id)[2:0:-1], lease.fence, ttl_ms)
+        res = await self.eval_script("RENEW", S.keys(lease.stream_id)[2:0:-1], lease.fence, ttl_ms)
         await self.client.zadd(S.RUNNING, {lease.stream_id: time.time() * 1000 + ttl_ms})
         return self._renewed(lease, int(res))
 
@@ -314,7 +293,7 @@ class RedisLog:
                     next_sweep = time.monotonic() + s.sweep_interval
                     await self.sweep()
             except LOST as exc:
-                self._degrade(exc)
+                self.health.degrade(exc)
 
     # -- reader side -----------------------------------------------------------------
     async def read(self, stream_id: str, cursor: EventId | None, *,
@@ -327,33 +306,8 @@ class RedisLog:
             async for item in st.buffer.read(cursor):
                 yield item
             return
-        k = S.keys(_check_id(stream_id))
-        res = await self._eval("OPEN", (k[1], k[0]), cursor.native if cursor else "",
-                               cursor.epoch if cursor else "", PAGE)
-        if res is None or (tenant is not None and res[0][0].decode() != tenant):
-            raise StreamNotFound(f"no stream {stream_id!r}")
-        epoch, reason, page = res[0][3].decode(), res[1].decode(), res[2]
-        pos = b"0-0"
-        if reason:
-            yield Reset(reason)  # type: ignore[arg-type]
-        elif cursor is not None:
-            pos = cursor.native.encode()
-        while True:  # replay, page by page
-            for native, flat in page:
-                entry = to_entry(EventId(epoch, *parse_native(native)),
-                                 flat[1].decode(), flat[3])
-                yield entry
-                if entry.terminal:
-                    return
-                pos = native
-            if len(page) < PAGE:
-                break
-            page = [[n, _flat(f)] for n, f in await self.client.xrange(
-                k[0], b"(" + pos, "+", count=PAGE)]
-        remote = self._remote.get(stream_id)
-        if remote is None:
-            remote = self._remote[stream_id] = Remote(stream_id, epoch, self)
-        async for item in remote.follow(pos):
+        async for item in replay_and_follow(self, S.keys(_check_id(stream_id)), stream_id,
+                                            cursor, tenant):
             yield item
 
     async def xrange_after(self, stream_id: str, after: bytes,
@@ -361,12 +315,20 @@ class RedisLog:
         """Entries in ``(after, upto]`` of a stream's log (a follower's catch-up)."""
         return list(await self.client.xrange(S.keys(stream_id)[0], b"(" + after, upto))
 
+    def remote(self, stream_id: str, epoch: str) -> Remote:
+        """The followers of a remotely owned stream in this process (made on first use)."""
+        remote = self._remote.get(stream_id)
+        if remote is None:
+            remote = self._remote[stream_id] = Remote(stream_id, epoch, self)
+        return remote
+
     def forget_remote(self, stream_id: str) -> None:
         """Called by a ``Remote`` when its last follower left."""
         self._remote.pop(stream_id, None)
 
     async def _reconnected(self) -> None:
         """After the reader lost Redis: reset followers of logs that were recreated."""
+        self.health.recover()
         if not self._remote:
             return
         pipe = self.client.pipeline(transaction=False)
@@ -388,7 +350,7 @@ class RedisLog:
     async def request_cancel(self, stream_id: str) -> CancelResult:
         """Record a durable cancel intent plus a wake-up; see ``StreamLog.request_cancel``."""
         k = S.keys(_check_id(stream_id))
-        status, recorded = await self._eval("CANCEL", (k[1], k[3]))
+        status, recorded = await self.eval_script("CANCEL", (k[1], k[3]))
         if status == b"missing":
             raise StreamNotFound(f"no stream {stream_id!r}")
         return CancelResult(status.decode(), bool(recorded))
@@ -400,7 +362,7 @@ class RedisLog:
         data = json.dumps(INTERRUPTED)
         for raw in due:
             sid = raw.decode()
-            res = await self._eval("SWEEP", S.keys(sid), data, self.settings.log_maxlen,
+            res = await self.eval_script("SWEEP", S.keys(sid), data, self.settings.log_maxlen,
                                    int(self.settings.log_retention * 1000))
             if res == 1:
                 ended.append(sid)
@@ -412,7 +374,7 @@ class RedisLog:
 
     async def aclose(self) -> None:
         """Flush what Redis can take now, stop the tasks, close the connections."""
-        if self._dirty and not self.degraded:
+        if self._dirty and not self.health.degraded:
             batch = [(st, list(st.pending)) for st in self._dirty.values() if st.pending]
             try:
                 for (st, sent), res in zip(batch, await self._flush(batch), strict=True):
@@ -427,6 +389,3 @@ class RedisLog:
         await self.mux.aclose()
         await self.client.aclose(close_connection_pool=True)
 
-
-def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
-    return [b"e", fields[b"e"], b"d", fields[b"d"]]

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 from . import _scripts as S
 from ._ids import EventId, parse_native
 from ._types import Entry, ReadItem, Reset
+from .exceptions import StreamNotFound
 
 if TYPE_CHECKING:
     from ._redis import RedisLog
 
 Raw = list[tuple[bytes, dict[bytes, bytes]]]
+PAGE = 1000
 
 
 def to_entry(eid: EventId, event: str, data: Mapping[str, Any] | bytes) -> Entry:
@@ -67,7 +69,7 @@ class Remote:
     async def _fetch_epoch(self) -> None:
         try:
             while self.epoch is None:
-                raw = await self._log.client.hget(S.keys(self.stream_id)[1], "epoch")
+                raw: bytes | None = await self._log.client.hget(S.keys(self.stream_id)[1], "epoch")
                 if raw is None:
                     await asyncio.sleep(self._log.settings.redis_retry)
                 else:
@@ -126,3 +128,39 @@ class Remote:
             if not self._subs:
                 self._log.mux.unfollow(self._key)
                 self._log.forget_remote(self.stream_id)
+
+
+async def replay_and_follow(log: RedisLog, k: tuple[str, str, str, str], stream_id: str,
+                            cursor: EventId | None, tenant: str | None
+                            ) -> AsyncIterator[ReadItem]:
+    """Read a stream another process owns: ``OPEN`` (meta, reset check, first page),
+    ``XRANGE`` pages, then live entries through the stream's ``Remote``."""
+    res = await log.eval_script("OPEN", (k[1], k[0]), cursor.native if cursor else "",
+                           cursor.epoch if cursor else "", PAGE)
+    if res is None or (tenant is not None and res[0][0].decode() != tenant):
+        raise StreamNotFound(f"no stream {stream_id!r}")
+    epoch, reason, page = res[0][3].decode(), res[1].decode(), res[2]
+    assert reason in ("", "epoch", "trimmed")
+    pos = b"0-0"
+    if reason:
+        yield Reset(reason)
+    elif cursor is not None:
+        pos = cursor.native.encode()
+    while True:  # replay, page by page
+        for native, flat in page:
+            entry = to_entry(EventId(epoch, *parse_native(native)),
+                             flat[1].decode(), flat[3])
+            yield entry
+            if entry.terminal:
+                return
+            pos = native
+        if len(page) < PAGE:
+            break
+        page = [[n, _flat(f)] for n, f in await log.client.xrange(
+            k[0], b"(" + pos, "+", count=PAGE)]
+    async for item in log.remote(stream_id, epoch).follow(pos):
+        yield item
+
+
+def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
+    return [b"e", fields[b"e"], b"d", fields[b"d"]]

@@ -78,7 +78,7 @@ class LogSettings:
             raw = env.get(key, "").strip()
             if not raw:
                 continue
-            kind = f.type if isinstance(f.type, str) else f.type.__name__  # type: ignore[union-attr]
+            kind = f.type if isinstance(f.type, str) else f.type.__name__
             try:
                 kw[f.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
             except ValueError:

@@ -94,7 +94,7 @@ async def test_two_reader_processes_on_one_stream(make_log: Any) -> None:
 
 async def test_appends_are_coalesced_one_round_trip_per_batch(make_log: Any,
                                                               redis_url: str) -> None:
-    """1,000 appends made in one loop pass cost one EVALSHA; paced ones never more than one a batch."""
+    """1,000 appends in one loop pass cost one EVALSHA; paced ones at most one a batch."""
     a = await make_log(heartbeat=False)
     lease = await a.create("s", tenant="t", conversation_id="c")
     before, flushes = stat(redis_url, "evalsha"), a.flushes
@@ -240,14 +240,14 @@ async def test_redis_restarted_mid_stream(make_log: Any, make_redis: Callable[[]
                                           caplog: pytest.LogCaptureFixture) -> None:
     """Across a Redis restart: local readers miss nothing, remote readers reset explicitly,
     appends after the restart land, and the outage is logged once each way."""
-    from async_core.streamlog._redis import REDIS_DEGRADED_TOTAL
+    from async_core.streamlog._health import REDIS_OUTAGES
 
     srv = make_redis()
     a, b = await make_log(srv.url), await make_log(srv.url)
     lease = await a.create("s", tenant="t", conversation_id="c")
     local = asyncio.create_task(collect(a.read("s", None), timeout=30))
     remote = asyncio.create_task(collect(b.read("s", None), timeout=30))
-    outages = REDIS_DEGRADED_TOTAL._value.get()
+    outages = REDIS_OUTAGES._value.get()
     caplog.set_level(logging.INFO, logger="streambridge.streamlog")
     for i in range(100):
         a.append(lease, "delta", {"text": str(i)})
@@ -270,4 +270,4 @@ async def test_redis_restarted_mid_stream(make_log: Any, make_redis: Callable[[]
     assert fresh[0] == "RESET" and fresh[-2:] == ["99", "done"]
     warnings = [r for r in caplog.records if "degraded" in r.getMessage()]
     assert len(warnings) <= 2 and any("recovered" in r.getMessage() for r in caplog.records)
-    assert REDIS_DEGRADED_TOTAL._value.get() > outages
+    assert REDIS_OUTAGES._value.get() > outages
