@@ -33,7 +33,8 @@ def to_entry(eid: EventId, event: str, data: Mapping[str, Any] | bytes) -> Entry
 
 
 def _entry(epoch: str, native: bytes, fields: dict[bytes, bytes]) -> Entry:
-    return to_entry(EventId(epoch, *parse_native(native)), fields[b"e"].decode(), fields[b"d"])
+    ((event, data),) = fields.items()
+    return to_entry(EventId(epoch, *parse_native(native)), event.decode(), data)
 
 
 class Remote:
@@ -149,7 +150,7 @@ async def replay_and_follow(log: RedisLog, k: tuple[str, str, str, str], stream_
     while True:  # replay, page by page
         for native, flat in page:
             entry = to_entry(EventId(epoch, *parse_native(native)),
-                             flat[1].decode(), flat[3])
+                             flat[0].decode(), flat[1])
             yield entry
             if entry.terminal:
                 return
@@ -163,4 +164,4 @@ async def replay_and_follow(log: RedisLog, k: tuple[str, str, str, str], stream_
 
 
 def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
-    return [b"e", fields[b"e"], b"d", fields[b"d"]]
+    return [x for item in fields.items() for x in item]

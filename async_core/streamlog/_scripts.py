@@ -3,7 +3,8 @@
 Every key of a stream shares the hash tag ``{<stream_id>}`` (one Redis Cluster slot), so
 each script is atomic and Cluster-safe. Keys (``k`` = ``sb:{<stream_id>}``):
 
-- ``k:log``   the stream's entries (Redis Stream; id ``fence-seq``; fields ``e``, ``d``)
+- ``k:log``   the stream's entries (Redis Stream; id ``fence-seq``; one field: the
+  event name, whose value is the event's JSON data: the least a reader must parse)
 - ``k:meta``  hash: tenant, conv, status, epoch, last (newest id), cancel, token
 - ``k:owner`` the fenced lease: ``<owner>:<token>`` with a TTL of ``lease_ttl``
 - ``k:ctl``   cancel wake-ups (Redis Stream, MAXLEN 1) that the owner's reader follows
@@ -63,8 +64,7 @@ for i = 10, #ARGV, 3 do
   maj = tonumber(maj)
   min = tonumber(min)
   if maj > lmaj or (maj == lmaj and min > lmin) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], ARGV[i], 'e', ARGV[i + 1],
-               'd', ARGV[i + 2])
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], ARGV[i], ARGV[i + 1], ARGV[i + 2])
     lmaj, lmin, last = maj, min, ARGV[i]
   end
 end
@@ -96,7 +96,7 @@ if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
 local maj, min = string.match(redis.call('HGET', KEYS[2], 'last'), '(%d+)-(%d+)')
 local id = maj .. '-' .. string.format('%d', tonumber(min) + 1)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, 'e', 'error', 'd', ARGV[1])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, 'error', ARGV[1])
 redis.call('HSET', KEYS[2], 'status', 'error', 'last', id)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])

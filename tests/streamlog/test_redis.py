@@ -180,7 +180,7 @@ async def test_fenced_lease_refuses_a_stale_owner(make_log: Any, redis_url: str)
         await asyncio.wait_for(a.finish(lease, "done", {}), 5)
     assert lease.lost and lease.cancelled.is_set()
     log = redis.Redis.from_url(redis_url).xrange("sb:{s}:log")
-    assert [f[b"d"] for _, f in log] == [b'{"text":"mine"}']
+    assert [f for _, f in log] == [{b"delta": b'{"text":"mine"}'}]
 
 
 async def test_sweeper_ends_an_expired_stream_exactly_once(make_log: Any) -> None:

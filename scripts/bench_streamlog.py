@@ -1,0 +1,190 @@
+"""Benchmark: streams read live through the Redis stream log against the memory log.
+
+What is compared
+    One asyncio process. The producer and the reader of each stream are two different
+    log instances ("processes"): for Redis two ``RedisLog`` objects with their own
+    connections (so every token goes producer → Redis → the reader's one multiplexed
+    ``XREAD BLOCK``), for memory one ``MemoryLog`` (producer and reader share it, which
+    is what the memory backend is). A private ``redis-server`` (Debian package) runs on
+    a loopback ephemeral port with ``--save '' --appendonly no``, stopped by its PID.
+
+How it is measured
+    - lag: each delta carries its append time (``perf_counter``); lag is receive time
+      minus that, for every token of every stream; "added" is Redis minus memory.
+    - round trips per token: the producer's pipelines (one per batch) and the reader's
+      ``XREAD`` calls, each divided by the tokens; ``EVALSHA`` calls from
+      ``INFO commandstats`` as a cross-check.
+    - connections: ``CLIENT LIST`` entries named after the reader instance while 100
+      streams are followed live.
+    - resume: time for a fresh reader to replay a finished 10,000-event stream.
+    - CPU per token: ``time.process_time`` of this process over the paced phase,
+      divided by the tokens; Redis server CPU (``INFO cpu``) reported separately.
+
+Run: ``.venv/bin/python scripts/bench_streamlog.py [--tokens 200] [--streams 100]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from async_core.streamlog import Entry, LogSettings, MemoryLog, RedisLog
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Start a private redis-server; return it, its URL and its temp dir."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = Path(tempfile.mkdtemp(prefix="sb-bench-redis-"))
+    binary = shutil.which("redis-server") or "redis-server"
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(500):
+        try:
+            if redis.Redis.from_url(url).ping():
+                return proc, url, tmp
+        except redis.ConnectionError:
+            time.sleep(0.01)
+    raise SystemExit("redis-server did not start")
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of values, in ms."""
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def run_streams(producer: Any, reader: Any, n: int, tokens: int, pace: float,
+                      tag: str) -> tuple[list[float], float]:
+    """n streams of `tokens` deltas every `pace` s; return every lag and CPU seconds."""
+    lags: list[float] = []
+
+    async def read(sid: str) -> None:
+        async for item in reader.read(sid, None):
+            if isinstance(item, Entry) and item.event == "delta":
+                lags.append(time.perf_counter() - item.data["t"])
+
+    async def produce(sid: str) -> None:
+        lease = await producer.create(sid, tenant="t", conversation_id="c")
+        task = asyncio.create_task(read(sid))
+        await asyncio.sleep(0.05)  # the reader is following live before the first token
+        start = time.perf_counter()
+        for i in range(tokens):
+            producer.append(lease, "delta", {"text": "tok ", "t": time.perf_counter()})
+            await asyncio.sleep(max(0.0, start + (i + 1) * pace - time.perf_counter()))
+        await producer.finish(lease, "done", {"finish_reason": "stop"})
+        await task
+
+    cpu = time.process_time()
+    await asyncio.gather(*(produce(f"{tag}-{i}") for i in range(n)))
+    return lags, time.process_time() - cpu
+
+
+async def resume(producer: Any, reader: Any, events: int, sid: str) -> float:
+    """Append a finished stream of `events` deltas; time a fresh full replay of it."""
+    lease = await producer.create(sid, tenant="t", conversation_id="c")
+    for i in range(events):
+        producer.append(lease, "delta", {"text": f"{i} "})
+        if i % 1000 == 999:
+            await asyncio.sleep(0)
+    await producer.finish(lease, "done", {})
+    t0 = time.perf_counter()
+    count = 0
+    async for _item in reader.read(sid, None):
+        count += 1
+    assert count == events + 1, count
+    return time.perf_counter() - t0
+
+
+def server_cpu(url: str) -> float:
+    """redis-server's user+system CPU seconds so far."""
+    info = redis.Redis.from_url(url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokens", type=int, default=200, help="tokens per stream")
+    ap.add_argument("--streams", type=int, default=100, help="concurrent streams, big phase")
+    ap.add_argument("--pace-ms", type=float, default=10.0)
+    ap.add_argument("--resume-events", type=int, default=10_000)
+    args = ap.parse_args()
+    proc, url, tmp = start_redis()
+    settings = LogSettings(redis_url=url, log_maxlen=max(5000, args.resume_events + 10))
+    rows: dict[str, dict[str, float]] = {}
+    try:
+        memory = MemoryLog(LogSettings(log_maxlen=max(5000, args.resume_events + 10)))
+        producer = await RedisLog.open(settings, owner="bench-producer")
+        reader = await RedisLog.open(settings, owner="bench-reader", sweeper=False)
+        r = redis.Redis.from_url(url)
+        for n in (1, args.streams):
+            m_lags, m_cpu = await run_streams(memory, memory, n, args.tokens,
+                                              args.pace_ms / 1000, f"m{n}")
+            flushes, reads = producer.flushes, reader.mux.reads
+            evals = int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+            scpu = server_cpu(url)
+            conns: list[int] = []
+
+            async def count_connections() -> None:
+                await asyncio.sleep(0.5 + args.tokens * args.pace_ms / 2000)
+                names = [c["name"] for c in r.client_list()]
+                conns.append(sum(1 for x in names if x.startswith("sb-bench-reader")))
+                conns.append(sum(1 for x in names if x == "sb-bench-reader-reader"))
+
+            counter = asyncio.create_task(count_connections())
+            r_lags, r_cpu = await run_streams(producer, reader, n, args.tokens,
+                                              args.pace_ms / 1000, f"r{n}")
+            await counter
+            tokens = n * args.tokens
+            evals = int(r.info("commandstats")["cmdstat_evalsha"]["calls"]) - evals
+            rows[f"{n} stream(s)"] = {
+                "lag p50 memory ms": pct(m_lags, 50), "lag p99 memory ms": pct(m_lags, 99),
+                "lag p50 redis ms": pct(r_lags, 50), "lag p99 redis ms": pct(r_lags, 99),
+                "added lag p50 ms": pct(r_lags, 50) - pct(m_lags, 50),
+                "added lag p99 ms": pct(r_lags, 99) - pct(m_lags, 99),
+                "producer round trips/token": (producer.flushes - flushes) / tokens,
+                "reader XREADs/token": (reader.mux.reads - reads) / tokens,
+                "EVALSHA calls/token": evals / tokens,
+                "reader connections (all)": conns[0], "reader blocking connections": conns[1],
+                "CPU µs/token memory": 1e6 * m_cpu / tokens,
+                "CPU µs/token redis (client)": 1e6 * r_cpu / tokens,
+                "CPU redis/memory": r_cpu / m_cpu if m_cpu else float("nan"),
+                "redis-server CPU µs/token": 1e6 * (server_cpu(url) - scpu) / tokens,
+                "tokens received redis": len(r_lags), "tokens received memory": len(m_lags),
+            }
+        rows["resume"] = {
+            f"memory {args.resume_events} events ms":
+                1000 * await resume(memory, memory, args.resume_events, "resume-m"),
+            f"redis {args.resume_events} events ms":
+                1000 * await resume(producer, reader, args.resume_events, "resume-r"),
+        }
+        await reader.aclose()
+        await producer.aclose()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"stream log benchmark: {args.tokens} tokens/stream at {args.pace_ms} ms pacing, "
+          f"redis-server {redis.__version__=}".replace("redis.__version__=", "redis-py "))
+    for name, fig in rows.items():
+        print(f"\n## {name}")
+        for k, v in fig.items():
+            print(f"  {k:32} {v:10.3f}" if isinstance(v, float) else f"  {k:32} {v:10}")
+    _ = statistics  # (kept for callers extending the table)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
