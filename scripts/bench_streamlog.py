@@ -1,12 +1,13 @@
 """Benchmark: streams read live through the Redis stream log against the memory log.
 
 What is compared
-    One asyncio process. The producer and the reader of each stream are two different
-    log instances ("processes"): for Redis two ``RedisLog`` objects with their own
-    connections (so every token goes producer → Redis → the reader's one multiplexed
-    ``XREAD BLOCK``), for memory one ``MemoryLog`` (producer and reader share it, which
-    is what the memory backend is). A private ``redis-server`` (Debian package) runs on
-    a loopback ephemeral port with ``--save '' --appendonly no``, stopped by its PID.
+    Memory: one process, one ``MemoryLog`` that the producer and the reader share
+    (which is what the memory backend is). Redis: the producer's ``RedisLog`` in this
+    process and every reader in a second process (this script with ``--reader``), so
+    every token goes producer → Redis → the reader process' one multiplexed
+    ``XREAD BLOCK``, as between two workers or hosts. A private ``redis-server``
+    (Debian package) runs on a loopback ephemeral port with ``--save ''
+    --appendonly no``, stopped by its PID.
 
 How it is measured
     - lag: each delta carries its append time (``perf_counter``); lag is receive time
@@ -17,8 +18,9 @@ How it is measured
     - connections: ``CLIENT LIST`` entries named after the reader instance while 100
       streams are followed live.
     - resume: time for a fresh reader to replay a finished 10,000-event stream.
-    - CPU per token: ``time.process_time`` of this process over the paced phase,
-      divided by the tokens; Redis server CPU (``INFO cpu``) reported separately.
+    - CPU per token: ``time.process_time`` over the paced phase divided by the tokens,
+      for the memory process, and for the Redis producer and reader processes (their
+      sum over memory is the ratio); Redis server CPU (``INFO cpu``) separately.
 
 Run: ``.venv/bin/python scripts/bench_streamlog.py [--tokens 200] [--streams 100]``
 """
@@ -27,10 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import socket
-import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,6 +112,55 @@ async def resume(producer: Any, reader: Any, events: int, sid: str) -> float:
     return time.perf_counter() - t0
 
 
+async def reader_main(url: str, sids: list[str]) -> None:
+    """The reader process: follow `sids` live, print its lags and CPU as JSON."""
+    log = await RedisLog.open(LogSettings(redis_url=url), owner="bench-reader", sweeper=False)
+    lags: list[float] = []
+
+    async def read(sid: str) -> None:
+        async for item in log.read(sid, None):
+            if isinstance(item, Entry) and item.event == "delta":
+                lags.append(time.perf_counter() - item.data["t"])  # CLOCK_MONOTONIC: system-wide
+
+    tasks = [asyncio.create_task(read(sid)) for sid in sids]
+    await asyncio.sleep(0.5)
+    print("ready", flush=True)
+    cpu = time.process_time()
+    await asyncio.gather(*tasks)
+    print(json.dumps({"lags": lags, "cpu": time.process_time() - cpu, "xreads": log.mux.reads}))
+    await log.aclose()
+
+
+async def run_two_processes(producer: RedisLog, url: str, n: int, tokens: int, pace: float,
+                            tag: str) -> tuple[list[float], float, float, int, list[int]]:
+    """The Redis phase with the reader in its own process (as in a deployment).
+
+    Returns the lags, producer CPU, reader CPU, reader XREADs and its connections."""
+    sids = [f"{tag}-{i}" for i in range(n)]
+    leases = [await producer.create(sid, tenant="t", conversation_id="c") for sid in sids]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--reader", url, *sids, stdout=asyncio.subprocess.PIPE)
+    assert child.stdout is not None
+    assert (await child.stdout.readline()).strip() == b"ready"
+    names = [c["name"] for c in redis.Redis.from_url(url).client_list()]
+    conns = [sum(1 for x in names if x.startswith("sb-bench-reader")),
+             sum(1 for x in names if x == "sb-bench-reader-reader")]
+
+    async def produce(lease: Any) -> None:
+        start = time.perf_counter()
+        for i in range(tokens):
+            producer.append(lease, "delta", {"text": "tok ", "t": time.perf_counter()})
+            await asyncio.sleep(max(0.0, start + (i + 1) * pace - time.perf_counter()))
+        await producer.finish(lease, "done", {"finish_reason": "stop"})
+
+    cpu = time.process_time()
+    await asyncio.gather(*(produce(lease) for lease in leases))
+    cpu = time.process_time() - cpu
+    out = json.loads(await child.stdout.read())
+    await child.wait()
+    return out["lags"], cpu, out["cpu"], out["xreads"], conns
+
+
 def server_cpu(url: str) -> float:
     """redis-server's user+system CPU seconds so far."""
     info = redis.Redis.from_url(url).info("cpu")
@@ -116,6 +168,9 @@ def server_cpu(url: str) -> float:
 
 
 async def main() -> None:
+    if sys.argv[1:2] == ["--reader"]:
+        await reader_main(sys.argv[2], sys.argv[3:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=200, help="tokens per stream")
     ap.add_argument("--streams", type=int, default=100, help="concurrent streams, big phase")
@@ -128,26 +183,16 @@ async def main() -> None:
     try:
         memory = MemoryLog(LogSettings(log_maxlen=max(5000, args.resume_events + 10)))
         producer = await RedisLog.open(settings, owner="bench-producer")
-        reader = await RedisLog.open(settings, owner="bench-reader", sweeper=False)
+        reader = await RedisLog.open(settings, owner="bench-resumer", sweeper=False)
         r = redis.Redis.from_url(url)
         for n in (1, args.streams):
             m_lags, m_cpu = await run_streams(memory, memory, n, args.tokens,
                                               args.pace_ms / 1000, f"m{n}")
-            flushes, reads = producer.flushes, reader.mux.reads
+            flushes = producer.flushes
             evals = int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
             scpu = server_cpu(url)
-            conns: list[int] = []
-
-            async def count_connections() -> None:
-                await asyncio.sleep(0.5 + args.tokens * args.pace_ms / 2000)
-                names = [c["name"] for c in r.client_list()]
-                conns.append(sum(1 for x in names if x.startswith("sb-bench-reader")))
-                conns.append(sum(1 for x in names if x == "sb-bench-reader-reader"))
-
-            counter = asyncio.create_task(count_connections())
-            r_lags, r_cpu = await run_streams(producer, reader, n, args.tokens,
-                                              args.pace_ms / 1000, f"r{n}")
-            await counter
+            r_lags, r_cpu, reader_cpu, xreads, conns = await run_two_processes(
+                producer, url, n, args.tokens, args.pace_ms / 1000, f"r{n}")
             tokens = n * args.tokens
             evals = int(r.info("commandstats")["cmdstat_evalsha"]["calls"]) - evals
             rows[f"{n} stream(s)"] = {
@@ -156,12 +201,13 @@ async def main() -> None:
                 "added lag p50 ms": pct(r_lags, 50) - pct(m_lags, 50),
                 "added lag p99 ms": pct(r_lags, 99) - pct(m_lags, 99),
                 "producer round trips/token": (producer.flushes - flushes) / tokens,
-                "reader XREADs/token": (reader.mux.reads - reads) / tokens,
+                "reader XREADs/token": xreads / tokens,
                 "EVALSHA calls/token": evals / tokens,
                 "reader connections (all)": conns[0], "reader blocking connections": conns[1],
                 "CPU µs/token memory": 1e6 * m_cpu / tokens,
-                "CPU µs/token redis (client)": 1e6 * r_cpu / tokens,
-                "CPU redis/memory": r_cpu / m_cpu if m_cpu else float("nan"),
+                "CPU µs/token redis producer": 1e6 * r_cpu / tokens,
+                "CPU µs/token redis reader": 1e6 * reader_cpu / tokens,
+                "CPU redis (both)/memory": (r_cpu + reader_cpu) / m_cpu,
                 "redis-server CPU µs/token": 1e6 * (server_cpu(url) - scpu) / tokens,
                 "tokens received redis": len(r_lags), "tokens received memory": len(m_lags),
             }
@@ -183,7 +229,6 @@ async def main() -> None:
         print(f"\n## {name}")
         for k, v in fig.items():
             print(f"  {k:32} {v:10.3f}" if isinstance(v, float) else f"  {k:32} {v:10}")
-    _ = statistics  # (kept for callers extending the table)
 
 
 if __name__ == "__main__":

@@ -57,16 +57,18 @@ elseif ARGV[9] == '1' then
 end
 local last = redis.call('HGET', KEYS[2], 'last')
 local lmaj, lmin = string.match(last, '(%d+)-(%d+)')
-lmaj = tonumber(lmaj)
-lmin = tonumber(lmin)
-for i = 10, #ARGV, 3 do
+lmaj, lmin = tonumber(lmaj), tonumber(lmin)
+local i = 10
+-- skip what an earlier try of this batch wrote (ids increase within a batch)
+while i <= #ARGV do
   local maj, min = string.match(ARGV[i], '(%d+)-(%d+)')
-  maj = tonumber(maj)
-  min = tonumber(min)
-  if maj > lmaj or (maj == lmaj and min > lmin) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], ARGV[i], ARGV[i + 1], ARGV[i + 2])
-    lmaj, lmin, last = maj, min, ARGV[i]
-  end
+  maj, min = tonumber(maj), tonumber(min)
+  if maj > lmaj or (maj == lmaj and min > lmin) then break end
+  i = i + 3
+end
+for j = i, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], ARGV[j], ARGV[j + 1], ARGV[j + 2])
+  last = ARGV[j]
 end
 redis.call('HSET', KEYS[2], 'last', last)
 if ARGV[8] ~= '' then
