@@ -216,8 +216,7 @@ class RedisLog:
                                    int(s.log_retention * 1000), int(s.lease_ttl * 1000),
                                    st.terminal if st.pending[-1:] == sent[-1:] else "",
                                    "1" if st.force_epoch else "0"]
-                for item in sent:
-                    args.extend(item)
+                args.append(json.dumps(sent, separators=(",", ":")))
                 pipe.evalsha(self._sha["APPEND"], 4, *S.keys(st.lease.stream_id), *args)
                 if args[7]:
                     pipe.zrem(S.RUNNING, st.lease.stream_id)

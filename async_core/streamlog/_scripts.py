@@ -37,7 +37,8 @@ return token
 """
 
 # KEYS log meta owner ctl; ARGV fence new_epoch tenant conv maxlen retention_ms ttl_ms
-# terminal_status force_epoch, then (id, event, data) triples.
+# terminal_status force_epoch entries, where entries is one JSON array of [id, event,
+# data] (one argument a batch: packing three arguments an entry cost the client more).
 # → {'ok', epoch, recreated} or {'stale', epoch}. Ids at or below `last` were already
 # written by an earlier try of the same batch and are skipped (retries are idempotent).
 APPEND = """
@@ -58,17 +59,19 @@ end
 local last = redis.call('HGET', KEYS[2], 'last')
 local lmaj, lmin = string.match(last, '(%d+)-(%d+)')
 lmaj, lmin = tonumber(lmaj), tonumber(lmin)
-local i = 10
+local items = cjson.decode(ARGV[10])
+local i = 1
 -- skip what an earlier try of this batch wrote (ids increase within a batch)
-while i <= #ARGV do
-  local maj, min = string.match(ARGV[i], '(%d+)-(%d+)')
+while i <= #items do
+  local maj, min = string.match(items[i][1], '(%d+)-(%d+)')
   maj, min = tonumber(maj), tonumber(min)
   if maj > lmaj or (maj == lmaj and min > lmin) then break end
-  i = i + 3
+  i = i + 1
 end
-for j = i, #ARGV, 3 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], ARGV[j], ARGV[j + 1], ARGV[j + 2])
-  last = ARGV[j]
+for j = i, #items do
+  local item = items[j]
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], item[1], item[2], item[3])
+  last = item[1]
 end
 redis.call('HSET', KEYS[2], 'last', last)
 if ARGV[8] ~= '' then
