@@ -16,6 +16,7 @@ one reader per shard (not done yet: the backend targets one Redis or a primary).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -64,6 +65,7 @@ class Multiplexer:
         self._client_id: int | None = None
         self._unblocking = False
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.reads = 0  # XREAD calls issued (for tests and the benchmark)
 
     def follow(self, key: bytes, from_id: bytes, handler: Handler) -> None:
@@ -112,7 +114,7 @@ class Multiplexer:
         client: aioredis.Redis | None = None
         lost = False
         try:
-            while True:
+            while not self._closing:
                 if not self.follows:
                     self._changed.clear()
                     await self._changed.wait()
@@ -151,7 +153,16 @@ class Multiplexer:
 
     async def aclose(self) -> None:
         """Stop the reader and close its connection."""
+        # redis-py shields a command in flight from cancellation (CVE-2023-28858), so a
+        # cancelled XREAD may come back normally: the loop also stops on `_closing`, and
+        # CLIENT UNBLOCK ends the pending block at once.
+        self._closing = True
+        self._changed.set()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
+        if task is None:
+            return
+        if self._blocked_gen is not None and self._client_id is not None:
+            with contextlib.suppress(*LOST):
+                await self._command.client_unblock(self._client_id)
+        task.cancel()
+        await asyncio.wait([task])

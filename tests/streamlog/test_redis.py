@@ -271,3 +271,57 @@ async def test_redis_restarted_mid_stream(make_log: Any, make_redis: Callable[[]
     warnings = [r for r in caplog.records if "degraded" in r.getMessage()]
     assert len(warnings) <= 2 and any("recovered" in r.getMessage() for r in caplog.records)
     assert REDIS_OUTAGES._value.get() > outages
+
+
+async def test_reader_that_loses_its_connection_resumes_from_its_last_id(
+        make_log: Any, redis_url: str) -> None:
+    """Killing the reader's blocking connection mid-stream loses and repeats nothing."""
+    a, b = await make_log(), await make_log(owner="victim")
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    reader = asyncio.create_task(collect(b.read("s", None)))
+    r = redis.Redis.from_url(redis_url)
+    for i in range(60):
+        a.append(lease, "delta", {"text": str(i)})
+        await asyncio.sleep(0.003)
+        if i == 30:
+            (victim,) = [c for c in r.client_list() if c["name"] == "sb-victim-reader"]
+            r.client_kill_filter(_id=victim["id"])
+    await a.finish(lease, "done", {})
+    assert texts(await reader) == [str(i) for i in range(60)] + ["done"]
+    assert b.mux.reads > 2
+
+
+async def test_a_retried_batch_is_written_once(make_log: Any, redis_url: str) -> None:
+    """APPEND skips ids it already has, so a batch retried after a lost reply is not doubled."""
+    a = await make_log(heartbeat=False)
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    keys = ("sb:{s}:log", "sb:{s}:meta", "sb:{s}:owner", "sb:{s}:ctl")
+    batch = '[["1-1","delta","{\\"text\\":\\"a\\"}"],["1-2","delta","{\\"text\\":\\"b\\"}"]]'
+    args = [lease.fence, "e2", "t", "c", 100, 60_000, 10_000, "", "0"]
+    for _ in range(2):
+        res = await a.eval_script("APPEND", keys, *args, batch)
+        assert res[0] == b"ok"
+    assert redis.Redis.from_url(redis_url).xlen("sb:{s}:log") == 2
+
+
+async def test_a_recorded_intent_reaches_the_owner_through_renewal(make_log: Any,
+                                                                    redis_url: str) -> None:
+    """If the wake-up is lost, the owner's next renewal still reports the durable intent."""
+    a = await make_log(heartbeat=False)
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    redis.Redis.from_url(redis_url).hset("sb:{s}:meta", "cancel", "1")  # no ctl entry
+    await asyncio.sleep(0.1)
+    assert not lease.cancelled.is_set()
+    assert await a.renew(lease) and lease.cancelled.is_set() and not lease.lost
+
+
+def test_settings_from_env_and_their_checks() -> None:
+    """Variables parse by type; a socket timeout not above the block time is refused by name."""
+    s = LogSettings.from_env({"STREAMBRIDGE_REDIS_URL": "redis://h:1/0",
+                              "STREAMBRIDGE_LOG_MAXLEN": "42", "STREAMBRIDGE_LEASE_TTL": "2.5",
+                              "STREAMBRIDGE_LEASE_RENEW": "1"})
+    assert (s.redis_url, s.log_maxlen, s.lease_ttl) == ("redis://h:1/0", 42, 2.5)
+    with pytest.raises(ValueError, match="STREAMBRIDGE_LOG_MAXLEN='x' is not a valid int"):
+        LogSettings.from_env({"STREAMBRIDGE_LOG_MAXLEN": "x"})
+    with pytest.raises(ValueError, match="STREAMBRIDGE_REDIS_SOCKET_TIMEOUT must exceed"):
+        LogSettings(redis_block=10, redis_socket_timeout=5)
