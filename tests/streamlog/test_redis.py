@@ -256,7 +256,12 @@ async def test_redis_restarted_mid_stream(make_log: Any, make_redis: Callable[[]
             await asyncio.to_thread(srv.restart)
     await asyncio.wait_for(a.finish(lease, "done", {}), 10)
     want = [str(i) for i in range(100)] + ["done"]
-    assert texts(await local) == want
+    local_items = await local
+    assert texts(local_items) == want
+    before = entries(local_items)[10].id  # a cursor minted before the restart
+    resumed = await collect(b.read("s", before))
+    assert isinstance(resumed[0], Reset) and resumed[0].reason == "epoch"
+    assert texts(resumed)[-2:] == ["99", "done"]
     got = texts(await remote)
     assert got[-1] == "done"
     if "RESET" in got:  # the reader saw the loss: after the reset, the recreated log
