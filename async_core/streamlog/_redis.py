@@ -90,8 +90,10 @@ class RedisLog:
             client_name=f"sb-{self.owner}-reader", **timeouts),
             self.client, block=settings.redis_block, retry=settings.redis_retry,
             on_lost=self.health.degrade, on_reconnect=self._reconnected)
-        self._sha = {name: "" for name in ("CREATE", "APPEND", "RENEW", "SWEEP", "CANCEL",
-                                           "OPEN")}
+        self._sha = {name: "" for name in ("CREATE", "APPEND", "APPEND_MANY", "RENEW",
+                                           "SWEEP", "CANCEL", "OPEN")}
+        # One APPEND_MANY call a flush on a single Redis; one APPEND a stream on a Cluster.
+        self.one_call_per_flush = True
         self._owned: dict[str, _Owned] = {}
         self._dirty: dict[str, _Owned] = {}
         self._remote: dict[str, Remote] = {}
@@ -111,6 +113,8 @@ class RedisLog:
         self = cls(settings, **kw)
         try:
             await self._load_scripts()
+            cluster = await self.client.info("cluster")
+            self.one_call_per_flush = not int(cluster.get("cluster_enabled", 0))
         except LOST as exc:
             await self.client.aclose(close_connection_pool=True)
             raise LogUnavailable(f"STREAMBRIDGE_REDIS_URL={settings.redis_url} is unreachable "
@@ -211,14 +215,24 @@ class RedisLog:
         s = self.settings
         for attempt in (0, 1):
             pipe = self.client.pipeline(transaction=False)
+            keys: list[str] = []
+            argv: list[Any] = []
+            ends = []
             for st, sent in batch:
+                ends.append(st.terminal if st.pending[-1:] == sent[-1:] else "")
                 args: list[Any] = [st.lease.fence, new_epoch(), st.tenant, st.conv, s.log_maxlen,
                                    int(s.log_retention * 1000), int(s.lease_ttl * 1000),
-                                   st.terminal if st.pending[-1:] == sent[-1:] else "",
-                                   "1" if st.force_epoch else "0"]
-                args.append(json.dumps(sent, separators=(",", ":")))
-                pipe.evalsha(self._sha["APPEND"], 4, *S.keys(st.lease.stream_id), *args)
-                if args[7]:
+                                   ends[-1], "1" if st.force_epoch else "0",
+                                   json.dumps(sent, separators=(",", ":"))]
+                if self.one_call_per_flush:
+                    keys.extend(S.keys(st.lease.stream_id))
+                    argv.extend(args)
+                else:
+                    pipe.evalsha(self._sha["APPEND"], 4, *S.keys(st.lease.stream_id), *args)
+            if self.one_call_per_flush:
+                pipe.evalsha(self._sha["APPEND_MANY"], len(keys), *keys, *argv)
+            for (st, _), end in zip(batch, ends, strict=True):
+                if end:
                     pipe.zrem(S.RUNNING, st.lease.stream_id)
             self.flushes += 1
             out = await pipe.execute(raise_on_error=False)
@@ -226,13 +240,9 @@ class RedisLog:
                 await self._load_scripts()
                 continue
             break
-        it = iter(out)
-        results = []
-        for st, sent in batch:
-            results.append(next(it))
-            if st.terminal and st.pending[-1:] == sent[-1:]:
-                next(it)
-        return results
+        if self.one_call_per_flush:
+            return out[0] if isinstance(out[0], list) else [out[0]] * len(batch)
+        return out[:len(batch)]
 
     def _flushed(self, st: _Owned, sent: list[tuple[str, str, str]], res: Any) -> None:
         sid = st.lease.stream_id

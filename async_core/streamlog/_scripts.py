@@ -41,47 +41,62 @@ return token
 # data] (one argument a batch: packing three arguments an entry cost the client more).
 # → {'ok', epoch, recreated} or {'stale', epoch}. Ids at or below `last` were already
 # written by an earlier try of the same batch and are skipped (retries are idempotent).
-APPEND = """
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-local recreated = 0
-if not epoch then
-  epoch = ARGV[2]
-  recreated = 1
-  redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'conv', ARGV[4], 'status', 'running',
-             'epoch', epoch, 'last', '0-0', 'cancel', '0', 'token', '0')
-  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[7])
-elseif redis.call('GET', KEYS[3]) ~= ARGV[1] then
-  return {'stale', epoch}
-elseif ARGV[9] == '1' then
-  epoch = ARGV[2]
-  redis.call('HSET', KEYS[2], 'epoch', epoch)
+_APPEND_FN = """
+local function append(KEYS, ARGV)
+  local epoch = redis.call('HGET', KEYS[2], 'epoch')
+  local recreated = 0
+  if not epoch then
+    epoch = ARGV[2]
+    recreated = 1
+    redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'conv', ARGV[4], 'status', 'running',
+               'epoch', epoch, 'last', '0-0', 'cancel', '0', 'token', '0')
+    redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[7])
+  elseif redis.call('GET', KEYS[3]) ~= ARGV[1] then
+    return {'stale', epoch}
+  elseif ARGV[9] == '1' then
+    epoch = ARGV[2]
+    redis.call('HSET', KEYS[2], 'epoch', epoch)
+  end
+  local last = redis.call('HGET', KEYS[2], 'last')
+  local lmaj, lmin = string.match(last, '(%d+)-(%d+)')
+  lmaj, lmin = tonumber(lmaj), tonumber(lmin)
+  local items = cjson.decode(ARGV[10])
+  local i = 1
+  -- skip what an earlier try of this batch wrote (ids increase within a batch)
+  while i <= #items do
+    local maj, min = string.match(items[i][1], '(%d+)-(%d+)')
+    maj, min = tonumber(maj), tonumber(min)
+    if maj > lmaj or (maj == lmaj and min > lmin) then break end
+    i = i + 1
+  end
+  for j = i, #items do
+    local item = items[j]
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], item[1], item[2], item[3])
+    last = item[1]
+  end
+  redis.call('HSET', KEYS[2], 'last', last)
+  if ARGV[8] ~= '' then
+    redis.call('HSET', KEYS[2], 'status', ARGV[8])
+    redis.call('DEL', KEYS[3])
+    redis.call('PEXPIRE', KEYS[1], ARGV[6])
+    redis.call('PEXPIRE', KEYS[2], ARGV[6])
+    redis.call('PEXPIRE', KEYS[4], ARGV[6])
+  end
+  return {'ok', epoch, recreated}
 end
-local last = redis.call('HGET', KEYS[2], 'last')
-local lmaj, lmin = string.match(last, '(%d+)-(%d+)')
-lmaj, lmin = tonumber(lmaj), tonumber(lmin)
-local items = cjson.decode(ARGV[10])
-local i = 1
--- skip what an earlier try of this batch wrote (ids increase within a batch)
-while i <= #items do
-  local maj, min = string.match(items[i][1], '(%d+)-(%d+)')
-  maj, min = tonumber(maj), tonumber(min)
-  if maj > lmaj or (maj == lmaj and min > lmin) then break end
-  i = i + 1
+"""
+APPEND = _APPEND_FN + "return append(KEYS, ARGV)\n"
+
+# The same for several streams at once (4 keys and 10 arguments a stream): one call a
+# flush instead of one a stream, where keys of different slots may meet (not a Cluster).
+APPEND_MANY = _APPEND_FN + """
+local out = {}
+for g = 1, #KEYS / 4 do
+  local a = {}
+  for j = 1, 10 do a[j] = ARGV[10 * (g - 1) + j] end
+  out[g] = append({KEYS[4 * g - 3], KEYS[4 * g - 2], KEYS[4 * g - 1], KEYS[4 * g]}, a)
 end
-for j = i, #items do
-  local item = items[j]
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], item[1], item[2], item[3])
-  last = item[1]
-end
-redis.call('HSET', KEYS[2], 'last', last)
-if ARGV[8] ~= '' then
-  redis.call('HSET', KEYS[2], 'status', ARGV[8])
-  redis.call('DEL', KEYS[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
-  redis.call('PEXPIRE', KEYS[4], ARGV[6])
-end
-return {'ok', epoch, recreated}
+return out
 """
 
 # KEYS owner meta; ARGV fence ttl_ms → 1 renewed, 3 renewed and a cancel intent is

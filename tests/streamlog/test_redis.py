@@ -28,14 +28,19 @@ pytestmark = pytest.mark.anyio
 FAST = {"redis_block": 0.5, "redis_socket_timeout": 2.0, "redis_retry": 0.05}
 
 
-@pytest.fixture
-async def make_log(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
-    """Open RedisLogs (one per simulated process) on the shared server; close them after."""
+@pytest.fixture(params=["one-call-per-flush", "one-call-per-stream"])
+async def make_log(redis_url: str, request: pytest.FixtureRequest
+                   ) -> AsyncIterator[Callable[..., Any]]:
+    """Open RedisLogs (one per simulated process) on the shared server; close them after.
+
+    Every test runs with both flush shapes: one APPEND_MANY a flush (a single Redis) and
+    one APPEND a stream (what a Cluster gets)."""
     opened: list[RedisLog] = []
 
     async def make(url: str = redis_url, **kw: Any) -> RedisLog:
         opts = {k: kw.pop(k) for k in ("owner", "sweeper", "heartbeat") if k in kw}
         log = await RedisLog.open(LogSettings(redis_url=url, **{**FAST, **kw}), **opts)
+        log.one_call_per_flush = request.param == "one-call-per-flush"
         opened.append(log)
         return log
 
@@ -113,6 +118,17 @@ async def test_appends_are_coalesced_one_round_trip_per_batch(make_log: Any,
     assert calls == a.flushes - flushes and calls <= 51
     got = await collect((await make_log()).read("p", None))
     assert texts(got) == [str(i) for i in range(200)] + ["done"]
+    # ten streams appended in one loop pass: one pipeline; one EVALSHA on a single Redis
+    leases = [await a.create(f"m{i}", tenant="t", conversation_id="c") for i in range(10)]
+    before, flushes = stat(redis_url, "evalsha"), a.flushes
+    for lease in leases:
+        for i in range(20):
+            a.append(lease, "delta", {"text": str(i)})
+    await asyncio.sleep(0.2)
+    assert a.flushes - flushes == 1
+    assert stat(redis_url, "evalsha") - before == (1 if a.one_call_per_flush else 10)
+    await asyncio.gather(*(a.finish(lease, "done", {}) for lease in leases))
+    assert texts(await collect(a.read("m3", None)))[-2:] == ["19", "done"]
 
 
 async def test_hundred_live_readers_cost_one_blocking_connection(make_log: Any,
