@@ -1,22 +1,11 @@
 """The ``redis`` backend: Redis Streams shared by every worker and host.
 
-- **Appends** are synchronous: an entry gets its id at once (``fence-seq``, chosen by
-  the owner, so it is known before any round trip), goes into the stream's local
-  buffer (local readers follow it with no round trip) and into a pending list. One
-  writer task per process flushes every dirty stream in one pipeline of ``EVALSHA``
-  calls: one round trip per batch, whatever the number of tokens or streams, and
-  appends made while it is in flight form the next batch. No delay is added to form
-  a batch.
-- **Redis lost**: the pending lists are kept (at most ``redis_max_buffered`` entries
-  a stream; the oldest beyond that are dropped and the epoch is changed so that Redis
-  readers reset) and retried every ``redis_retry`` seconds; retries are idempotent
-  (the script skips ids already written). Local readers never notice. One warning
-  when degraded, one info line when recovered, and ``REDIS_DEGRADED``.
-- **Reads** of a stream another process owns: one ``OPEN`` script (meta, reset
-  check and the first page) then ``XRANGE`` pages, then live entries from the
-  process' ``Multiplexer`` (one ``XREAD BLOCK`` for every followed stream).
-- **Leases** are renewed by one heartbeat task (one pipeline for every owned
-  stream), which also sweeps expired leases every ``sweep_interval``.
+Appends are synchronous (the id is chosen here, ``fence-seq``; the entry goes into the
+stream's local buffer, which local readers follow, and into a pending list); one writer
+task flushes every dirty stream in one round trip and keeps the pending entries while
+Redis is unreachable. Reads of a stream owned elsewhere are in ``_remote.py``; the one
+blocking reader is ``_mux.py``; the scripts and keys are ``_scripts.py``. README.md in
+this folder has the whole design.
 """
 
 from __future__ import annotations
@@ -57,9 +46,9 @@ class _Owned:
 
 
 def _check_id(stream_id: str) -> str:
-    if not stream_id or len(stream_id) > 200 or any(c in stream_id for c in "{} \r\n"):
-        raise ValueError(f"stream id {stream_id[:200]!r} is not usable as a Redis key part")
-    return stream_id
+    if stream_id and len(stream_id) <= 200 and not any(c in stream_id for c in "{} \r\n"):
+        return stream_id
+    raise ValueError(f"stream id {stream_id[:200]!r} is not usable as a Redis key part")
 
 
 class RedisLog:
@@ -240,9 +229,9 @@ class RedisLog:
                 await self._load_scripts()
                 continue
             break
-        if self.one_call_per_flush:
-            return out[0] if isinstance(out[0], list) else [out[0]] * len(batch)
-        return out[:len(batch)]
+        if not self.one_call_per_flush:
+            return list(out[:len(batch)])
+        return list(out[0]) if isinstance(out[0], list) else [out[0]] * len(batch)
 
     def _flushed(self, st: _Owned, sent: list[tuple[str, str, str]], res: Any) -> None:
         sid = st.lease.stream_id
