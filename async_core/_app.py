@@ -23,7 +23,7 @@ from ._sources import SyncRunner
 from .agents import AgentRegistry
 from .auth import Principal
 from .exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
-from .protocol import ROUTES, check_body_size, parse_chat
+from .protocol import ROUTES, drain_limit, parse_chat
 from .service import StreamService
 
 log = logging.getLogger("streambridge.app")
@@ -53,7 +53,6 @@ def create_app(settings: Settings | None = None, *, registry: AgentRegistry | No
     async def chat(request: Request) -> Response:
         caller = principal(request)
         route = ROUTES[request.scope["path"]]
-        check_body_size(_content_length(request), settings.max_body_bytes)
         body = await _read_body(request, settings.max_body_bytes)
         call = parse_chat(route, body, headers=request.headers, query=request.query_params,
                           default_agent=settings.default_agent,
@@ -118,31 +117,52 @@ def create_app_from_env() -> Starlette:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    chunks, size = [], 0
+    """The request body, or 413 once it passes ``limit`` (declared or counted).
+
+    A body over the limit is read on and dropped, up to ``drain_limit``, before the 413
+    leaves: a server that closes a socket with unread data makes the kernel send a reset,
+    and the client then often never sees the 413 (issue 10). Past that bound the 413
+    leaves at once with ``Connection: close``.
+    """
+    declared = _content_length(request)
+    too_large = declared is not None and declared > limit
+    if too_large and declared is not None and declared > drain_limit(limit):
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
+                too_large = True
+                chunks.clear()
+                if size > drain_limit(limit):
+                    break
+            elif not too_large:
+                chunks.append(chunk)
     except ClientDisconnect:
         # The client left, or the request read timeout cut it, mid-body: nobody to
         # answer, and no traceback (issue 10 items 3 and 12).
         log.info("%s %s: the client left before its body arrived", request.method,
                  request.url.path)
         raise BadRequest("the request body did not arrive") from None
+    if too_large:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     return b"".join(chunks)
 
 
 def _content_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
-    return int(raw) if raw and raw.isdigit() else None
+    # isascii: "\xb2" (superscript two, latin-1) passes isdigit() but not int().
+    return int(raw) if raw and raw.isascii() and raw.isdigit() else None
 
 
 async def _error_response(request: Request, error: Exception) -> Response:
     assert isinstance(error, StreamBridgeError)
     # CORS on errors too, so the page shows a 429/503 instead of a bare network error.
     headers = {**error.headers(), **cors_headers(request.headers.get("origin"))}
+    if isinstance(error, PayloadTooLarge):
+        headers["Connection"] = "close"  # what is left of the body is not read
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 

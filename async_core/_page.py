@@ -19,7 +19,8 @@ import re
 from functools import lru_cache
 from importlib import resources
 
-_LOOPBACK_ORIGIN = re.compile(r"^https?://(?:127\.0\.0\.1|localhost|\[::1\])(?::\d{1,5})?$")
+# Used with fullmatch: "$" also matches before a final newline (issue 10).
+_LOOPBACK_ORIGIN = re.compile(r"https?://(?:127\.0\.0\.1|localhost|\[::1\])(?::\d{1,5})?")
 # Headers the page reads from a cross-origin stream (CORS hides them otherwise).
 _EXPOSED = "X-Stream-Id, X-Stream-Path, X-Conversation-Id"
 PAGE_CONTENT_TYPE = "text/html; charset=utf-8"
@@ -47,7 +48,7 @@ def cors_headers(origin: str | None) -> dict[str, str]:
     Args:
         origin: the request's ``Origin`` header, if any.
     """
-    if not origin or not _LOOPBACK_ORIGIN.match(origin):
+    if not origin or not _LOOPBACK_ORIGIN.fullmatch(origin):
         return {}
     return {"Access-Control-Allow-Origin": origin,
             "Access-Control-Expose-Headers": _EXPOSED,

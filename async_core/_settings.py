@@ -8,6 +8,7 @@ allowed); ``0`` disables a timeout or limit where the table in README.md says so
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class StreamPolicy:
     def __post_init__(self) -> None:
         for name in ("heartbeat", "first_chunk_timeout", "idle_timeout", "total_timeout",
                      "send_timeout", "retry_backoff", "header_hold"):
+            if math.isnan(getattr(self, name)):  # passes every comparison below
+                raise ValueError(f"{name} must be a number, got nan")
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.heartbeat == 0:
@@ -168,7 +171,10 @@ def _read(env: Mapping[str, str], name: str, typ: Any, out: dict[str, Any]) -> N
     kind = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
     try:
         if kind == "float":
-            out[name] = float(raw)
+            value = float(raw)
+            if not math.isfinite(value):  # "nan" passes every range check (issue 10)
+                raise ValueError(raw)
+            out[name] = value
         elif kind == "int":
             out[name] = int(raw)
         elif kind == "bool":

@@ -9,6 +9,7 @@ built on ``httpx``); the path and the migration flag choose which one runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -249,6 +250,8 @@ def check_type(options: Mapping[str, Any], key: str, kind: type | tuple[type, ..
     if not isinstance(value, kinds):
         names = " or ".join(k.__name__ for k in kinds)
         raise BadRequest(f"options.{key} must be of type {names}")
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes range checks
+        raise BadRequest(f"options.{key} must be a finite number")
     if minimum is not None and value < minimum:  # type: ignore[operator]
         raise BadRequest(f"options.{key} must be >= {minimum}")
     if maximum is not None and value > maximum:  # type: ignore[operator]

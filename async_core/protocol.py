@@ -7,13 +7,13 @@ exactly the same inputs with exactly the same errors. Stdlib only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._body_json import load_body
 from .exceptions import BadRequest, PayloadTooLarge, UnsupportedFormat
 from .wire import Format
 
@@ -25,7 +25,8 @@ ROUTES: dict[str, Route] = {
     "/api/generate": "ollama-generate",
 }
 ROLES = frozenset({"system", "user", "assistant", "tool"})
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Used with fullmatch: "$" also matches before a final newline, so "abc\n" passed (issue 10).
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _NATIVE_FORMATS: dict[str, Format] = {
     "text/event-stream": "sse", "application/x-ndjson": "ndjson",
     "application/jsonl": "ndjson", "text/plain": "text",
@@ -74,6 +75,15 @@ def check_body_size(length: int | None, limit: int) -> None:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
 
 
+def drain_limit(max_body: int) -> int:
+    """Bytes of an oversized body read (and dropped) before its 413 is sent.
+
+    Reading them lets the 413 reach the client instead of a connection reset; past
+    this bound the server answers and closes anyway.
+    """
+    return max(4 * max_body, 8 << 20)
+
+
 def parse_chat(route: Route, body: bytes, *, headers: Mapping[str, str],
                query: Mapping[str, str], default_agent: str, max_body: int,
                max_messages: int) -> ChatCall:
@@ -93,11 +103,9 @@ def parse_chat(route: Route, body: bytes, *, headers: Mapping[str, str],
     """
     check_body_size(len(body), max_body)
     # Like Ollama's server, the body is read as JSON whatever the Content-Type says
-    # (curl -d sends application/x-www-form-urlencoded); a non-JSON body is a 400.
-    try:
-        data = json.loads(body) if body else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    # (curl -d sends application/x-www-form-urlencoded); a non-JSON body is a 400, and
+    # so is JSON we cannot hold (NaN, lone surrogates, deep nesting: _body_json).
+    data = load_body(body)
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     options = data.get("options") or {}
@@ -138,7 +146,7 @@ def _parse(route: Route, data: dict[str, Any], headers: Mapping[str, str],
         so = data.get("stream_options") or {}
         if not isinstance(so, dict):
             raise BadRequest("stream_options must be an object")
-        include_usage = bool(so.get("include_usage", False))
+        include_usage = _bool(so, "include_usage", default=False, where="stream_options.")
     fmt: Format = "openai" if route == "openai" else "ollama-chat"
     return ChatCall(route, model, msgs, options, conversation_id, stream, fmt, include_usage)
 
@@ -199,7 +207,7 @@ def _messages(raw: Any, max_messages: int) -> tuple[Mapping[str, str], ...]:
         if not isinstance(m, dict):
             raise BadRequest(f"messages[{i}] must be an object")
         role, content = m.get("role"), m.get("content", "")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or dict is unhashable
             raise BadRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
         if content is None:
             content = ""
@@ -209,12 +217,12 @@ def _messages(raw: Any, max_messages: int) -> tuple[Mapping[str, str], ...]:
     return tuple(out)
 
 
-def _bool(data: dict[str, Any], key: str, *, default: bool) -> bool:
+def _bool(data: dict[str, Any], key: str, *, default: bool, where: str = "") -> bool:
     value = data.get(key, default)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise BadRequest(f"{key} must be a boolean")
+        raise BadRequest(f"{where}{key} must be a boolean")
     return value
 
 
@@ -228,6 +236,6 @@ def _conversation_id(data: dict[str, Any], headers: Mapping[str, str]) -> tuple[
     cid = body_id or header_id
     if not cid:
         return new_id(), True
-    if not _ID.match(cid):
+    if not _ID.fullmatch(cid):
         raise BadRequest("conversation_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     return cid, False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -23,13 +24,16 @@ from async_core import _metrics as metrics
 from async_core._page import PAGE_CONTENT_TYPE, cors_headers, render_page
 from async_core._records import FinishHook
 from async_core.auth import Principal
-from async_core.exceptions import StreamBridgeError
-from async_core.protocol import ROUTES, ChatCall, Route, check_body_size
+from async_core.exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
+from async_core.protocol import ROUTES, ChatCall, Route, drain_limit
 
 from ._bridge import Bridge
 from ._endpoints import Endpoint, ToRequest, endpoint_view
 
 F = TypeVar("F", bound=ToRequest)
+
+log = logging.getLogger("streambridge.app")
+_READ = 65536
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -200,8 +204,7 @@ class StreamBridge:
         limit = self.settings.max_body_bytes
 
         def chat_view() -> Response:
-            check_body_size(request.content_length, limit)
-            body = request.stream.read(limit + 1)
+            body = read_body(limit)
             response = self.respond(self._parse(ROUTES[request.path], body))
             response.headers.update(cors_headers(request.headers.get("Origin")))
             return response
@@ -235,6 +238,48 @@ class StreamBridge:
             return Response(metrics.render(), content_type=metrics.CONTENT_TYPE)
 
         return bp
+
+
+def read_body(limit: int) -> bytes:
+    """The current request's body, or 413 once it passes ``limit`` (declared or read).
+
+    An oversized body is read on and dropped up to ``drain_limit`` first, so that the
+    413 reaches the client instead of a connection reset (issue 10). A body that cannot
+    be read (malformed chunks, a client that left) is one info line and a 400.
+
+    Raises:
+        PayloadTooLarge: the body is over ``limit``.
+        BadRequest: the body could not be read.
+    """
+    declared = request.content_length
+    stream = request.stream
+    try:
+        if declared is not None and declared > limit:
+            if declared <= drain_limit(limit):
+                _drain(stream, drain_limit(limit))
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit "
+                                  f"of {limit}")
+        body = stream.read(limit + 1)
+        if len(body) > limit:
+            _drain(stream, drain_limit(limit) - len(body))
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    except (StreamBridgeError, HTTPException):  # ours, or werkzeug's 400/408 (read deadline)
+        raise
+    # gunicorn's chunk parser raises its own ParseException (not an OSError), a client
+    # that left gives an OSError (gunicorn's NoMoreData): none is our bug.
+    except Exception as e:
+        log.info("request body of %s %s not read (%s: %s)", request.method, request.path,
+                 type(e).__name__, e)
+        raise BadRequest("the request body could not be read") from None
+    return body
+
+
+def _drain(stream: Any, budget: int) -> None:
+    while budget > 0:
+        data = stream.read(min(_READ, budget))
+        if not data:
+            return
+        budget -= len(data)
 
 
 def http_error(error: HTTPException) -> Response:

@@ -130,6 +130,9 @@ def expose_disconnect(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iter
             for key in (ON_DISCONNECT, ROUTE_HOOK):
                 if key in scope:
                     environ[key] = scope[key]
+        # a2wsgi's wsgi.input ends with the ASGI body; without this flag werkzeug reads a
+        # chunked body (no Content-Length) as empty: a valid request got 400 (issue 10).
+        environ.setdefault("wsgi.input_terminated", True)
         return app(environ, start_response)
 
     return shim

@@ -60,8 +60,8 @@ from uvicorn_worker import UvicornWorker
 from async_core import Settings, StreamService
 from async_core import create_app as create_async_app
 from async_core._lifecycle import install_sigterm_drain
-from async_core.exceptions import Overloaded
-from async_core.protocol import ROUTES, new_id
+from async_core.exceptions import Overloaded, PayloadTooLarge
+from async_core.protocol import ROUTES, drain_limit, new_id
 from async_core.read_timeout import read_timeout_protocol
 from legacy_bridge import ROUTE_HOOK, StreamBridge
 from legacy_bridge._glue import ThreadGlue
@@ -152,6 +152,12 @@ class HybridFront:
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         messages, body = await self._read_body(receive)
+        if body is None:  # over max_body_bytes: 413 here, whichever branch (issue 10)
+            error = PayloadTooLarge("request body exceeds the limit of "
+                                    f"{self.settings.max_body_bytes} bytes")
+            await JSONResponse(error.body(), error.status, {"Connection": "close"})(
+                scope, receive, send)
+            return
         decision, conversation_id = self._decide(scope, body)
         headers = list(scope["headers"])
         if conversation_id:
@@ -163,18 +169,24 @@ class HybridFront:
         else:
             await self._legacy(scope, receive, send, messages)
 
-    async def _read_body(self, receive: Receive) -> tuple[list[dict[str, Any]], bytes]:
+    async def _read_body(self, receive: Receive
+                         ) -> tuple[list[dict[str, Any]], bytes | None]:
+        """The body's messages and bytes; None: over the limit (read on up to
+        ``drain_limit`` and dropped, so that the 413 is not lost to a reset)."""
         messages, size, limit = [], 0, self.settings.max_body_bytes
         while True:
             message = await receive()
-            messages.append(message)
             if message["type"] != "http.request":
+                messages.append(message)
                 return messages, b""  # the client left already; the branch sees it too
             size += len(message.get("body", b""))
+            if size > limit:
+                if not message.get("more_body", False) or size > drain_limit(limit):
+                    return [], None
+                continue
+            messages.append(message)
             if not message.get("more_body", False):
                 break
-            if size > limit:
-                return messages, b""  # too large: the branch reads on and answers 413
         return messages, b"".join(m.get("body", b"") for m in messages)
 
     def _decide(self, scope: Scope, body: bytes) -> tuple[Decision, str]:
@@ -182,7 +194,7 @@ class HybridFront:
         heads = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
         try:
             data = json.loads(body) if body else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # not JSON, huge integers, deep nesting
             data = None
         data = data if isinstance(data, dict) else {}
         route = ROUTES[scope["path"]]

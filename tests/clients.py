@@ -145,3 +145,38 @@ def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> An
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def exchange(port: int, data: bytes, *, half_close: bool = False,
+             timeout: float = 10.0) -> bytes:
+    """Send raw ``data``, then read until the server closes or a status line and headers
+    arrived; return what was read (b"" if the server closed or reset without answering).
+
+    ``half_close`` shuts our sending side after ``data``: the server sees the client
+    stop mid-request (a truncated body) and must not wait for more.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered and closed before taking it all
+            pass
+        out = b""
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in out:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return out
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def status_of(raw: bytes) -> int | None:
+    """The status code of a raw response (None if there is no status line)."""
+    parts = raw.split(b"\r\n", 1)[0].split(b" ")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import httpx
 import pytest
 
-from tests.servers import Server
+from tests.clients import exchange, status_of, stream
+from tests.servers import PATH_ARGS, REPO, Server
 
 MSG = [{"role": "user", "content": "x"}]
 CASES = [
@@ -28,6 +34,19 @@ CASES = [
     ("/api/generate", b'{"model": "demo"}', {}, 400, "prompt"),
     ("/api/chat", b'{"model": "ghost", "messages": [{"role": "user", "content": "x"}]}', {},
      404, "unknown agent"),
+    # issue 10: each of these was a 500 with a traceback (or, for the id, a 500 on legacy
+    # after admission and a closed connection on async).
+    ("/v1/chat", b"[" * 100_000 + b"]" * 100_000, {}, 400, "nests deeper"),
+    ("/v1/chat", b'{"message": "x", "options": {"tokens": ' + b"9" * 5000 + b"}}", {}, 400,
+     "options.tokens must be an integer of at most"),
+    ("/v1/chat", b'{"messages": [{"role": ["user"], "content": "x"}]}', {}, 400,
+     "messages[0].role"),
+    ("/api/chat", b'{"model": "demo", "messages": [{"role": {"a": 1}, "content": "x"}]}', {},
+     400, "messages[0].role"),
+    ("/v1/chat/completions", b'{"model": "demo", "messages": [{"role": "user", "content": '
+     b'"x"}], "stream_options": {"include_usage": "yes"}}', {}, 400,
+     "stream_options.include_usage"),
+    ("/v1/chat", b'{"message": "x", "conversation_id": "abc\\n"}', {}, 400, "conversation_id"),
 ]
 
 
@@ -68,3 +87,154 @@ def test_health_ready_and_metrics(server: Server) -> None:
                  "streambridge_time_to_first_chunk_seconds",
                  "streambridge_stream_duration_seconds", "streambridge_chunks_total"):
         assert name in text
+
+
+# issue 10 (1): a lone surrogate cannot be stored (UTF-8 cannot encode it); every string
+# field of every route refuses it up front, naming the field.
+SURROGATE = "\ud800"
+MSG_S = [{"role": "user", "content": SURROGATE}]
+SURROGATE_CASES = [
+    ("/v1/chat", {"message": SURROGATE}, "message"),
+    ("/v1/chat", {"messages": MSG_S}, "messages[0].content"),
+    ("/v1/chat", {"message": "x", "conversation_id": "a" + SURROGATE}, "conversation_id"),
+    ("/v1/chat", {"message": "x", "agent": SURROGATE}, "agent"),
+    ("/v1/chat", {"message": "x", "options": {"text": SURROGATE}}, "options.text"),
+    ("/v1/chat", {"message": "x", "options": {SURROGATE: 1}}, "options"),
+    ("/v1/chat/completions", {"model": "demo", "messages": MSG_S}, "messages[0].content"),
+    ("/v1/chat/completions", {"model": SURROGATE, "messages": MSG}, "model"),
+    ("/api/chat", {"model": "demo", "messages": MSG_S}, "messages[0].content"),
+    ("/api/generate", {"model": "demo", "prompt": SURROGATE}, "prompt"),
+    ("/api/generate", {"model": "demo", "prompt": "x", "system": SURROGATE}, "system"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "field"), SURROGATE_CASES,
+                         ids=[f"{c[0]}-{c[2]}" for c in SURROGATE_CASES])
+def test_a_lone_surrogate_is_refused_naming_the_field(server: Server, route: str,
+                                                      body: dict[str, object],
+                                                      field: str) -> None:
+    """A string the store could not write is a 400 naming its field, before streaming."""
+    raw = json.dumps(body).encode()  # ensure_ascii: the surrogate travels as \ud800
+    r = httpx.post(server.url(route), content=raw, timeout=10)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith(field) and "surrogate" in message
+
+
+# issue 10 (2): NaN passed every range check (comparisons with NaN are false) and froze a
+# gevent worker; Infinity and numbers that overflow to it are refused the same way.
+NON_FINITE = [
+    ("/v1/chat", b'{"message": "x", "options": {"interval_ms": NaN}}', "options.interval_ms"),
+    ("/v1/chat", b'{"message": "x", "options": {"first_token_delay_ms": Infinity}}',
+     "options.first_token_delay_ms"),
+    ("/v1/chat", b'{"message": "x", "options": {"interval_ms": 1e400}}', "options.interval_ms"),
+    ("/v1/chat", b'{"message": "x", "options": {"temperature": -Infinity}}',
+     "options.temperature"),
+    ("/v1/chat/completions", b'{"model": "demo", "messages": [{"role": "user", "content": '
+     b'"x"}], "temperature": NaN}', "temperature"),
+    ("/api/chat", b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], '
+     b'"options": {"temperature": NaN}}', "options.temperature"),
+    ("/api/generate", b'{"model": "demo", "prompt": "x", "options": {"top_p": NaN}}',
+     "options.top_p"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "field"), NON_FINITE,
+                         ids=[f"{c[0]}-{c[2]}" for c in NON_FINITE])
+def test_a_non_finite_number_is_refused_naming_the_field(server: Server, route: str,
+                                                         body: bytes, field: str) -> None:
+    """NaN, Infinity and 1e400 are a 400 naming the field, on every route."""
+    r = httpx.post(server.url(route), content=body, timeout=10)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith(field) and "finite" in message
+
+
+def test_a_conversation_id_with_a_trailing_newline_is_refused_at_once(server: Server) -> None:
+    """ "abc\n" is a 400 before admission ("$" matched before a final newline)."""
+    body = {"message": "x", "conversation_id": "abc\n", "options": {"tokens": 1}}
+    r = httpx.post(server.url("/v1/chat"), json=body, timeout=5)
+    assert r.status_code == 400 and "conversation_id" in r.json()["error"]["message"]
+    assert r.elapsed.total_seconds() < 2
+
+
+def _post(route: bytes, body: bytes, headers: bytes = b"") -> bytes:
+    return (b"POST " + route + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+            b"application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
+            + headers + b"Connection: close\r\n\r\n" + body)
+
+
+def _chunked(route: bytes, chunks: bytes) -> bytes:
+    return (b"POST " + route + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: "
+            b"chunked\r\nConnection: close\r\n\r\n" + chunks)
+
+
+def _chunks(data: bytes, size: int = 65536) -> bytes:
+    parts = [data[i:i + size] for i in range(0, len(data), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_oversized_body_gets_its_413_not_a_reset(server: Server, framing: str) -> None:
+    """A 5 MB body sent whole, then read: the client sees 413, every time (not a reset,
+    and not hybrid's 400 for a chunked body)."""
+    body = b'{"message": "' + b"x" * 5_000_000 + b'"}'
+    data = _post(b"/v1/chat", body) if framing == "content-length" else _chunked(
+        b"/v1/chat", _chunks(body))
+    seen = [status_of(exchange(server.port, data)) for _ in range(3)]
+    assert seen == [413, 413, 413]
+
+
+def test_a_chunked_body_is_read_on_every_path(server: Server) -> None:
+    """A valid chunked request body is parsed (hybrid's Flask branch read it as empty)."""
+    body = json.dumps({"message": "x", "stream": False, "options": {"tokens": 2}}).encode()
+    raw = exchange(server.port, _chunked(b"/v1/chat", _chunks(body, 7)))
+    assert status_of(raw) == 200, raw[:300]
+
+
+MALFORMED_CHUNKS = [
+    b"zz\r\nabc\r\n0\r\n\r\n",  # chunk size is not hex
+    b"3\r\nabcdef\r\n0\r\n\r\n",  # chunk longer than its size
+    b"-1\r\nabc\r\n0\r\n\r\n",  # negative size
+    b"5\r\n{\"mes",  # cut short: the client stops sending (half-close)
+]
+
+
+@pytest.mark.parametrize("chunks", MALFORMED_CHUNKS, ids=["not-hex", "overlong", "negative",
+                                                          "truncated"])
+def test_a_malformed_chunked_body_is_a_4xx(server: Server, chunks: bytes) -> None:
+    """Broken chunked framing is answered with a 4xx (or the connection closed), never a
+    500 with a traceback (the module's server fixture checks the log)."""
+    raw = exchange(server.port, _chunked(b"/v1/chat", chunks), half_close=True)
+    status = status_of(raw)
+    assert status is None or 400 <= status < 500, raw[:300]
+    assert httpx.get(server.url("/healthz"), timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_client_leaving_mid_body_is_one_quiet_line(server: Server, framing: str) -> None:
+    """A client that stops sending its body and leaves costs no traceback in the log."""
+    if framing == "content-length":
+        data = _post(b"/v1/chat", b'{"message": "x"}')
+        data = data.replace(b"Content-Length: 16", b"Content-Length: 1000")
+    else:
+        data = _chunked(b"/v1/chat", b"400\r\n" + b'{"message": "x"')
+    exchange(server.port, data, half_close=True)
+    r = stream(server.url("/v1/chat"), {"message": "after", "options": {"tokens": 2}})
+    assert r.status == 200 and r.kinds()[-1] == "done"
+    assert not server.problems(), "\n".join(server.problems())
+
+
+@pytest.mark.parametrize("setting", ["HEARTBEAT=nan", "IDLE_TIMEOUT=inf",
+                                     "RATE_LIMIT=-nan"])
+def test_a_non_finite_setting_is_one_line_and_a_failed_start(path_id: str,
+                                                             setting: str) -> None:
+    """STREAMBRIDGE_HEARTBEAT=nan is refused at start: one line, non-zero exit."""
+    name, value = setting.split("=")
+    env = {**os.environ, f"STREAMBRIDGE_{name}": value}
+    proc = subprocess.run([sys.executable, "-m", "migration.cli", "serve",
+                           *PATH_ARGS[path_id], "--port", "0"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, lines
+    assert f"STREAMBRIDGE_{name}" in lines[0]
