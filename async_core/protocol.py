@@ -17,6 +17,9 @@ from ._body_json import load_body
 from .exceptions import BadRequest, PayloadTooLarge, UnsupportedFormat
 from .wire import Format
 
+__all__ = ["ROLES", "ROUTES", "SAMPLING_KEYS", "ChatCall", "Route", "check_body_size",
+           "drain_limit", "load_body", "negotiate", "new_id", "parse_chat"]
+
 Route = Literal["native", "openai", "ollama-chat", "ollama-generate"]
 ROUTES: dict[str, Route] = {
     "/v1/chat": "native",

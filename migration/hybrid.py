@@ -60,8 +60,8 @@ from uvicorn_worker import UvicornWorker
 from async_core import Settings, StreamService
 from async_core import create_app as create_async_app
 from async_core._lifecycle import install_sigterm_drain
-from async_core.exceptions import Overloaded, PayloadTooLarge
-from async_core.protocol import ROUTES, drain_limit, new_id
+from async_core.exceptions import BadRequest, Overloaded, PayloadTooLarge
+from async_core.protocol import ROUTES, drain_limit, load_body, new_id
 from async_core.read_timeout import read_timeout_protocol
 from legacy_bridge import ROUTE_HOOK, StreamBridge
 from legacy_bridge._glue import ThreadGlue
@@ -192,9 +192,9 @@ class HybridFront:
     def _decide(self, scope: Scope, body: bytes) -> tuple[Decision, str]:
         """Return the decision and the conversation id to add (empty: keep the client's)."""
         heads = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
-        try:
-            data = json.loads(body) if body else None
-        except (ValueError, RecursionError):  # not JSON, huge integers, deep nesting
+        try:  # the branches' own parser: what it refuses decides nothing (a lone
+            data = load_body(body)  # surrogate in an id broke the bucket hash: issue 10)
+        except BadRequest:
             data = None
         data = data if isinstance(data, dict) else {}
         route = ROUTES[scope["path"]]

@@ -23,7 +23,7 @@ from tests.clients import exchange, status_of, stream, wait_for
 from tests.servers import Server
 
 SEED = 10  # the issue's number: the same requests on every run
-PER_KIND = 8  # requests of each kind per path (15 kinds): about 120 per path
+PER_KIND = 10  # requests of each kind per path (15 kinds): 150 per path
 
 CHAT_ROUTES = ["/v1/chat", "/v1/chat/completions", "/api/chat", "/api/generate"]
 OTHER_ROUTES = ["/", "/healthz", "/readyz", "/metrics", "/v1/conversations/fuzz-1",
@@ -91,11 +91,25 @@ def _replace(value: Any, path: tuple[Any, ...], new: Any) -> Any:
     return copy
 
 
-def _mutant(rng: random.Random, new: Callable[[random.Random], Any]) -> bytes:
-    """A chat route's normal body with one field (any depth) replaced by ``new(rng)``."""
+def _base(rng: random.Random, route: str) -> dict[str, Any]:
+    """A normal body of ``route`` with a conversation id of its own (hybrid buckets it)."""
+    return {**BASE[route], "conversation_id": f"fuzz-{rng.randrange(10**9)}"}
+
+
+def _at(value: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        value = value[key]
+    return value
+
+
+def _mutant(rng: random.Random, new: Callable[[random.Random], Any],
+            strings_only: bool = False) -> bytes:
+    """A chat route's normal body with one field (any depth) replaced by ``new(rng)``
+    (with ``strings_only``, a field that holds text: content, ids, names)."""
     route = rng.choice(CHAT_ROUTES)
-    body = BASE[route]
-    path = rng.choice(list(_fields(body)))
+    body = _base(rng, route)
+    paths = [p for p in _fields(body) if not strings_only or isinstance(_at(body, p), str)]
+    path = rng.choice(paths)
     # json.dumps writes NaN/Infinity as such, and lone surrogates as \ud800 escapes.
     return _post_json(route, json.dumps(_replace(body, path, new(rng))))
 
@@ -130,9 +144,9 @@ def _raw_json(rng: random.Random, text: Callable[[random.Random], str]) -> bytes
     """A chat body with one field's JSON text replaced by ``text`` (raw, unparsed)."""
     route = rng.choice(CHAT_ROUTES)
     marker = "__FUZZ__"
-    path = rng.choice(list(_fields(BASE[route])))
-    template = json.dumps(_replace(BASE[route], path, marker)).replace(f'"{marker}"',
-                                                                        text(rng))
+    body = _base(rng, route)
+    path = rng.choice(list(_fields(body)))
+    template = json.dumps(_replace(body, path, marker)).replace(f'"{marker}"', text(rng))
     return _post_json(route, template)
 
 
@@ -143,7 +157,7 @@ def _absurd_options(rng: random.Random) -> bytes:
     options = {rng.choice(DEMO_OPTIONS): rng.choice(absurd) for _ in range(rng.randint(1, 4))}
     if rng.random() < 0.3:
         options["x" * rng.choice([1, 1000])] = 1  # unknown option
-    return _post_json(route, json.dumps({**BASE[route], "options": options}))
+    return _post_json(route, json.dumps({**_base(rng, route), "options": options}))
 
 
 def _garbage(rng: random.Random) -> Case:
@@ -227,7 +241,7 @@ def _mid_body_exit(rng: random.Random) -> Case:
 KINDS: list[Callable[[random.Random], Case]] = [
     _garbage, _bad_request_line, _huge_headers, _content_length, _bad_chunked,
     _invalid_utf8, _mid_body_exit,
-    lambda rng: Case("surrogate", _mutant(rng, _surrogate)),
+    lambda rng: Case("surrogate", _mutant(rng, _surrogate, strings_only=True)),
     lambda rng: Case("non-finite", _mutant(rng, _non_finite)),
     lambda rng: Case("wrong-type", _mutant(rng, _wrong_type)),
     lambda rng: Case("nesting", _raw_json(rng, _nested)),
