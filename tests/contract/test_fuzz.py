@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,8 @@ OPTS = {"tokens": 2, "interval_ms": 0}
 BASE: dict[str, dict[str, Any]] = {
     "/v1/chat": {"messages": MSG, "agent": "demo", "stream": True, "options": OPTS},
     "/v1/chat/completions": {"model": "demo", "messages": MSG, "stream": True,
-                             "stream_options": {"include_usage": True}, "temperature": 0.5},
+                             "stream_options": {"include_usage": True}, "temperature": 0.5,
+                             "options": OPTS},
     "/api/chat": {"model": "demo", "messages": MSG, "stream": True, "options": OPTS},
     "/api/generate": {"model": "demo", "prompt": "hi", "system": "be brief",
                       "stream": False, "options": OPTS},
@@ -287,6 +289,32 @@ def test_no_hostile_request_gets_a_5xx(fuzzed: tuple[Server, list[tuple[Case, in
     _, answers = fuzzed
     bad = [(c.kind, status, c.data[:160]) for c, status in answers
            if (status is not None and status >= 500) or (status is None and c.complete)]
+    assert not bad, bad
+
+
+WRONG_TYPES = [None, True, 0, -1, 3.5, "", "x", [], [1, "a"], {}, {"a": {"b": 1}}, 2**70,
+               "\u2028", "a" * 10_000]
+
+
+def test_every_field_of_every_route_takes_any_type_without_a_5xx(
+        fuzzed: tuple[Server, list[Any]]) -> None:
+    """Each field of each chat route's body (any depth), given each wrong type, in turn:
+    a 2xx or a 4xx, never a 5xx (a list as messages[].role was a 500)."""
+    srv, _ = fuzzed
+    requests = []
+    for n, (route, base) in enumerate(BASE.items()):
+        for i, path in enumerate(_fields(base)):
+            for j, value in enumerate(WRONG_TYPES):
+                body = {**_replace(base, path, value), "conversation_id": f"t-{n}-{i}-{j}"}
+                if path != ("stream",):
+                    body["stream"] = False  # one JSON answer, no stream to drain
+                requests.append((route, path, value, json.dumps(body)))
+    with httpx.Client(timeout=20) as client, ThreadPoolExecutor(8) as pool:
+        # in parallel: a wrong "options" leaves the demo's defaults (64 tokens, 1.3 s)
+        codes = list(pool.map(lambda req: client.post(srv.url(req[0]), content=req[3])
+                              .status_code, requests))
+    bad = [(r[0], r[1], repr(r[2])[:20], code) for r, code in zip(requests, codes, strict=True)
+           if code >= 500]
     assert not bad, bad
 
 
