@@ -21,7 +21,6 @@ error handler's answer on both branches.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 from flask import Response, request
 
 from async_core.exceptions import BadRequest, PayloadTooLarge
-from async_core.protocol import check_body_size
+from async_core.protocol import check_body_size, load_body
 
 # environ key the hybrid front sets: hook(agent, agent_body) -> True when the front
 # serves the stream natively. It may add a conversation_id to agent_body (sticky buckets).
@@ -66,10 +65,7 @@ def read_json_object(limit: int) -> dict[str, Any]:
     raw = request.stream.read(limit + 1)
     if len(raw) > limit:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    try:
-        data = json.loads(raw) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
+    data = load_body(raw)  # the strict parser every route uses (issue 10: no 500s)
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data

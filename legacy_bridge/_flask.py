@@ -28,7 +28,7 @@ from async_core.exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
 from async_core.protocol import ROUTES, ChatCall, Route, drain_limit
 
 from ._bridge import Bridge
-from ._endpoints import Endpoint, ToRequest, endpoint_view
+from ._endpoints import Endpoint, ToRequest, endpoint_view, read_json_object
 
 F = TypeVar("F", bound=ToRequest)
 
@@ -146,8 +146,8 @@ class StreamBridge:
         Raises:
             StreamBridgeError: bad input, unknown agent, overloaded (a JSON 4xx/5xx).
         """
-        data = dict(body if body is not None else request.get_json(force=True, silent=True)
-                    or {})
+        data = dict(body if body is not None
+                    else read_json_object(self.settings.max_body_bytes))
         data["agent" if route == "native" else "model"] = agent
         return self.respond(self._parse(route, json.dumps(data).encode()))
 
