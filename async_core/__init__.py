@@ -16,6 +16,7 @@ from ._lifecycle import Lifecycle, LifecycleState
 from ._records import Outcome, StreamInfo, StreamRecord
 from ._settings import Settings, StreamPolicy
 from ._sources import AgentEnd, AgentSource, AsyncSource, SyncRunner
+from ._tasks import cancel_and_wait
 from .agents import (
     Agent,
     AgentFailure,
@@ -54,6 +55,7 @@ __all__ = [
     "StreamSession",
     "SyncRunner",
     "Usage",
+    "cancel_and_wait",
     "create_app",
     "create_app_from_env",
     "default_registry",

@@ -22,7 +22,6 @@ a lock), which alone broke the issue's 1.5× budget against a bare
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -33,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from ._engine import StreamSession
 from ._records import Outcome
+from ._tasks import cancel_and_wait
 from .exceptions import StreamBridgeError
 
 log = logging.getLogger("streambridge.asgi")
@@ -95,11 +95,10 @@ class SessionResponse(EventSourceResponse):
         finally:
             if self._timer is not None:
                 self._timer.cancel()
-            listener.cancel()
+            listener.cancel()  # first: from here on nothing calls _stop()
             await frames.aclose()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
             await session.finish(reason)
+            await cancel_and_wait(listener)
 
     def _stop(self, task: asyncio.Task[None], reason: Outcome) -> None:
         if self._stopped_by is None:

@@ -203,6 +203,12 @@ class StreamSession:
                             yield event
                     got_output, idle_dl, last_write = True, now + idle, loop.time()
                     if end is None:
+                        # A never-pausing agent never lets the checks below run (issue 10).
+                        drain_dl = lifecycle.drain_deadline if lifecycle is not None else INF
+                        if last_write >= total_dl or last_write >= drain_dl:
+                            yield self._fail(self._total_timeout() if last_write >= total_dl
+                                             else _shutdown())
+                            return
                         continue
                     if end.error is None:
                         yield self._done()
@@ -226,8 +232,7 @@ class StreamSession:
                 if self._cancelled:
                     continue  # ends at the top of the loop
                 if now >= total_dl:
-                    yield self._fail(exc.TotalTimeout(
-                        f"the stream exceeded the total timeout of {pol.total_timeout:g} s"))
+                    yield self._fail(self._total_timeout())
                     return
                 if now >= agent_dl:
                     if got_output:
@@ -244,8 +249,7 @@ class StreamSession:
                         f"the agent produced no output within {pol.first_chunk_timeout:g} s"))
                     return
                 if now >= drain_dl:
-                    yield self._fail(exc.StreamShutdown(
-                        "the server is shutting down; retry to continue elsewhere"))
+                    yield self._fail(_shutdown())
                     return
                 if now >= last_write + hb:
                     yield None
@@ -336,6 +340,10 @@ class StreamSession:
         self._seq += 1
         return Error(self._seq, failure.code, failure.message, failure.retryable)
 
+    def _total_timeout(self) -> exc.TotalTimeout:
+        return exc.TotalTimeout(
+            f"the stream exceeded the total timeout of {self.policy.total_timeout:g} s")
+
     def _agent_error(self, error: BaseException) -> exc.StreamFailure:
         if isinstance(error, AgentFailure):
             # The agent's own code, status and Retry-After (e.g. upstream_rate_limited).
@@ -381,6 +389,10 @@ class StreamSession:
                 log.exception("finish hook %r failed for stream %s", hook,
                               self.info.stream_id)
         return record
+
+
+def _shutdown() -> exc.StreamShutdown:
+    return exc.StreamShutdown("the server is shutting down; retry to continue elsewhere")
 
 
 class _Cancelled(exc.StreamFailure):

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from ._tasks import cancel_and_wait
 from .agents import AgentItem, AgentRequest
 
 
@@ -162,8 +163,4 @@ class AsyncSource:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        task = self._task
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(self._task)

@@ -60,6 +60,7 @@ from ._glue import GeventGlue, HybridCondition, ThreadGlue
 
 log = logging.getLogger("streambridge.legacy")
 FRAME_QUEUE = 16
+FAILURE_HANDOVER = 30.0  # seconds the body gets to read a failure when send_timeout is 0
 
 
 class _AgentFailed:
@@ -313,11 +314,11 @@ class WSGIBody:
         except SyncQueueShutDown:  # EOF: the terminal frame was read
             self._done = True
             raise StopIteration from None
+        with contextlib.suppress(ValueError, SyncQueueShutDown):
+            q.task_done()  # also for a failure: the pump's join() ends now (issue 10, item 8)
         if isinstance(chunks[0], _FailedBeforeFirstByte):
             self._done = True
             raise chunks[0].error
-        with contextlib.suppress(ValueError, SyncQueueShutDown):
-            q.task_done()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def close(self) -> None:
@@ -362,8 +363,13 @@ async def pump(session: StreamSession, frames: janus.Queue[Any]) -> None:
     except StreamBridgeError as error:  # failed before the first byte: an HTTP error
         fq.put_nowait(_FailedBeforeFirstByte(error))
         frames.shutdown()
-        async with asyncio.timeout(send_timeout):
-            await fq.join()
+        # The body is already waiting in first(); it takes the error and answers. Wait
+        # for that (the finally below would drop it), but not for longer than a send.
+        try:
+            async with asyncio.timeout(send_timeout or FAILURE_HANDOVER):
+                await fq.join()
+        except TimeoutError:
+            log.info("stream %s: its error was not read in time", session.info.stream_id)
     except TimeoutError:
         reason = Outcome.SEND_TIMEOUT
         session.abort(reason)

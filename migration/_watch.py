@@ -10,12 +10,13 @@ through ``on_disconnect`` — from any thread, since Flask views run in a2wsgi's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+from async_core import cancel_and_wait
 
 log = logging.getLogger("streambridge.hybrid")
 Message = dict[str, Any]
@@ -87,9 +88,7 @@ class DisconnectWatch:
         with self._lock:
             self._callbacks.clear()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def _start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())

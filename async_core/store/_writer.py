@@ -13,10 +13,10 @@ States: RUNNING ──aclose()──► FLUSHING ──pending empty or timeout�
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
+from .._tasks import cancel_and_wait
 from ._store import Snapshot, Store
 
 log = logging.getLogger("streambridge.store")
@@ -87,9 +87,7 @@ class TranscriptWriter:
             log.error("shutdown: %d transcript(s) could not be written within %.3g s",
                       len(self._pending), grace)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

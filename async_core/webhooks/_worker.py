@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from .._tasks import cancel_and_wait
 from ._config import WebhookConfig
 from ._ssrf import UrlRefused, resolve
 
@@ -75,9 +76,7 @@ class DeliveryWorker:
         ``webhook-id``) once its lease expires, by this server's next start or a peer.
         """
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:

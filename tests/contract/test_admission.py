@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 
-from tests.clients import RawStream, chat_body, metric, wait_for
+from tests.clients import RawStream, chat_body, metric, stream, wait_for
 from tests.servers import Server
 
 
@@ -45,3 +46,18 @@ def test_active_streams_gauge_follows_open_streams(server: Server) -> None:
     wait_for(lambda: metric(server.base_url, "streambridge_active_streams") == 1)
     client.close()
     wait_for(lambda: metric(server.base_url, "streambridge_active_streams") == 0)
+
+
+@pytest.mark.parametrize("send_timeout", [2, 0])
+def test_a_stream_that_fails_before_its_first_byte_frees_its_slot_at_once(
+        make_server: Callable[..., Server], send_timeout: int) -> None:
+    """max_streams=1: after an agent failure answered as HTTP 502, the next stream gets 200."""
+    srv = make_server(max_streams=1, admission_timeout=0, retries=0, send_timeout=send_timeout)
+    for _ in range(2):
+        failed = httpx.post(srv.url("/v1/chat"), json=chat_body(tokens=5, fail_before_first=10),
+                            timeout=10)
+        assert failed.status_code == 502
+        r = stream(srv.url("/v1/chat"), chat_body(tokens=3, interval_ms=1), timeout=10)
+        assert r.status == 200, r.raw
+        assert r.kinds()[-1] == "done"
+    wait_for(lambda: metric(srv.base_url, "streambridge_active_streams") == 0)

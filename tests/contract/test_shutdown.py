@@ -53,3 +53,35 @@ def test_sigterm_with_no_streams_exits_promptly(make_server: Callable[..., Serve
     srv.signal(signal.SIGTERM)
     srv.wait(timeout=15)
     assert time.monotonic() - started < 5
+
+
+def test_sigterm_drains_streams_whose_agent_never_pauses_within_the_grace(
+        make_server: Callable[..., Server]) -> None:
+    """Never-pausing streams end with error shutdown at the grace; the process exits soon after."""
+    grace = 1.0
+    srv = make_server(drain_grace=grace)
+    results: list[object] = []
+
+    def read() -> None:
+        results.append(stream(srv.url("/v1/chat"),
+                              chat_body("probe", tokens=50_000_000, interval_ms=0), timeout=30))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    wait_for(lambda: httpx.get(srv.url("/readyz"), timeout=5).json()["active_streams"] == 2,
+             timeout=10)
+    started = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    for t in readers:
+        t.join(timeout=20)
+    ended = time.monotonic() - started
+    assert len(results) == 2
+    for r in results:
+        assert r.kinds().count("error") == 1  # type: ignore[attr-defined]
+        assert r.kinds()[-1] == "error"  # type: ignore[attr-defined]
+        assert json.loads(r.events[-1].data)["code"] == "shutdown"  # type: ignore[attr-defined]
+    assert ended < grace + 1.5, f"streams ended {ended:.2f} s after SIGTERM"
+    srv.wait(timeout=15)
+    exited = time.monotonic() - started
+    assert exited < grace + 3.0, f"exited {exited:.2f} s after SIGTERM"

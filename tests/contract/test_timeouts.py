@@ -56,3 +56,21 @@ def test_send_timeout_ends_a_stream_whose_client_stopped_reading(
     wait_for(lambda: metric(srv.base_url, "streambridge_streams_total",
                             outcome="send_timeout") == 1, timeout=20)
     client.close()
+
+
+def test_total_timeout_ends_a_stream_whose_agent_never_pauses(
+        make_server: Callable[..., Server]) -> None:
+    """An agent that never awaits or sleeps still ends at the total timeout, in-band, once."""
+    srv = make_server(total_timeout=1.0, retries=0)
+    started = time.monotonic()
+    r = stream(srv.url("/v1/chat"), chat_body("probe", tokens=50_000_000, interval_ms=0),
+               timeout=20)
+    elapsed = time.monotonic() - started
+    assert r.status == 200
+    assert r.kinds().count("error") == 1
+    assert r.kinds()[-1] == "error", r.kinds()[-3:]
+    assert "done" not in r.kinds()
+    assert json.loads(r.events[-1].data)["code"] == "total_timeout"
+    assert elapsed < 1.0 + 1.5, f"ended after {elapsed:.2f} s"
+    wait_for(lambda: metric(srv.base_url, "streambridge_streams_total",
+                            outcome="total_timeout") == 1)
