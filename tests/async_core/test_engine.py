@@ -177,3 +177,38 @@ async def test_first_chunk_timeout_is_retried_then_reported() -> None:
     assert attempts == [0, 1, 2]
     assert isinstance(events[-1], Error)
     assert events[-1].code == "first_chunk_timeout"
+
+
+async def _never_pauses(req: AgentRequest) -> AsyncIterator[str]:
+    while True:  # never awaits: every wait of the engine is already satisfied
+        yield "x"
+
+
+async def test_a_never_pausing_agent_still_ends_at_the_total_timeout() -> None:
+    """The total timeout is checked after every batch, not only when a wait times out."""
+    session = _session(_never_pauses, policy=StreamPolicy(heartbeat=5, total_timeout=0.2))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    events = [event async for event in session.events()]
+    assert loop.time() - started < 0.2 + 0.3
+    assert isinstance(events[-1], Error)
+    assert events[-1].code == "total_timeout"
+    assert sum(isinstance(e, (Done, Error)) for e in events) == 1
+    assert (await session.finish()).outcome is Outcome.TOTAL_TIMEOUT
+
+
+async def test_a_never_pausing_agent_is_drained_at_the_grace() -> None:
+    """The drain deadline is checked after every batch too: error shutdown at the grace."""
+    lifecycle = Lifecycle(drain_grace=0.1)
+    session = _session(_never_pauses, lifecycle=lifecycle)
+    loop = asyncio.get_running_loop()
+    events: list[Any] = []
+    async for event in session.events():
+        events.append(event)
+        if len(events) == 1:
+            started = loop.time()
+            lifecycle.begin_drain()
+    assert loop.time() - started < 0.1 + 0.3
+    assert isinstance(events[-1], Error)
+    assert events[-1].code == "shutdown"
+    assert (await session.finish()).outcome is Outcome.SHUTDOWN
