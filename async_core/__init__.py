@@ -16,6 +16,7 @@ from ._lifecycle import Lifecycle, LifecycleState
 from ._records import Outcome, StreamInfo, StreamRecord
 from ._settings import Settings, StreamPolicy
 from ._sources import AgentEnd, AgentSource, AsyncSource, SyncRunner
+from ._sockets import bound_send_buffer
 from ._tasks import cancel_and_wait
 from .agents import (
     Agent,
@@ -55,6 +56,7 @@ __all__ = [
     "StreamSession",
     "SyncRunner",
     "Usage",
+    "bound_send_buffer",
     "cancel_and_wait",
     "create_app",
     "create_app_from_env",

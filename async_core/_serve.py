@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sys
 from typing import Literal
 
 import uvicorn
 
 from ._settings import Settings
+from ._sockets import bound_send_buffer
 from .read_timeout import read_timeout_protocol
 
 Loop = Literal["auto", "asyncio", "uvloop"]
@@ -38,7 +41,21 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
     if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise SystemExit("streambridge: --loop uvloop needs uvloop (pip install uvloop)")
     settings = settings or Settings.from_env()
-    uvicorn.run(app, factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, lifespan="on", loop=loop, timeout_keep_alive=5,
-                http=read_timeout_protocol(settings.request_read_timeout),
-                timeout_graceful_shutdown=int(SERVER_GRACE_MARGIN + 0.999))
+    config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers,
+                            log_level=log_level, lifespan="on", loop=loop, timeout_keep_alive=5,
+                            http=read_timeout_protocol(settings.request_read_timeout),
+                            timeout_graceful_shutdown=int(SERVER_GRACE_MARGIN + 0.999))
+    # What uvicorn.run does, with the listening socket's send buffer bounded first
+    # (connections inherit it: a stalled client is caught by the send timeout soon).
+    sock = config.bind_socket()
+    bound_send_buffer(sock, settings.socket_send_buffer)
+    if config.workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[sock]).run()
+        return
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits

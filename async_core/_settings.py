@@ -105,6 +105,11 @@ class Settings:
             with one pair a line; a key may be given as ``sha256:<hex>``.
         key_rate_limit: requests per second per API key (0: unlimited).
         key_max_streams: concurrent streams per API key (0: unlimited).
+        socket_send_buffer: bytes the kernel may hold for one client connection
+            (``SO_SNDBUF`` of the listening socket, which connections inherit), so a
+            client that stops reading blocks the stream's writes, and is caught by
+            the send timeout, after about this much; 0 keeps the kernel's
+            autotuning (up to ``net.ipv4.tcp_wmem``, 4 MB by default).
     """
 
     policy: StreamPolicy = field(default_factory=StreamPolicy)
@@ -136,6 +141,7 @@ class Settings:
     api_keys: str = field(default="", repr=False)  # secrets: never logged
     key_rate_limit: float = 0.0
     key_max_streams: int = 0
+    socket_send_buffer: int = 262_144
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

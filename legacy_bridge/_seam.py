@@ -59,7 +59,7 @@ from ._doorbell import doorbell
 from ._glue import GeventGlue, HybridCondition, ThreadGlue
 
 log = logging.getLogger("streambridge.legacy")
-FRAME_QUEUE = 16
+FRAME_QUEUE = 4  # frames (each a coalesced batch) queued for the body: what a stalled client pins
 FAILURE_HANDOVER = 30.0  # seconds the body gets to read a failure when send_timeout is 0
 
 
