@@ -15,8 +15,8 @@ from ._engine import StreamSession
 from ._lifecycle import Lifecycle, LifecycleState
 from ._records import Outcome, StreamInfo, StreamRecord
 from ._settings import Settings, StreamPolicy
-from ._sources import AgentEnd, AgentSource, AsyncSource, SyncRunner
 from ._sockets import bound_send_buffer
+from ._sources import AgentEnd, AgentSource, AsyncSource, SyncRunner
 from ._tasks import cancel_and_wait
 from .agents import (
     Agent,
