@@ -44,8 +44,9 @@ STALLED = 30
 SEND_TIMEOUT = 2.0
 SEND_BUFFER = 65_536  # STREAMBRIDGE_SOCKET_SEND_BUFFER for this test (the kernel doubles it)
 # The figure docs/ARCHITECTURE.md states: server-tree RSS growth per stalled stream with
-# this send buffer and buffer_size 64, store off (measured 370-680 KB on every path).
-KB_PER_STALLED_STREAM = 900
+# this send buffer and buffer_size 64, store off: measured 370-1,050 KB on every path
+# (highest on hybrid-0: an a2wsgi thread and an agent thread per stream; it varies).
+KB_PER_STALLED_STREAM = 1300
 
 
 def test_stalled_readers_are_released_at_the_send_timeout_with_bounded_memory(
