@@ -36,6 +36,13 @@ DURATION = Histogram("streambridge_stream_duration_seconds", "Stream duration.",
                      ["path", "agent", "format", "outcome"], buckets=_DURATION)
 CHUNKS_TOTAL = Counter("streambridge_chunks_total", "Agent outputs streamed (deltas).",
                        ["path", "agent", "format"])
+DEAD_LETTERED = Counter("streambridge_transcripts_dead_lettered_total",
+                        "Transcript snapshots the store refused MAX_ATTEMPTS times and "
+                        "dropped (each also logged with its ids), by kind.", ["kind"])
+STORE_RETRIES = Counter("streambridge_store_write_retries_total",
+                        "Store writes that failed and were retried, by cause: transient "
+                        "(database locked or unreachable) or refused (the row itself).",
+                        ["cause"])
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -84,6 +91,16 @@ def observe(record: StreamRecord) -> None:
 def rejected(path: str, agent: str, fmt: str) -> None:
     """Count a request refused at admission (429/503) as outcome ``rejected``."""
     STREAMS_TOTAL.labels("rejected", path, agent, fmt).inc()
+
+
+def transcript_dead_lettered(kind: str) -> None:
+    """Count one dead-lettered snapshot (``kind``: ``checkpoint`` or ``final``)."""
+    DEAD_LETTERED.labels(kind).inc()
+
+
+def store_retry(cause: str) -> None:
+    """Count one failed store write that will be retried (``transient`` or ``refused``)."""
+    STORE_RETRIES.labels(cause).inc()
 
 
 def render() -> bytes:

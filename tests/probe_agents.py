@@ -82,3 +82,29 @@ def read_probe(path: str) -> list[dict[str, Any]]:
             return [json.loads(line) for line in f if line.strip()]
     except FileNotFoundError:
         return []
+
+
+def _surrogate_plan(request: AgentRequest) -> tuple[list[str], float]:
+    tokens, interval, _, _ = _opts(request.options)
+    return [f"{i}{chr(0xD800) if i == 1 else ''} " for i in range(tokens)], interval
+
+
+def surrogate_sync(request: AgentRequest) -> Iterator[str]:
+    """Sync form of ``probe-surrogate``: its second token holds a lone surrogate."""
+    parts, interval = _surrogate_plan(request)
+    for i, part in enumerate(parts):
+        if i and interval and request.cancel.wait(interval):
+            break
+        yield part
+
+
+async def surrogate_async(request: AgentRequest) -> AsyncIterator[str]:
+    """Async form of ``probe-surrogate`` (an agent's output no UTF-8 codec can encode)."""
+    parts, interval = _surrogate_plan(request)
+    for i, part in enumerate(parts):
+        if i and interval:
+            await asyncio.sleep(interval)
+        yield part
+
+
+AGENTS.append(Agent(name="probe-surrogate", sync_fn=surrogate_sync, async_fn=surrogate_async))

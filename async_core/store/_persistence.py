@@ -5,8 +5,8 @@ ASGI lifespan, or the legacy bridge's loop thread) and closed there on shutdown,
 which flushes the transcript writer before the engine is disposed. It gives:
 
 - ``begin``: at ``StreamService.open``, before admission: claims the
-  conversation for the tenant (404 for another tenant's) and returns its turns,
-  which are prepended to the agent's messages;
+  conversation for the tenant, new ones included (404 for another tenant's), and
+  returns its turns, which are prepended to the agent's messages;
 - ``progress``: the engine's checkpoint hook (every ``checkpoint_tokens`` tokens
   or ``checkpoint_interval`` seconds): files a snapshot, never waits;
 - ``finish``: the finish hook: files the final transcript together with its
@@ -18,6 +18,7 @@ are ``failed``; every other ending keeps its partial text as ``interrupted``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._records import Outcome, StreamInfo, StreamRecord
 from .._settings import Settings
+from ..exceptions import NotFound, Overloaded
 from ..webhooks import DeliveryWorker, WebhookConfig, deliveries
 from ._db import create_engine, database_url, is_sqlite, process_token
 from ._migrate import ensure_current
@@ -50,6 +52,8 @@ class Persistence:
 
     Use :meth:`open`; the constructor only wires the parts together.
     """
+
+    claim_timeout = 5.0  # seconds admission waits for a claim (the admission timeout)
 
     def __init__(self, engine: AsyncEngine, webhooks: WebhookConfig | None) -> None:
         self.engine = engine
@@ -81,6 +85,7 @@ class Persistence:
         try:
             await ensure_current(engine, auto=is_sqlite(url))
             self = cls(engine, webhooks)
+            self.claim_timeout = max(settings.admission_timeout, 1.0)
             recovered = await self.store.recover(self._writer_id.rsplit(":", 1)[0])
             if recovered:
                 log.warning("marked %d checkpointed turn(s) of crashed workers interrupted",
@@ -108,22 +113,42 @@ class Persistence:
                     messages: Messages, *, new: bool = False) -> Messages:
         """Claim the conversation and return its earlier turns as agent messages.
 
+        A conversation belongs to the tenant that created it from before the first
+        byte of its first stream, in every process sharing the database: a new one is
+        claimed here (one writer pass, shared by every stream opening at that moment),
+        never later by its first checkpoint (issue 10, item 6).
+
         Args:
-            new: the server made the id up: no history, no owner, nothing to read or
-                claim (the writer's upsert creates the row with the first checkpoint).
+            new: the server made the id up: no history to read, only the claim.
 
         Raises:
             NotFound: the conversation belongs to another tenant.
+            Overloaded: the store could not record the claim within the admission
+                timeout (503, retryable).
         """
-        if new:  # no database round trip before the first byte of a new conversation
+        if new:
+            await self._claim(conversation_id, tenant)
             self._streams[stream_id] = (tenant, messages)
             return ()
         if self.writer.pending_for(conversation_id):
             await self.writer.flush()  # the previous turn may still be on its way
-        turns = await self.store.claim(conversation_id, tenant)
+        turns = await self.store.history(conversation_id, tenant)
+        if turns is None:  # unknown (start it under this id) or another tenant's
+            await self._claim(conversation_id, tenant)
+            turns = []
         self._streams[stream_id] = (tenant, messages)
         return tuple({"role": t["role"], "content": t["content"]} for t in turns
                      if t["content"] or t["role"] != "assistant")
+
+    async def _claim(self, conversation_id: str, tenant: str) -> None:
+        try:
+            async with asyncio.timeout(self.claim_timeout):
+                owner = await self.writer.claim(conversation_id, tenant)
+        except TimeoutError:
+            raise Overloaded("the conversation store is not answering; retry shortly",
+                             retry_after=1.0) from None
+        if owner != tenant:
+            raise NotFound(f"conversation {conversation_id!r} not found")
 
     def forget(self, stream_id: str) -> None:
         """The stream was never started (refused after ``begin``)."""

@@ -9,6 +9,7 @@ transcript does, and a committed final transcript always has its deliveries.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,14 +17,17 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..exceptions import NotFound
+from . import _sqlite_batch
 from ._schema import conversations, turns, webhook_endpoints, webhook_outbox
 
 IN_PROGRESS = "in_progress"
-WRITE_SLICE = 4  # snapshots per statement execution in Store.write
+WRITE_SLICE = 4  # snapshots per statement execution in Store.write (PostgreSQL)
+# A lone surrogate (U+D800..U+DFFF) is a valid str and valid JSON ("\ud800") but not
+# encodable as UTF-8: neither SQLite nor PostgreSQL can store it (issue 10).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,7 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
         ins = self._insert = (
             postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)
         # The write path's statements, built once and run with parameter lists: each
@@ -90,47 +95,57 @@ class Store:
                 .order_by(turns.c.id))
             return [_turn(dict(r._mapping)) for r in rows]
 
-    async def claim(self, conversation_id: str, tenant: str) -> list[dict[str, Any]]:
-        """Continue ``conversation_id`` (or start it under that id) for ``tenant``.
+    async def claim_many(self, claims: Mapping[str, str]) -> dict[str, str]:
+        """Create each conversation of ``claims`` (id -> tenant) unless it exists.
 
-        Raises:
-            NotFound: the conversation belongs to another tenant (404, never 403).
+        One short transaction for the whole group (the writer batches the claims of
+        every stream that opened since its last commit).
+
+        Returns:
+            The owner of each id: the claimant's tenant, or whoever had it first.
         """
-        found = await self.history(conversation_id, tenant)
-        if found is not None:
-            return found
+        if not claims:
+            return {}
         now = time.time()
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(conversations.insert().values(
-                    id=conversation_id, tenant=tenant, created_at=now, updated_at=now))
-        except IntegrityError:
-            found = await self.history(conversation_id, tenant)  # a concurrent insert
-            if found is not None:
-                return found
-            raise NotFound(f"conversation {conversation_id!r} not found") from None
-        return []
+        if self._sqlite:
+            return await _sqlite_batch.run(
+                self.engine, lambda db: _sqlite_batch.claim(db, claims, now))
+        async with self.engine.begin() as conn:
+            await conn.execute(self._new_conversation, [
+                {"id": cid, "tenant": tenant, "created_at": now, "updated_at": now}
+                for cid, tenant in claims.items()])
+            rows = await conn.execute(select(conversations.c.id, conversations.c.tenant)
+                                      .where(conversations.c.id.in_(list(claims))))
+            return {cid: tenant for cid, tenant in rows}
 
     # -- transcripts and outbox -----------------------------------------------------
 
     async def write(self, snapshots: Sequence[Snapshot]) -> None:
         """Write checkpoints and final transcripts (with their deliveries) atomically.
 
-        One transaction. Its statements run once per slice of ``WRITE_SLICE`` snapshots,
-        with every row of the slice (checkpoints arrive by the hundred per second).
-        Preparing a statement's parameters runs on the loop, so a slice bounds how long
-        the streams on that loop wait for it.
+        One transaction. On SQLite it is one call in the connection's thread
+        (``_sqlite_batch``: one loop round trip, however large the batch). On
+        PostgreSQL its statements run once per slice of ``WRITE_SLICE`` snapshots,
+        with every row of the slice (checkpoints arrive by the hundred per second):
+        preparing a statement's parameters runs on the loop, so a slice bounds how
+        long the streams on that loop wait for it.
         """
         if not snapshots:
             return
         now = time.time()
-        deliveries = [dict(d) for snap in snapshots for d in snap.deliveries]
+        if self._sqlite:
+            await _sqlite_batch.run(self.engine, lambda db: _sqlite_batch.write(
+                db, _conversation_rows(snapshots, now).values(),
+                [row for snap in snapshots for row in _turn_rows(snap, now)],
+                _delivery_rows(snapshots)))
+            return
+        deliveries = _delivery_rows(snapshots)
         async with self.engine.begin() as conn:
             for i in range(0, len(snapshots), WRITE_SLICE):
                 part = snapshots[i:i + WRITE_SLICE]
-                conversation_rows = list({snap.conversation_id: {
-                    "id": snap.conversation_id, "tenant": snap.tenant, "created_at": now,
-                    "updated_at": now} for snap in part}.values())
+                conversation_rows = [{"id": c[0], "tenant": c[1], "created_at": now,
+                                      "updated_at": now}
+                                     for c in _conversation_rows(part, now).values()]
                 await conn.execute(self._new_conversation, conversation_rows)
                 await conn.execute(self._touch, [{"cid": c["id"], "now": now}
                                                  for c in conversation_rows])
@@ -243,6 +258,18 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _conversation_rows(snapshots: Sequence[Snapshot],
+                       now: float) -> dict[str, tuple[str, str, float, float]]:
+    """(id, tenant, created_at, updated_at) of each conversation of ``snapshots``."""
+    return {s.conversation_id: (s.conversation_id, s.tenant, now, now) for s in snapshots}
+
+
+def _delivery_rows(snapshots: Sequence[Snapshot]) -> list[dict[str, Any]]:
+    """The outbox rows of ``snapshots``, their text made storable."""
+    return [{k: storable(v) if isinstance(v, str) else v for k, v in d.items()}
+            for snap in snapshots for d in snap.deliveries]
+
+
 def _turn_rows(snap: Snapshot, now: float) -> list[dict[str, Any]]:
     """The turns rows of one snapshot: the messages it was asked, then the answer."""
     common = {"conversation_id": snap.conversation_id, "stream_id": snap.stream_id,
@@ -250,8 +277,21 @@ def _turn_rows(snap: Snapshot, now: float) -> list[dict[str, Any]]:
               "writer": None if snap.final else snap.writer, "created_at": now,
               "updated_at": now}
     rows = [{**common, "position": i, "role": m.get("role", "user"),
-             "content": m.get("content", ""), "tokens": 0}
+             "content": storable(m.get("content", "")), "tokens": 0}
             for i, m in enumerate(snap.messages)]
     rows.append({**common, "position": len(snap.messages), "role": "assistant",
-                 "content": snap.text, "tokens": snap.tokens})
+                 "content": storable(snap.text), "tokens": snap.tokens})
     return rows
+
+
+def storable(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (the rest unchanged).
+
+    Chosen over ``surrogatepass``: that would write bytes that are not UTF-8, which
+    PostgreSQL refuses and every reader of the SQLite file would choke on; a stored
+    transcript must be readable text. ASCII text (the common case) costs one
+    ``isascii`` scan, no copy.
+    """
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(REPLACEMENT, text)

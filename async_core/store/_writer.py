@@ -1,11 +1,26 @@
-"""The transcript writer: streams hand it snapshots and never wait for the database.
+"""The transcript writer: the one task of a process that writes to the store.
 
-``submit`` is synchronous and O(1): it files the snapshot under its stream id
-(a newer checkpoint replaces an unwritten older one; a final snapshot is never
-replaced), and one background task commits whatever is pending in one
-transaction. Nothing is fire-and-forget: a failed commit is retried with backoff,
-``flush`` waits until everything submitted before it is committed, and ``aclose``
-(graceful shutdown) flushes before it stops.
+Streams hand it snapshots and never wait for the database: ``submit`` is
+synchronous and O(1) (a newer checkpoint replaces an unwritten older one; a final
+snapshot is never replaced). Admission hands it conversation claims (``claim``)
+and waits for the answer. Each pass commits every pending claim in one short
+transaction, then every pending snapshot in one more: a burst of 200 streams is two
+commits, not 200 transactions queueing for SQLite's one write lock (issue 10, item
+9: that queue, held across loop turns of a saturated loop, ran past the busy
+timeout and answered 500 ``database is locked``).
+
+Failures, which never block the other rows (issue 10, item 1):
+
+- *transient* (the database is locked, unreachable, restarting): the whole batch is
+  put back and retried with backoff, for as long as it takes;
+- *a row the database refuses*: the batch is bisected until the refused snapshot
+  is alone (every other row is committed), which is retried ``MAX_ATTEMPTS`` times
+  and then dead-lettered: one ERROR log line with its ids, and the metric
+  ``streambridge_transcripts_dead_lettered_total``. Later checkpoints of that
+  stream are dropped; its final transcript gets its own attempts.
+
+``flush`` waits until everything submitted before it is committed or
+dead-lettered, and ``aclose`` (graceful shutdown) flushes before it stops.
 
 States: RUNNING ──aclose()──► FLUSHING ──pending empty or timeout──► CLOSED
 """
@@ -14,17 +29,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Sequence
 
+from sqlalchemy import exc
+
+from .. import _metrics as metrics
 from .._tasks import cancel_and_wait
 from ._store import Snapshot, Store
 
 log = logging.getLogger("streambridge.store")
 RETRY_MAX = 5.0
+MAX_ATTEMPTS = 3  # tries of a snapshot the database refuses, before its dead letter
+# sqlite3's own errors reach us unwrapped from _sqlite_batch.
+TRANSIENT = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError,
+             exc.TimeoutError, OSError, sqlite3.OperationalError, sqlite3.InterfaceError)
+Claim = tuple[str, str, "asyncio.Future[str]"]  # conversation id, tenant, its owner
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` says the database (not the row) failed: retry, never give up."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, TRANSIENT)
 
 
 class TranscriptWriter:
-    """One background task that commits snapshots in batches.
+    """One background task that commits claims and snapshots in batches.
 
     Args:
         store: where to write.
@@ -36,6 +67,9 @@ class TranscriptWriter:
         self._store, self._on_final = store, on_final
         self._pending: dict[str, Snapshot] = {}
         self._writing: dict[str, Snapshot] = {}  # the batch being committed
+        self._claims: list[Claim] = []
+        self._attempts: dict[str, int] = {}  # stream id -> refused writes so far
+        self._dead: set[str] = set()  # dead-lettered streams still running
         self._submitted = 0  # generation of the newest submitted snapshot
         self._written = 0  # every generation up to this one is committed
         self._changed = asyncio.Condition()
@@ -64,12 +98,27 @@ class TranscriptWriter:
         old = self._pending.get(snap.stream_id)
         if old is not None and old.final and not snap.final:
             return  # the final transcript wins over a late checkpoint
+        if snap.stream_id in self._dead:
+            if not snap.final:
+                return  # its checkpoints were refused: wait for the final transcript
+            self._dead.discard(snap.stream_id)
+            self._attempts.pop(snap.stream_id, None)
         self._pending[snap.stream_id] = snap
         self._submitted += 1
         self._wake.set()
 
+    async def claim(self, conversation_id: str, tenant: str) -> str:
+        """Create the conversation for ``tenant`` unless it exists; return its owner.
+
+        Waits for the writer's next pass (one transaction for every claim pending).
+        """
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._claims.append((conversation_id, tenant, future))
+        self._wake.set()
+        return await future
+
     async def flush(self, within: float | None = None) -> bool:
-        """Wait until everything submitted so far is committed (False after ``within`` s)."""
+        """Wait until everything submitted so far is written (False after ``within`` s)."""
         target = self._submitted
         try:
             async with asyncio.timeout(within):
@@ -86,36 +135,117 @@ class TranscriptWriter:
         if not await self.flush(grace):
             log.error("shutdown: %d transcript(s) could not be written within %.3g s",
                       len(self._pending), grace)
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
 
     async def _run(self) -> None:
         delay = 0.05
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._pending:
+            ok = await self._commit_claims()
+            if self._pending:
+                ok = await self._commit_snapshots() and ok
+            if ok:
+                delay = 0.05
                 continue
-            batch, generation = self._pending, self._submitted
-            self._pending, self._writing = {}, batch
-            try:
-                await self._store.write(list(batch.values()))
-            except Exception:
-                self._writing = {}
-                log.exception("writing %d transcript(s) failed; retrying in %.3g s",
-                              len(batch), delay)
-                for sid, snap in batch.items():  # put back, unless something newer came
-                    self._pending.setdefault(sid, snap)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-                self._wake.set()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            self._wake.set()
+
+    async def _commit_claims(self) -> bool:
+        claims, self._claims = [c for c in self._claims if not c[2].done()], []
+        if not claims:
+            return True
+        wanted: dict[str, str] = {}
+        for cid, tenant, _ in claims:
+            wanted.setdefault(cid, tenant)  # the first claimant of a pass wins
+        try:
+            owners = await self._store.claim_many(wanted)
+        except Exception as error:
+            if transient(error):
+                metrics.store_retry("transient")
+                log.warning("claiming %d conversation(s) failed (%s); retrying", len(wanted),
+                            _brief(error))
+                self._claims[:0] = claims
+                return False
+            for *_, future in claims:
+                if not future.done():
+                    future.set_exception(error)
+            return True
+        for cid, _, future in claims:
+            if not future.done():
+                future.set_result(owners.get(cid, ""))
+        return True
+
+    async def _commit_snapshots(self) -> bool:
+        """Commit the pending batch; False when something must be retried after a pause."""
+        batch, generation = self._pending, self._submitted
+        self._pending, self._writing = {}, batch
+        committed: list[Snapshot] = []
+        try:
+            failed = await self._write(list(batch.values()), committed)
+        finally:
+            self._writing = {}
+        retry = False
+        if failed and transient(failed[0][1]):  # one line per pass, not one per stream
+            log.warning("writing %d transcript(s) failed (%s); retrying", len(failed),
+                        _brief(failed[0][1]))
+        for snap, error in failed:
+            if self._give_up(snap, error):
                 continue
-            delay, self._writing = 0.05, {}
+            self._pending.setdefault(snap.stream_id, snap)  # unless something newer came
+            retry = True
+        for snap in committed:
+            self._attempts.pop(snap.stream_id, None)
+        if not retry:
             if not self._pending:
                 generation = self._submitted
             async with self._changed:
                 self._written = max(self._written, generation)
                 self._changed.notify_all()
-            if self._on_final is not None and any(s.final for s in batch.values()):
-                self._on_final()
+        if self._on_final is not None and any(s.final for s in committed):
+            self._on_final()
+        return not retry
+
+    async def _write(self, snaps: Sequence[Snapshot],
+                     committed: list[Snapshot]) -> list[tuple[Snapshot, BaseException]]:
+        """Write ``snaps``; bisect a refused batch. Returns what failed, and why."""
+        try:
+            await self._store.write(snaps)
+        except Exception as error:
+            if len(snaps) == 1 or transient(error):
+                return [(snap, error) for snap in snaps]
+            mid = len(snaps) // 2
+            return [*await self._write(snaps[:mid], committed),
+                    *await self._write(snaps[mid:], committed)]
+        committed.extend(snaps)
+        return []
+
+    def _give_up(self, snap: Snapshot, error: BaseException) -> bool:
+        """Count a failed write of ``snap``; dead-letter it after ``MAX_ATTEMPTS``."""
+        if transient(error):
+            metrics.store_retry("transient")
+            return False
+        attempts = self._attempts[snap.stream_id] = self._attempts.get(snap.stream_id, 0) + 1
+        if attempts < MAX_ATTEMPTS:
+            metrics.store_retry("refused")
+            log.debug("the store refused the transcript of stream %s (%s); attempt %d of %d",
+                      snap.stream_id, _brief(error), attempts, MAX_ATTEMPTS)
+            return False
+        self._attempts.pop(snap.stream_id, None)
+        if not snap.final:
+            self._dead.add(snap.stream_id)
+        metrics.transcript_dead_lettered("final" if snap.final else "checkpoint")
+        log.error("dead letter: transcript of stream %s (conversation %s, tenant %s, %s, "
+                  "%d chars, %d webhook deliveries) refused %d times, dropped: %s",
+                  snap.stream_id, snap.conversation_id, snap.tenant, snap.outcome,
+                  len(snap.text), len(snap.deliveries), attempts, _brief(error))
+        return True
+
+
+def _brief(error: BaseException) -> str:
+    """One line naming ``error`` (no traceback: the log line is the record)."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text[:200]}"

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import text
 
-from async_core.exceptions import NotFound
 from async_core.store import (
     IN_PROGRESS,
     Snapshot,
@@ -86,13 +85,13 @@ async def test_checkpoints_then_final_transcript(store: Store) -> None:
 
 
 async def test_conversations_are_invisible_to_other_tenants(store: Store) -> None:
-    """Another tenant's conversation reads as unknown and cannot be continued (404)."""
-    assert await store.claim("c9", "t1") == []
+    """Another tenant's conversation reads as unknown; a claim keeps its first owner."""
+    assert await store.claim_many({"c9": "t1"}) == {"c9": "t1"}
     await store.write([snap(cid="c9", outcome="completed", text_="x")])
     assert await store.history("c9", "t2") is None
-    with pytest.raises(NotFound):
-        await store.claim("c9", "t2")
-    assert len(await store.claim("c9", "t1")) == 2
+    assert await store.claim_many({"c9": "t2", "c10": "t2"}) == {"c9": "t1", "c10": "t2"}
+    history = await store.history("c9", "t1")
+    assert history is not None and len(history) == 2
 
 
 async def test_transcript_and_outbox_commit_together(store: Store) -> None:
