@@ -3,8 +3,16 @@
 SQLAlchemy 2 async engine over a SQLite file in WAL mode (the embedded default,
 migrated on first start) or PostgreSQL via asyncpg (``STREAMBRIDGE_DATABASE_URL``,
 migrated by ``streambridge db upgrade``). Streams never wait on it per chunk:
-checkpoints and final transcripts go through one background writer per process
-(``_writer``), flushed on graceful shutdown.
+checkpoints, final transcripts and conversation claims go through one background
+writer per process (``_writer``), flushed on graceful shutdown.
+
+- A conversation is claimed for its tenant at admission, before the first byte,
+  new ones included: another tenant gets 404 from then on, in every process.
+- A row the database refuses never blocks the others: the batch is bisected, the
+  refused snapshot retried three times, then dead-lettered (one ERROR log line with
+  its ids, ``streambridge_transcripts_dead_lettered_total``).
+- Text with lone surrogates (valid JSON, not encodable as UTF-8) is stored with
+  U+FFFD in their place.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ thread: one round trip, however busy the loop.
 
 This relies on ``aiosqlite.Connection._execute(fn)``, which runs ``fn`` in the
 connection's thread (the primitive every aiosqlite method is built on; present
-from 0.17 to 0.22, pinned by ``tests/store/test_store_faults.py``). PostgreSQL keeps
+from 0.17 to 0.22, pinned by ``tests/store/test_writer_faults.py``). PostgreSQL keeps
 the SQLAlchemy path: asyncpg has no thread to hop to.
 """
 
