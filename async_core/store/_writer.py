@@ -1,13 +1,16 @@
-"""The transcript writer: the one task of a process that writes to the store.
+"""The transcript writer: the two tasks of a process that write to the store.
 
 Streams hand it snapshots and never wait for the database: ``submit`` is
 synchronous and O(1) (a newer checkpoint replaces an unwritten older one; a final
 snapshot is never replaced). Admission hands it conversation claims (``claim``)
-and waits for the answer. Each pass commits every pending claim in one short
-transaction, then every pending snapshot in one more: a burst of 200 streams is two
-commits, not 200 transactions queueing for SQLite's one write lock (issue 10, item
-9: that queue, held across loop turns of a saturated loop, ran past the busy
-timeout and answered 500 ``database is locked``).
+and waits for the answer. Two lanes, each one task: the claims lane commits every
+pending claim in one short transaction, the snapshots lane every pending snapshot
+in one more. A burst of 200 streams is a few commits, not 200 transactions queueing
+for SQLite's one write lock (issue 10, item 9: that queue, held across loop turns
+of a saturated loop, ran past the busy timeout and answered 500 ``database is
+locked``); and a claim, which a client waits for, never waits for a snapshot batch
+(on SQLite both lanes' transactions are one thread hop each, see ``_sqlite_batch``,
+so they hold the lock for milliseconds and the busy timeout orders them).
 
 Failures, which never block the other rows (issue 10, item 1):
 
@@ -30,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy import exc
 
@@ -74,12 +77,16 @@ class TranscriptWriter:
         self._written = 0  # every generation up to this one is committed
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
+        self._claimed = asyncio.Event()  # wakes the claims lane
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._claims_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start the background task on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="sb-writer")
+        """Start the background tasks (snapshots, claims) on the running loop."""
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="sb-writer")
+        self._claims_task = loop.create_task(self._run_claims(), name="sb-claims")
 
     @property
     def backlog(self) -> int:
@@ -110,11 +117,12 @@ class TranscriptWriter:
     async def claim(self, conversation_id: str, tenant: str) -> str:
         """Create the conversation for ``tenant`` unless it exists; return its owner.
 
-        Waits for the writer's next pass (one transaction for every claim pending).
+        Waits for the claims lane's next pass (one transaction for every claim
+        pending), which never waits for a snapshot batch to be written first.
         """
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._claims.append((conversation_id, tenant, future))
-        self._wake.set()
+        self._claimed.set()
         return await future
 
     async def flush(self, within: float | None = None) -> bool:
@@ -135,24 +143,30 @@ class TranscriptWriter:
         if not await self.flush(grace):
             log.error("shutdown: %d transcript(s) could not be written within %.3g s",
                       len(self._pending), grace)
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = [t for t in (self._task, self._claims_task) if t is not None]
+        self._task = self._claims_task = None
+        for task in tasks:
             await cancel_and_wait(task)
 
     async def _run(self) -> None:
+        await self._lane(self._wake, self._commit_snapshots)
+
+    async def _run_claims(self) -> None:
+        await self._lane(self._claimed, self._commit_claims)
+
+    @staticmethod
+    async def _lane(wake: asyncio.Event, commit: Callable[[], Awaitable[bool]]) -> None:
+        """Commit whenever ``wake`` is set; after a failed pass, retry with backoff."""
         delay = 0.05
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            ok = await self._commit_claims()
-            if self._pending:
-                ok = await self._commit_snapshots() and ok
-            if ok:
+            await wake.wait()
+            wake.clear()
+            if await commit():
                 delay = 0.05
                 continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
-            self._wake.set()
+            wake.set()
 
     async def _commit_claims(self) -> bool:
         claims, self._claims = [c for c in self._claims if not c[2].done()], []
@@ -181,6 +195,8 @@ class TranscriptWriter:
 
     async def _commit_snapshots(self) -> bool:
         """Commit the pending batch; False when something must be retried after a pause."""
+        if not self._pending:
+            return True
         batch, generation = self._pending, self._submitted
         self._pending, self._writing = {}, batch
         committed: list[Snapshot] = []
