@@ -32,6 +32,7 @@ from .service import StreamService, default_registry
 
 if TYPE_CHECKING:
     from ._app import create_app, create_app_from_env
+    from ._embed import StreamEngine
     from ._serve import serve
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "Outcome",
     "Settings",
     "StateUpdate",
+    "StreamEngine",
     "StreamInfo",
     "StreamPolicy",
     "StreamRecord",
@@ -71,6 +73,10 @@ def __getattr__(name: str) -> Any:
         from . import _app
 
         return getattr(_app, name)
+    if name == "StreamEngine":
+        from ._embed import StreamEngine
+
+        return StreamEngine
     if name == "serve":
         from ._serve import serve
 

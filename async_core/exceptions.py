@@ -13,6 +13,7 @@ status (used before the first byte) and its stable in-band code (used after)::
     ├── RateLimited                    429 rate_limited        (Retry-After)
     ├── Overloaded                     503 overloaded          (Retry-After)
     │   └── ShuttingDown               503 shutting_down       (Retry-After)
+    ├── NotStarted                     503 not_started
     └── StreamFailure                  in-band only, after the first byte
         ├── AgentError                 502 agent_error
         ├── FirstChunkTimeout          504 first_chunk_timeout
@@ -118,6 +119,13 @@ class ShuttingDown(Overloaded):
     """The server is draining and admits no new streams."""
 
     code = "shutting_down"
+
+
+class NotStarted(StreamBridgeError):
+    """The engine's lifespan is not running in this app: nothing would be stored."""
+
+    status = 503
+    code = "not_started"
 
 
 class StreamFailure(StreamBridgeError):

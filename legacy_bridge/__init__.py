@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from async_core import Settings
+
     from ._bridge import Bridge, bridges
     from ._endpoints import ROUTE_HOOK, Endpoint
     from ._flask import StreamBridge, error_response
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from .app import create_app
 
 __all__ = ["Bridge", "Endpoint", "JanusRunner", "ROUTE_HOOK", "StreamBridge", "bridges",
-           "create_app", "error_response"]
+           "create_app", "error_response", "janus_runner"]
 
 _WHERE = {"StreamBridge": "_flask", "error_response": "_flask", "Bridge": "_bridge",
           "Endpoint": "_endpoints", "ROUTE_HOOK": "_endpoints",
@@ -34,3 +36,28 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'legacy_bridge' has no attribute {name!r}")
+
+
+def janus_runner(settings: Settings | None = None, *, max_agents: int | None = None
+                 ) -> JanusRunner:
+    """A ``SyncRunner`` for an asyncio app: sync agents in native threads, behind janus.
+
+    Hand it to ``async_core.StreamEngine(sync_runner=...)`` (or ``create_app``) to
+    stream sync agents (``requests``-based generators) from a Starlette or FastAPI
+    app under uvicorn. Call it in the process that serves (a factory, or at import
+    of the app module): its queues bind to the loop that runs each stream.
+
+    Args:
+        settings: read for the default ``max_agents`` (default: from the environment).
+        max_agents: sync agents running at once; default: one per stream slot and
+            buffered slot (``max_streams`` + ``max_buffered``), so admission refuses first.
+    """
+    from async_core import Settings
+
+    from ._glue import ThreadGlue
+    from ._seam import JanusRunner
+
+    if max_agents is None:
+        settings = settings or Settings.from_env()
+        max_agents = (settings.max_streams or 1024) + settings.max_buffered
+    return JanusRunner(ThreadGlue(max_agents))

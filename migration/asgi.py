@@ -16,8 +16,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from async_core import Settings, create_app
-from legacy_bridge._glue import ThreadGlue
-from legacy_bridge._seam import JanusRunner
+from legacy_bridge import janus_runner
 
 
 def create_async_app(settings: Settings | None = None) -> Starlette:
@@ -27,6 +26,4 @@ def create_async_app(settings: Settings | None = None) -> Starlette:
         settings: configuration (default: ``Settings.from_env()``).
     """
     settings = settings or Settings.from_env()
-    # One agent worker per stream slot and buffered slot: admission refuses first.
-    glue = ThreadGlue((settings.max_streams or 1024) + settings.max_buffered)
-    return create_app(settings, sync_runner=JanusRunner(glue))
+    return create_app(settings, sync_runner=janus_runner(settings))

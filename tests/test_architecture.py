@@ -60,7 +60,7 @@ def test_async_core_public_api_is_pinned() -> None:
     assert async_core.__all__ == [
         "Agent", "AgentEnd", "AgentFailure", "AgentRegistry", "AgentRequest", "AgentSource",
         "AsyncSource", "ChatCall", "Finish", "Lifecycle", "LifecycleState", "Outcome",
-        "Settings", "StateUpdate", "StreamInfo", "StreamPolicy", "StreamRecord",
+        "Settings", "StateUpdate", "StreamEngine", "StreamInfo", "StreamPolicy", "StreamRecord",
         "StreamService", "StreamSession", "SyncRunner", "Usage", "bound_send_buffer",
         "cancel_and_wait", "create_app",
         "create_app_from_env", "default_registry", "parse_chat", "serve",
