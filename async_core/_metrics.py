@@ -8,6 +8,7 @@ then aggregates every worker (``render`` picks the collector).
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from prometheus_client import (
@@ -103,9 +104,41 @@ def store_retry(cause: str) -> None:
     STORE_RETRIES.labels(cause).inc()
 
 
+_LIVE_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
+
+
+def forget_dead_workers(directory: str) -> list[int]:
+    """Drop the live gauges of worker processes that no longer exist; return their pids.
+
+    gunicorn tells us when a worker dies (``child_exit``); uvicorn's supervisor does
+    not, so ``/metrics`` checks the pids that own live-gauge files (one ``kill(pid, 0)``
+    each) before it sums them: a killed worker's running streams stop counting.
+    """
+    dead = set()
+    for name in os.listdir(directory):
+        m = _LIVE_FILE.match(name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.add(pid)
+        except PermissionError:  # alive, another user's
+            pass
+    for pid in dead:
+        try:
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except FileNotFoundError:  # another worker removed it first
+            pass
+    return sorted(dead)
+
+
 def render() -> bytes:
     """Return the Prometheus text exposition for this process or all workers."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        forget_dead_workers(directory)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)

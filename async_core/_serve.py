@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 from typing import Literal
 
 import uvicorn
@@ -41,6 +44,23 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
     if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise SystemExit("streambridge: --loop uvloop needs uvloop (pip install uvloop)")
     settings = settings or Settings.from_env()
+    # Several workers: each writes its metrics to files in one directory and /metrics
+    # sums them (prometheus_client multiprocess mode, as gunicorn_conf does). uvicorn
+    # spawns fresh interpreters, which read the variable when they import the client.
+    own_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="streambridge-prom-")
+    try:
+        _run(app, host=host, port=port, workers=workers, log_level=log_level,
+             settings=settings, loop=loop)
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _run(app: str, *, host: str, port: int, workers: int, log_level: str,
+         settings: Settings, loop: Loop) -> None:
     config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers,
                             log_level=log_level, lifespan="on", loop=loop, timeout_keep_alive=5,
                             http=read_timeout_protocol(settings.request_read_timeout),
