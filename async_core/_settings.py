@@ -48,6 +48,7 @@ class StreamPolicy:
     header_hold: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         for name in ("heartbeat", "first_chunk_timeout", "idle_timeout", "total_timeout",
                      "send_timeout", "retry_backoff", "header_hold"):
             if math.isnan(getattr(self, name)):  # passes every comparison below
@@ -143,6 +144,9 @@ class Settings:
     key_max_streams: int = 0
     socket_send_buffer: int = 262_144
 
+    def __post_init__(self) -> None:
+        _check_numbers(self)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``STREAMBRIDGE_*`` variables, then apply ``overrides``.
@@ -166,6 +170,17 @@ class Settings:
                        k in {f.name for f in dataclasses.fields(StreamPolicy)}}
         policy = StreamPolicy(**{**policy_kw, **policy_over})
         return cls(policy=overrides.pop("policy", policy), **{**top_kw, **overrides})
+
+
+def _check_numbers(obj: Any) -> None:
+    """Every number of a settings object is finite and >= 0 (0 disables, where allowed)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{ENV_PREFIX}{f.name.upper()} must be a finite number >= 0, "
+                             f"got {value!r}")
 
 
 def _read(env: Mapping[str, str], name: str, typ: Any, out: dict[str, Any]) -> None:

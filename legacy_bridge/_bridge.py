@@ -99,12 +99,15 @@ class Bridge:
 
     async def _main(self) -> None:
         assert self._glue is not None
-        self._service = StreamService(
-            self.settings, path=self.path, registry=self._registry,  # type: ignore[arg-type]
-            sync_runner=JanusRunner(self._glue), hooks=self._hooks, prefer_sync=True)
         self._stop_requested = asyncio.Event()
         self._start_error = None
         try:
+            # Inside the try: a bad STREAMBRIDGE_AGENTS module raises here, and start()
+            # must hear of it (it waited forever for _ready, every route hung).
+            self._service = StreamService(
+                self.settings, path=self.path,
+                registry=self._registry,  # type: ignore[arg-type]
+                sync_runner=JanusRunner(self._glue), hooks=self._hooks, prefer_sync=True)
             if self._glue.gevent:
                 native_sqlite_threads(self._glue)
             await self._service.start()  # the store's engine belongs to this loop

@@ -17,6 +17,13 @@ Threads (gthread): one OS thread per open stream, plus a few for short requests.
 chunk arrives only when one frees up), so size threads to your stream count:
 ``threads = STREAMBRIDGE_THREADS`` (default 64). gevent has no such cap below
 ``worker_connections`` (default 1000).
+
+Start-up checks: before binding, the master checks what ``streambridge serve``
+checks (settings, API keys, binding beyond loopback without keys, the agent
+modules of ``STREAMBRIDGE_AGENTS``, the database, the webhooks) and the worker
+class (``gthread`` or ``gevent``: the ``sync`` worker would hold one stream per
+process). A problem is one line on stderr and exit status 2. A worker whose loop
+cannot start exits with gunicorn's boot-error status, which stops the arbiter.
 """
 
 from __future__ import annotations
@@ -30,16 +37,35 @@ from typing import Any
 
 from legacy_bridge._serve import WORKER_CLASS_PATHS
 
-_grace = float(os.environ.get("STREAMBRIDGE_DRAIN_GRACE", "10") or 10)
+STREAMING_WORKERS = ("gthread", "gevent")
+
+
+def _fail(message: str) -> None:
+    print(f"streambridge: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _number(name: str, default: str, kind: type[int] | type[float] = int) -> Any:
+    raw = os.environ.get(name, default).strip() or default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value != value or value < (1 if kind is int else 0):
+        _fail(f"{name}={raw!r} must be a {'whole number >= 1' if kind is int else 'number >= 0'}")
+    return value
+
+
+_grace = _number("STREAMBRIDGE_DRAIN_GRACE", "10", float)
 
 bind = os.environ.get("STREAMBRIDGE_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("STREAMBRIDGE_WORKERS", "1"))
+workers = _number("STREAMBRIDGE_WORKERS", "1")
 # gthread and gevent run as streambridge's subclasses, which bound the time a client
 # takes to send a request (STREAMBRIDGE_REQUEST_READ_TIMEOUT; legacy_bridge/_workers.py).
 _worker = os.environ.get("STREAMBRIDGE_WORKER_CLASS", "gthread")
 worker_class = WORKER_CLASS_PATHS.get(_worker, _worker)
-threads = int(os.environ.get("STREAMBRIDGE_THREADS", "64"))
-worker_connections = int(os.environ.get("STREAMBRIDGE_WORKER_CONNECTIONS", "1000"))
+threads = _number("STREAMBRIDGE_THREADS", "64")
+worker_connections = _number("STREAMBRIDGE_WORKER_CONNECTIONS", "1000")
 graceful_timeout = int(_grace + 5.999)
 timeout = 30
 keepalive = 5
@@ -50,6 +76,23 @@ control_socket_disable = True
 # Metrics from every worker: prometheus_client reads this before it is imported.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streambridge-prom-")
+
+
+def on_starting(server: Any) -> None:
+    """In the master, before it binds: refuse a bad configuration with one line."""
+    # The class as given: gunicorn quietly turns "sync" into gthread when threads > 1.
+    given = str(server.cfg.settings["worker_class"].get())
+    bases = {c.__name__ for c in server.cfg.worker_class.__mro__}
+    if given.lower() == "sync" or not bases & {"ThreadWorker", "GeventWorker"}:
+        _fail(f"worker class {given!r} cannot stream: use "
+              f"{' or '.join(STREAMING_WORKERS)} (--worker-class / STREAMBRIDGE_WORKER_CLASS)")
+    from async_core.store._cli import preflight
+
+    hosts = [a[0] for a in server.cfg.address if isinstance(a, tuple)] or ["127.0.0.1"]
+    for host in hosts:
+        problem = preflight(host or "0.0.0.0")
+        if problem is not None:
+            _fail(problem)
 
 
 def post_worker_init(worker: Any) -> None:
@@ -65,7 +108,14 @@ def post_worker_init(worker: Any) -> None:
     for listener in worker.sockets:
         bound_send_buffer(listener, Settings.from_env().socket_send_buffer)
     for bridge in bridges():
-        bridge.start()
+        try:
+            bridge.start()
+        except Exception as error:  # reported in one line, then the worker exits
+            reason = getattr(error, "message", None) or " ".join(str(error).split())
+            print(f"streambridge: worker {os.getpid()} cannot start: {reason}",
+                  file=sys.stderr, flush=True)
+            # gunicorn's boot-error status: the arbiter stops instead of re-forking.
+            raise SystemExit(3) from None
     previous = signal.getsignal(signal.SIGTERM)
 
     def drain_then_exit(sig: int, frame: Any) -> None:

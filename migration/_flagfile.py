@@ -78,13 +78,34 @@ def dumps(data: Mapping[str, Any], toml: bool) -> str:
 
 
 def write_file(path: str, data: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file, fsync, ``os.replace``)."""
+    """Replace ``path`` with ``data`` atomically (temp file, fsync, ``os.replace``).
+
+    The new file keeps the old one's mode and owner (a front running as another
+    user must still read it); a new file gets ``0666 & ~umask`` like any file. A
+    missing directory is created.
+
+    Raises:
+        OSError: the directory or file cannot be written (or the owner kept).
+    """
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    try:
+        old: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        old = None
     fd, tmp = tempfile.mkstemp(prefix=".flags-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(dumps(data, path.endswith(".toml")))
             f.flush()
+            if old is None:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(f.fileno(), 0o666 & ~umask)
+            else:
+                os.fchmod(f.fileno(), old.st_mode & 0o7777)
+                if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -211,7 +232,18 @@ def run(args: Any) -> int:
 
     path: str | None = args.file
     if args.flags_command == "show":
-        config = FlagStore(path).current()
+        try:
+            config = (FlagConfig.from_dict(read_file(path), base_config()) if path
+                      else base_config())
+        except FileNotFoundError:
+            print(f"streambridge: no flag file at {path} (check --file or ${ENV_FILE}; "
+                  "create it with flags set)", file=sys.stderr)
+            return 1
+        except (OSError, ValueError) as e:
+            reason = " ".join(str(e).split())
+            where = "" if reason.startswith(str(path)) else f"{path}: "
+            print(f"streambridge: {where}{reason}", file=sys.stderr)
+            return 1
         print(json.dumps({"file": path, **config.to_dict()}, indent=2, sort_keys=True))
         return 0
     if not path:
@@ -221,9 +253,9 @@ def run(args: Any) -> int:
         data = read_file(path) if os.path.exists(path) else {}
         data = apply_settings(data, args.settings, args.unset)
         config = FlagConfig.from_dict(data, base_config())  # validate before writing
+        write_file(path, data)
     except (OSError, ValueError) as e:
-        print(f"streambridge: {e}", file=sys.stderr)
+        print(f"streambridge: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    write_file(path, data)
     print(json.dumps({"file": path, **config.to_dict()}, indent=2, sort_keys=True))
     return 0

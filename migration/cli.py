@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 PATHS = ("async", "legacy", "hybrid")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump): ``streambridge serve: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``streambridge``."""
-    parser = argparse.ArgumentParser(prog="streambridge", description=__doc__)
+    parser = _Parser(prog="streambridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the reference server on its embedded defaults")
     serve.add_argument("--path", choices=PATHS, default="async",

@@ -23,10 +23,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
-from ._latency import Cost, ProcessTree, StreamSample, run_batch
+if TYPE_CHECKING:  # _latency needs psutil, which only the [compare] extra installs
+    from ._latency import Cost, StreamSample
 
 # Path ids and the ``serve`` arguments that start them (hybrid joins when the CLI has it).
 PATH_ARGS: dict[str, list[str]] = {
@@ -150,6 +152,8 @@ class ServedPath:
 
 
 async def _drive(workload: Workload, servers: dict[str, ServedPath]) -> list[PathResult]:
+    from ._latency import ProcessTree, run_batch
+
     results = {p: PathResult(p) for p in workload.paths}
     body = workload.body()
     limits = httpx.Limits(max_connections=workload.concurrency * 2,
@@ -228,9 +232,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def main(args: argparse.Namespace) -> int:
     """The ``streambridge compare`` subcommand (``args`` from ``cli.build_parser``)."""
+    a = vars(args)
+    problem = _check_args(a)
+    if problem is not None:
+        print(f"streambridge compare: {problem}", file=sys.stderr)
+        return 2
     from . import _report
 
-    a = vars(args)
     paths = [p.strip() for p in a["paths"].split(",")] if a["paths"] else available_paths()
     env = dict(kv.split("=", 1) for kv in a["env"])
     workload = Workload(paths=paths, concurrency=a["concurrency"], tokens=a["tokens"],
@@ -242,3 +250,27 @@ def main(args: argparse.Namespace) -> int:
         Path(a["html"]).write_text(_report.html(results, workload), encoding="utf-8")
         print(f"report written to {a['html']}")
     return 1 if any(s.error for r in results for s in r.samples) else 0
+
+
+def _check_args(a: dict[str, object]) -> str | None:
+    """What would stop ``compare`` late (after minutes of measuring), checked first."""
+    if importlib.util.find_spec("psutil") is None:
+        return "needs psutil: pip install 'streambridge[compare]'"
+    bad_env = [kv for kv in a["env"] if "=" not in str(kv)]  # type: ignore[attr-defined]
+    if bad_env:
+        return f"--env expects KEY=VALUE, got {bad_env[0]!r}"
+    html = a["html"]
+    if html:
+        target = Path(str(html))
+        if target.is_dir():
+            return f"--html {html}: is a directory; name a file"
+        if not target.parent.is_dir():
+            return f"--html {html}: the directory {target.parent} does not exist"
+        if not os.access(target.parent, os.W_OK) or (
+                target.exists() and not os.access(target, os.W_OK)):
+            return f"--html {html}: not writable"
+    unknown = [p.strip() for p in str(a["paths"]).split(",") if a["paths"]
+               and p.strip() not in available_paths()]
+    if unknown:
+        return f"unknown path(s) {unknown}; available: {', '.join(available_paths())}"
+    return None

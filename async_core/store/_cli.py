@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from .._settings import Settings
 from ..exceptions import StreamBridgeError
+from ._db import StoreConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,13 +28,35 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    """Run a ``db`` subcommand; returns the exit status."""
-    settings = settings or Settings.from_env()
+    """Run a ``db`` subcommand; returns the exit status (one line on stderr on failure)."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
+        settings = settings or Settings.from_env()
         return asyncio.run(_run(args, settings))
     except StreamBridgeError as e:
         print(f"streambridge db: {e.message}", file=sys.stderr)
-        return 2
+    except CommandError as e:  # an unknown revision, say
+        print(f"streambridge db: {_one_line(e)} (known: base, "
+              f"{_known_revisions()})", file=sys.stderr)
+    except (ValueError, OSError, SQLAlchemyError, TimeoutError) as e:
+        print(f"streambridge db: {_one_line(e)}", file=sys.stderr)
+    return 2
+
+
+def _known_revisions() -> str:
+    from alembic.script import ScriptDirectory
+
+    from ._migrate import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    return ", ".join(r.revision for r in reversed(list(script.walk_revisions()))) + ", head"
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,7 +88,10 @@ def preflight(host: str, settings: Settings | None = None) -> str | None:
     database URL and the webhook settings, so a bad configuration stops the
     command with one clear sentence instead of a worker traceback.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from ..auth import ApiKeys, check_bind
+    from ..service import default_registry
     from ..webhooks import WebhookConfig
     from ._db import database_url
 
@@ -72,8 +99,42 @@ def preflight(host: str, settings: Settings | None = None) -> str | None:
         settings = settings or Settings.from_env()
         ApiKeys.from_settings(settings)
         check_bind(host, settings)
-        database_url(settings)
+        url = database_url(settings)
         WebhookConfig.from_settings(settings)
-    except (StreamBridgeError, ValueError) as e:
-        return getattr(e, "message", str(e))
+        default_registry(settings)  # STREAMBRIDGE_AGENTS imports, here and now
+        if url is not None:
+            asyncio.run(_check_database(url))
+    except (StreamBridgeError, ValueError, OSError, SQLAlchemyError, TimeoutError) as e:
+        return getattr(e, "message", None) or _one_line(e)
     return None
+
+
+CONNECT_CHECK_SECONDS = 10.0
+
+
+async def _check_database(url: str) -> None:
+    """Connect once (a server database) or check the file can be created (SQLite)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ._db import create_engine, sqlite_path
+
+    shown = make_url(url).render_as_string(hide_password=True)
+    path = sqlite_path(url)
+    if path is not None:
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise StoreConfigError(f"the SQLite database {path} cannot be written "
+                                   "(STREAMBRIDGE_DATABASE_PATH / STREAMBRIDGE_DATABASE_URL)")
+        return
+    engine = create_engine(url)
+    try:
+        async with asyncio.timeout(CONNECT_CHECK_SECONDS), engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+    except (OSError, SQLAlchemyError, TimeoutError) as e:
+        raise StoreConfigError(f"cannot connect to the database {shown}: "
+                               f"{_one_line(e)}") from None
+    finally:
+        await engine.dispose()
