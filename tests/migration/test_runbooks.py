@@ -3,9 +3,14 @@
 Marking (see migration/README.md): a block runs by default; a block preceded by
 ``<!-- not-runnable: reason -->`` is shown but not run, and the reason is required.
 A runbook's blocks run in order in one bash shell (``set -euo pipefail``), so the
-servers and variables it starts carry from block to block. ``$ `` starts a command,
-a trailing ``\\`` continues it; the other lines are the output the doc promises, and
-each must appear in what the commands printed (case-insensitive).
+variables it sets carry from block to block. ``$ `` starts a command, a trailing
+``\\`` continues it; the other lines are the output the doc promises, and each must
+appear in what the commands printed (case-insensitive).
+
+Each runbook runs against a server *in the state it is for* (``STATES``): the
+test starts it (``$SB``, ``$PORT``, ``$SERVER_PID``) and brings it there first;
+for the upstream-outage runbook, a server whose ``openai`` agent has just failed
+against a dead upstream port.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.servers import REPO
+from tests.clients import RawStream, chat_body, metric, wait_for
+from tests.servers import REPO, Server
 
 DOCS = sorted((REPO / "migration" / "runbooks").glob("*.md")) + [REPO / "migration" / "README.md"]
 BLOCK = re.compile(r"(?:<!--\s*not-runnable:(?P<why>[^>]*)-->\s*\n)?^```console\n(?P<body>.*?)^```",
@@ -77,6 +86,76 @@ def test_every_doc_has_runnable_commands_and_skips_say_why() -> None:
             assert b.skip_reason != "", f"{doc.name}: not-runnable needs a reason"
 
 
+@dataclass
+class State:
+    """The server a runbook is followed against, and how to bring it into its state."""
+
+    path_id: str
+    env: dict[str, str]
+    flags: str | None = None  # the flag file's content before the server starts
+    warmup: Callable[[Server], list[RawStream]] | None = None
+
+
+def _streams(srv: Server, n: int, agent: str = "demo", **body: object) -> None:
+    for i in range(n):
+        r = httpx.post(srv.url("/v1/chat"), timeout=30, json={
+            "message": "hi", "agent": agent, "conversation_id": f"warmup-{i}", **body})
+        assert r.status_code in (200, 502), r.text
+
+
+def _outage(srv: Server) -> list[RawStream]:
+    # The openai agent points at a port nobody listens on: every stream fails (502).
+    _streams(srv, 3, agent="openai")
+    assert metric(srv.base_url, "streambridge_streams_total", outcome="agent_error") == 3
+    return []
+
+
+def _async_share(srv: Server) -> list[RawStream]:
+    _streams(srv, 4, options={"tokens": 2})
+    assert metric(srv.base_url, "streambridge_streams_total", path="async") > 0
+    return []
+
+
+def _slow_clients(srv: Server) -> list[RawStream]:
+    # One client that left mid-stream, one that is still connected and not reading.
+    gone = RawStream(srv.port, "/v1/chat", chat_body(tokens=100000, interval_ms=20))
+    gone.read_until(b"event: delta", 1)
+    gone.close()
+    held = RawStream(srv.port, "/v1/chat", chat_body(tokens=100000, interval_ms=50))
+    held.read_until(b"event: delta", 1)
+    wait_for(lambda: metric(srv.base_url, "streambridge_streams_total",
+                            outcome="client_disconnected") == 1, timeout=10)
+    return [held]
+
+
+def _some_streams(srv: Server) -> list[RawStream]:
+    _streams(srv, 2, options={"tokens": 2})
+    return []
+
+
+STATES: dict[str, State | None] = {
+    # A rollout in progress: the hybrid front on its flag file, every conversation legacy.
+    "rollout.md": State("hybrid-0", {"STREAMBRIDGE_FLAGS_OPERATOR_KEY": "op-secret"},
+                        flags='mode = "legacy"\n', warmup=_some_streams),
+    # A bad step: every conversation on async, async streams have run.
+    "rollback.md": State("hybrid-100", {}, flags='mode = "async"\n', warmup=_async_share),
+    "upstream-outage.md": State("async", {"STREAMBRIDGE_OPENAI_BASE_URL":
+                                          "http://127.0.0.1:{dead_port}/v1"},
+                                warmup=_outage),
+    "slow-clients-and-memory.md": State("legacy-gthread", {}, warmup=_slow_clients),
+    # Receiver down: every finished turn's delivery fails and is retried.
+    "webhook-backlog.md": State("async", {
+        "STREAMBRIDGE_WEBHOOK_URLS": "http://127.0.0.1:{dead_port}/hook",
+        "STREAMBRIDGE_WEBHOOK_ALLOW": "127.0.0.1/32",
+        "STREAMBRIDGE_WEBHOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+        warmup=_some_streams),
+    # An instance about to be deployed over, with a short grace for the rehearsal.
+    "deploys.md": State("legacy-gthread", {"STREAMBRIDGE_DRAIN_GRACE": "3"}),
+    "proxy.md": State("async", {}),
+    "README.md": None,
+}
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
 def test_runbook_commands_run_against_real_servers(doc: Path, tmp_path: Path) -> None:
     """All runnable commands of the doc succeed in order, and print what the doc shows."""
@@ -89,11 +168,29 @@ def test_runbook_commands_run_against_real_servers(doc: Path, tmp_path: Path) ->
             lines += [f"echo {_quote('>>> ' + cmd.splitlines()[0])} >&2", cmd]
     script = "\n".join(lines) + "\n"
     (tmp_path / "migration").symlink_to(REPO / "migration")  # relative paths as in a checkout
-    port = _free_port()
+    flags = tmp_path / "flags.toml"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PORT": str(port), "SB": f"http://127.0.0.1:{port}",
-           "FLAGS": str(tmp_path / "flags.toml"), "PYTHONUNBUFFERED": "1",
+           "FLAGS": str(flags), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": str(REPO), "STREAMBRIDGE_DATABASE_PATH": str(tmp_path / "sb.sqlite3")}
+    state = STATES[doc.name]
+    srv, held = None, []
+    if state is None:
+        port = _free_port()
+    else:
+        if state.flags is not None:
+            flags.write_text(state.flags, encoding="utf-8")
+        server_env = {k: v.format(dead_port=_free_port()) for k, v in state.env.items()}
+        server_env["STREAMBRIDGE_DATABASE_PATH"] = str(tmp_path / "server.sqlite3")
+        if state.flags is not None:
+            server_env["STREAMBRIDGE_FLAGS_FILE"] = str(flags)
+        srv = Server(state.path_id, server_env)
+        # As a service manager would: reap the server when a runbook stops it, so the
+        # runbook's `kill -0 "$SERVER_PID"` sees it gone (not a zombie of this test).
+        threading.Thread(target=srv.proc.wait, daemon=True).start()
+        held = state.warmup(srv) if state.warmup else []
+        port = srv.port
+        env["SERVER_PID"] = str(srv.proc.pid)
+    env.update({"PORT": str(port), "SB": f"http://127.0.0.1:{port}"})
     proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -103,12 +200,31 @@ def test_runbook_commands_run_against_real_servers(doc: Path, tmp_path: Path) ->
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # only the shell we started and its children
             proc.communicate()
+        for raw in held:
+            raw.close()
+        if srv is not None:
+            srv.stop()
     logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                    for p in tmp_path.glob("*.log"))
+    if srv is not None:
+        logs += f"\n--- server\n{srv.log()[-3000:]}"
     assert proc.returncode == 0, f"{doc.name} failed:\n{out}\n{err}{logs}"
     for b in blocks:
         for want in b.expected:
             assert want.lower() in out.lower(), f"{doc.name}: {want!r} not printed:\n{out}"
+    if srv is not None:
+        assert not srv.problems(), srv.problems()
+
+
+def test_metric_greps_match_prometheus_label_order() -> None:
+    """No runbook greps for a metric line whose labels are not in Prometheus' order."""
+    label_list = re.compile(r"streambridge_\w+\\?\{([^}\n]*)")
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        assert "|| true" not in text, f"{doc.name}: an empty result must not be hidden"
+        for m in label_list.finditer(text):
+            names = re.findall(r"(\w+)=", m.group(1))
+            assert names == sorted(names), f"{doc.name}: labels {names} are not sorted"
 
 
 def _quote(text: str) -> str:
