@@ -19,14 +19,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import fastapi  # noqa: F401 - the example's dependency, in the [test] extra: fail if absent
 import httpx
+import openai
 import pytest
 
 from tests.clients import RawStream, metric, stream, wait_for
 from tests.fake_upstream import FakeUpstream, fake
 from tests.servers import REPO
-
-pytest.importorskip("fastapi", reason="the example needs fastapi (the [test] extra)")
 
 EXAMPLE = REPO / "examples" / "fastapi_app"
 _LISTEN = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
@@ -180,7 +180,6 @@ def test_transcripts_are_stored_and_served_under_the_prefix(example: ExampleApp)
 def test_the_official_openai_client_works_against_the_mounted_router(
         example: ExampleApp) -> None:
     """openai's client, base_url under /llm, streams the async agent unchanged."""
-    openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=example.base_url + "/llm/v1", api_key="unused",
                            max_retries=0)
     chunks = client.chat.completions.create(
