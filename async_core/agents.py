@@ -222,10 +222,13 @@ def load_agents(spec: str) -> list[Agent]:
         module_name, _, attr = entry.partition(":")
         try:
             obj: Any = getattr(importlib.import_module(module_name), attr or "AGENTS")
+            if callable(obj) and not isinstance(obj, Agent):
+                obj = obj()
         except (ImportError, AttributeError) as e:
             raise ValueError(f"cannot load agents from {entry!r}: {e}") from None
-        if callable(obj) and not isinstance(obj, Agent):
-            obj = obj()
+        except Exception as e:  # the module or its factory raised: name it in one line
+            raise ValueError(f"cannot load agents from {entry!r}: "
+                             f"{type(e).__name__}: {e}") from None
         items = obj if isinstance(obj, (list, tuple)) else [obj]
         for item in items:
             if not isinstance(item, Agent):

@@ -95,6 +95,30 @@ def on_starting(server: Any) -> None:
             _fail(problem)
 
 
+def post_fork(server: Any, worker: Any) -> None:
+    """In the worker: a configuration error while the app loads is one line, exit 3.
+
+    The app (``StreamBridge(app)``) loads the agents of ``STREAMBRIDGE_AGENTS`` in the
+    worker; gunicorn would print a traceback. Our configuration errors are reported in
+    one line with gunicorn's boot-error status (the arbiter stops); any other error in
+    the user's app keeps gunicorn's traceback, which points at their code.
+    """
+    from async_core.exceptions import StreamBridgeError
+
+    load_wsgi = worker.load_wsgi
+
+    def load_wsgi_reporting_config_errors() -> None:
+        try:
+            load_wsgi()
+        except (StreamBridgeError, ValueError) as error:
+            reason = getattr(error, "message", None) or " ".join(str(error).split())
+            print(f"streambridge: worker {os.getpid()} cannot start: {reason}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(3) from None
+
+    worker.load_wsgi = load_wsgi_reporting_config_errors
+
+
 def post_worker_init(worker: Any) -> None:
     """After fork (and after gevent's patch_all): start the loop, chain SIGTERM to a drain."""
     if not logging.getLogger().handlers:

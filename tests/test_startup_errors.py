@@ -92,7 +92,8 @@ def test_binding_beyond_loopback_without_api_keys_is_refused(cmd: list[str]) -> 
 def test_a_worker_that_cannot_start_stops_gunicorn_with_one_line(tmp_path: Path) -> None:
     """Agents that load in the master's check but fail in the worker: exit 3, no hang.
 
-    (Before, the worker's loop thread died and every request hung forever.)
+    (Before, the worker's loop thread died and every request hung forever; with the
+    agents loaded when the app is built, gunicorn printed a traceback.)
     """
     (tmp_path / "flaky_agents.py").write_text(
         "import os\n"
@@ -104,7 +105,8 @@ def test_a_worker_that_cannot_start_stops_gunicorn_with_one_line(tmp_path: Path)
     env = {"STREAMBRIDGE_AGENTS": "flaky_agents:AGENTS",
            "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
     done = run(GUNICORN, env)
-    assert_one_line_error(done, "cannot start: the agents fail in the worker")
+    assert_one_line_error(done, "cannot start: cannot load agents from "
+                                "'flaky_agents:AGENTS': RuntimeError: the agents fail")
     assert done.returncode == 3  # gunicorn's boot error: the arbiter stopped
 
 
