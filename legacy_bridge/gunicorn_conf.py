@@ -86,7 +86,7 @@ def on_starting(server: Any) -> None:
     if given.lower() == "sync" or not bases & {"ThreadWorker", "GeventWorker"}:
         _fail(f"worker class {given!r} cannot stream: use "
               f"{' or '.join(STREAMING_WORKERS)} (--worker-class / STREAMBRIDGE_WORKER_CLASS)")
-    from async_core.store._cli import preflight
+    from async_core.store import preflight
 
     hosts = [a[0] for a in server.cfg.address if isinstance(a, tuple)] or ["127.0.0.1"]
     for host in hosts:

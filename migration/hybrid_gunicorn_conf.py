@@ -39,10 +39,15 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 
 def on_starting(server: Any) -> None:
-    """Refuse a ``STREAMBRIDGE_APP`` that cannot import: one line and exit 2, not a
-    traceback per worker (checked without importing it into the master)."""
+    """In the master, before it binds: refuse a bad configuration with one line, exit 2.
+
+    A ``STREAMBRIDGE_APP`` that cannot import (checked without importing it into the
+    master), then what ``serve`` refuses: bad settings, API keys, binding beyond
+    loopback without keys, the database, the agents (``async_core.store.preflight``).
+    """
     import sys
 
+    from async_core.store import preflight
     from migration._hybrid_serve import APP_ENV, app_problem
 
     spec = os.environ.get(APP_ENV, "").strip()
@@ -50,6 +55,12 @@ def on_starting(server: Any) -> None:
     if problem is not None:
         print(f"streambridge: {APP_ENV}: {problem}", file=sys.stderr)
         sys.exit(2)
+    hosts = [a[0] for a in server.cfg.address if isinstance(a, tuple)] or ["127.0.0.1"]
+    for host in hosts:
+        problem = preflight(host or "0.0.0.0")
+        if problem is not None:
+            print(f"streambridge: {problem}", file=sys.stderr)
+            sys.exit(2)
 
 
 def child_exit(server: Any, worker: Any) -> None:

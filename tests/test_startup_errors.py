@@ -1,7 +1,8 @@
 """A bad configuration is one line and a non-zero exit on every path: never a traceback or a hang.
 
 Paths: ``streambridge serve`` (async, legacy, hybrid) and the user's own gunicorn
-command (``gunicorn -c python:legacy_bridge.gunicorn_conf app``); then the other
+command (``gunicorn -c python:legacy_bridge.gunicorn_conf app``) and the hybrid front's
+(``gunicorn -c python:migration.hybrid_gunicorn_conf``); then the other
 commands (``db``, ``compare``, ``flags``).
 """
 
@@ -19,12 +20,15 @@ from tests.servers import REPO
 
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:legacy_bridge.gunicorn_conf",
             "--bind", "127.0.0.1:0", "legacy_bridge.app:create_app()"]
+HYBRID_GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:migration.hybrid_gunicorn_conf",
+                   "--bind", "127.0.0.1:0"]
 SERVE = [sys.executable, "-m", "migration.cli", "serve", "--port", "0"]
 PATHS: dict[str, list[str]] = {
     "serve-async": [*SERVE, "--path", "async"],
     "serve-legacy": [*SERVE, "--path", "legacy"],
     "serve-hybrid": [*SERVE, "--path", "hybrid"],
     "gunicorn": GUNICORN,
+    "hybrid-gunicorn": HYBRID_GUNICORN,
 }
 # (id, environment, what the one line must say)
 BAD_SETTINGS: list[tuple[str, dict[str, str], str]] = [
@@ -81,9 +85,10 @@ def test_the_sync_worker_class_is_refused(cmd: list[str], env: dict[str, str]) -
 
 @pytest.mark.parametrize("cmd", [
     [*GUNICORN[:5], "--bind", "0.0.0.0:0", GUNICORN[-1]],
+    [*HYBRID_GUNICORN[:5], "--bind", "0.0.0.0:0"],
     [*SERVE, "--path", "legacy", "--host", "0.0.0.0"],
     [*SERVE, "--path", "async", "--host", "0.0.0.0"],
-], ids=["gunicorn", "serve-legacy", "serve-async"])
+], ids=["gunicorn", "hybrid-gunicorn", "serve-legacy", "serve-async"])
 def test_binding_beyond_loopback_without_api_keys_is_refused(cmd: list[str]) -> None:
     """The user's gunicorn command refuses 0.0.0.0 without keys, as serve does."""
     assert_one_line_error(run(cmd, {"STREAMBRIDGE_API_KEYS": ""}), "refusing to listen on")

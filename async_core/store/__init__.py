@@ -17,6 +17,7 @@ writer per process (``_writer``), flushed on graceful shutdown.
 
 from __future__ import annotations
 
+from ._cli import preflight
 from ._db import StoreConfigError, create_engine, database_url, is_sqlite, sqlite_path
 from ._migrate import current_revision, downgrade, ensure_current, head_revision, upgrade
 from ._persistence import Persistence, stored_outcome
@@ -37,6 +38,7 @@ __all__ = [
     "ensure_current",
     "head_revision",
     "is_sqlite",
+    "preflight",
     "sqlite_path",
     "stored_outcome",
     "upgrade",
