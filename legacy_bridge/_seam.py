@@ -38,7 +38,7 @@ import collections
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol, TypeAlias
 
 import janus
@@ -320,6 +320,23 @@ class WSGIBody:
             self._done = True
             raise chunks[0].error
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @property
+    def session(self) -> StreamSession:
+        """The stream this body reads."""
+        return self._session
+
+    async def frames_on_loop(self) -> AsyncIterator[bytes]:
+        """After ``first()``, the frames still to come, read on the loop (the hybrid front
+        writes them from there); ``close()`` and the pump's send timeout apply as ever."""
+        if self._first:
+            yield self._first
+        self._first, q = None, self._frames.async_q
+        with contextlib.suppress(AsyncQueueShutDown):  # EOF: the terminal frame was read
+            while chunks := await q.get():
+                q.task_done()
+                yield b"".join(chunks)
+        self._done = True
 
     def close(self) -> None:
         """Called by the WSGI server at the end, or when a write failed (client gone)."""

@@ -21,11 +21,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from async_core import Agent, AgentRegistry, Settings, StreamService
-from legacy_bridge import ROUTE_HOOK
+from legacy_bridge import ROUTE_HOOK, WSGIBody
 from legacy_bridge._bridge import Bridge
 from legacy_bridge._glue import ThreadGlue
 
 from ._flagfile import FlagStore
+from ._hybrid_body import LOOP_BODY
 from .flags import Path, impl_for
 
 ON_DISCONNECT = "streambridge.on_disconnect"
@@ -122,7 +123,9 @@ def with_path_header(message: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def expose_disconnect(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """WSGI shim: copy the front's hooks (disconnect, route) from the ASGI scope to the environ."""
+    """WSGI shim: copy the front's hooks (disconnect, route) from the ASGI scope to the
+    environ, and hand a streambridge stream body to the front (``LOOP_BODY``): a2wsgi
+    then gets an empty body and frees the thread; the front writes the stream."""
 
     def shim(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         scope = environ.get("asgi.scope")  # a2wsgi keeps the scope in the environ
@@ -133,7 +136,11 @@ def expose_disconnect(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iter
         # a2wsgi's wsgi.input ends with the ASGI body; without this flag werkzeug reads a
         # chunked body (no Content-Length) as empty: a valid request got 400 (issue 10).
         environ.setdefault("wsgi.input_terminated", True)
-        return app(environ, start_response)
+        result = app(environ, start_response)
+        if isinstance(result, WSGIBody) and scope is not None and LOOP_BODY in scope:
+            scope[LOOP_BODY](result)
+            return ()
+        return result
 
     return shim
 
@@ -151,15 +158,22 @@ class Handoff:
         self.body: dict[str, Any] | None = None
         self.path: str | None = None  # the flag's decision, once the view asked
         self.cookies: list[tuple[bytes, bytes]] = []
+        self.stream: WSGIBody | None = None  # a Flask-branch stream the front writes
 
     def take(self, body: dict[str, Any]) -> None:
         """Keep ``body`` for the native branch (called from the WSGI thread)."""
         self.body = body
 
+    def take_stream(self, stream: WSGIBody) -> None:
+        """Keep the view's stream body for the front to write from the loop (WSGI thread)."""
+        self.stream = stream
+
     def send(self, send: Send) -> Send:
         """The Flask branch's ``send``: passes through unless the request was handed off."""
 
         async def flask_send(message: dict[str, Any]) -> None:
+            if self.stream is not None and message["type"] == "http.response.body":
+                return  # a2wsgi's end of the empty body: the front writes the stream
             if self.body is None:  # X-Stream-Path on the legacy branch's errors too
                 await send(message if self.path is None else with_path_header(message, self.path))
             elif message["type"] == "http.response.start":

@@ -69,6 +69,7 @@ from legacy_bridge._seam import JanusRunner
 from legacy_bridge.app import create_app as create_flask_app
 
 from ._flagfile import ENV_FILE, FlagStore
+from ._hybrid_body import LOOP_BODY, write_body
 from ._hybrid_branches import (
     ON_DISCONNECT,
     FlaggedRegistry,
@@ -256,11 +257,18 @@ class HybridFront:
             return
         watch, handoff = DisconnectWatch(receive, messages), Handoff()
         flask_scope = {**scope, ON_DISCONNECT: watch.on_disconnect,
-                       ROUTE_HOOK: self._route_hook(scope, handoff)}
+                       ROUTE_HOOK: self._route_hook(scope, handoff),
+                       LOOP_BODY: handoff.take_stream}
         try:
-            await self.wsgi(flask_scope, watch.receive, handoff.send(send))  # type: ignore[arg-type]
+            try:
+                await self.wsgi(flask_scope, watch.receive, handoff.send(send))  # type: ignore[arg-type]
+            finally:
+                self._threads_free.release()
+            if handoff.stream is not None:  # the view streams: write it from the loop
+                await write_body(handoff.stream, send)
         finally:
-            self._threads_free.release()
+            if handoff.stream is not None:
+                handoff.stream.close()  # a no-op once written; else the stream ends here
             await watch.aclose()
         if handoff.body is not None and not watch.disconnected:
             await self._native(scope, receive, handoff.native_send(send), handoff.body)

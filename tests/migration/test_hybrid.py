@@ -197,17 +197,19 @@ def test_more_requests_than_wsgi_threads_get_503_not_a_silent_queue(
     """With STREAMBRIDGE_HYBRID_THREADS=2, a third Flask-branch request waits, then gets 503."""
     srv = start(servers, "hybrid-0", STREAMBRIDGE_HYBRID_THREADS="2",
                 STREAMBRIDGE_ADMISSION_TIMEOUT="0.3")
-    clients = [RawStream(srv.port, "/v1/chat", chat_body(tokens=10_000, interval_ms=50))
-               for _ in range(2)]
-    for c in clients:
-        assert c.read_until(b"event: delta", 1).startswith(b"HTTP/1.1 200")
+    # Buffered answers (stream: false) hold their WSGI thread to the end; streams hold
+    # one only until their first frame (test_a_flask_branch_stream_frees_its_wsgi_thread...).
+    holders = [RawStream(srv.port, "/v1/chat", {**chat_body(tokens=100, interval_ms=50),
+                                                 "stream": False}) for _ in range(2)]
+    wait_for(lambda: httpx.post(srv.url("/v1/chat"), json=chat_body(tokens=1),
+                                timeout=5).status_code == 503)
     started = time.monotonic()
     r = httpx.post(srv.url("/v1/chat"), json=chat_body(tokens=1), timeout=5)
     assert 0.25 < time.monotonic() - started < 2
     assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
     assert r.headers["retry-after"] and r.headers["x-stream-path"] == "legacy"
     assert "WSGI threads are busy" in srv.log()
-    for c in clients:
+    for c in holders:
         c.close()
 
 

@@ -3,6 +3,8 @@ hybrid front (both branches): every stream completes with exactly one ``done``.
 
 Prints each path's time-to-first-chunk p50/p99 (the async path is the same-run
 baseline; issue 10 "Load"); timing is not asserted (shared machines are noisy).
+What made the Flask branch cheaper is asserted: its streams are written from the loop
+and hold no WSGI thread after their first frame.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
+import httpx
+
+from tests.clients import RawStream, chat_body, metric, wait_for
 from tests.probe_agents import probe_text
 from tests.servers import Server
 
@@ -80,3 +85,27 @@ def test_a_burst_of_500_streams_all_complete_with_one_done(burst_server: Server)
     ttfcs = [t for _, t in results]
     print(f"\n{burst_server.path_id}: {STREAMS} streams, TTFC p50 "
           f"{_quantile(ttfcs, 0.5) * 1000:.0f} ms, p99 {_quantile(ttfcs, 0.99) * 1000:.0f} ms")
+
+
+def test_a_flask_branch_stream_frees_its_wsgi_thread_after_its_first_frame() -> None:
+    """With 2 WSGI threads, 6 Flask-branch streams run at once; each still ends on a disconnect."""
+    srv = Server("hybrid-0", {"STREAMBRIDGE_HYBRID_THREADS": "2",
+                              "STREAMBRIDGE_ADMISSION_TIMEOUT": "0.3"})
+    clients: list[RawStream] = []
+    try:
+        for _ in range(6):
+            clients.append(RawStream(srv.port, "/v1/chat",
+                                     chat_body(tokens=10_000, interval_ms=50)))
+            head = clients[-1].read_until(b"event: delta", 2, timeout=10)
+            assert head.startswith(b"HTTP/1.1 200"), head[:300]
+            assert b"x-stream-path: legacy" in head.lower()
+        assert httpx.get(srv.url("/readyz"), timeout=5).json()["active_streams"] == 6
+        for c in clients:
+            c.close()
+        wait_for(lambda: metric(srv.base_url, "streambridge_streams_total",
+                                outcome="client_disconnected", path="legacy") == 6)
+    finally:
+        for c in clients:
+            c.close()
+        srv.stop()
+    assert not srv.problems(), srv.problems()
