@@ -18,10 +18,14 @@
 #   request as a native POST /v1/chat (same admission, disconnects, drain, metrics).
 # - One loop: gunicorn's uvicorn worker already runs a loop, so the legacy branch does not
 #   start the Bridge's loop thread: LoopBridge attaches the same seam to this loop. A Flask
-#   view (in an a2wsgi thread) blocks on bridge.call() while the loop opens the session;
-#   frames cross to that thread through the Bridge's janus queue exactly as in production
-#   legacy. The janus queue is created in the WSGI thread, and janus binds its async side
-#   to the loop of its first async use: the pump task, on this loop (test_hybrid pins it).
+#   view (in an a2wsgi thread) blocks on bridge.call() while the loop opens the session,
+#   and reads the first frame through the Bridge's janus queue (headers leave with it,
+#   as in production legacy). The janus queue is created in the WSGI thread, and janus
+#   binds its async side to the loop of its first async use: the pump task, on this loop
+#   (test_hybrid pins it). When the view returns a stream body (legacy_bridge.WSGIBody),
+#   the shim hands it to the front (LOOP_BODY) and gives a2wsgi an empty body: the
+#   thread is free, and _hybrid_body.write_body sends the other frames from the loop
+#   (the queue's async side), so a chunk no longer crosses to a thread and back.
 #   The legacy branch's service is a relabelled shallow copy of the native one, so both
 #   share one Lifecycle, Admission, store and key limits (asyncio semaphores can only be
 #   shared on one loop): max_streams, the rate limit, readiness and the drain are per
@@ -31,12 +35,15 @@
 #   would pump heartbeats to nobody forever. The front owns receive() for Flask-branch
 #   requests: a watcher task awaits http.disconnect once the body was read, and calls the
 #   callbacks registered through environ["streambridge.on_disconnect"]; the Flask extension
-#   registers its WSGIBody.close, which shuts the frame queue (the WSGI thread's get()
-#   returns, a2wsgi ends the response) and aborts the session on the loop: the agent stops
-#   within milliseconds, as on the async branch.
+#   registers its WSGIBody.close, which shuts the frame queue (the loop writer's get()
+#   returns, the response ends) and aborts the session on the loop: the agent stops
+#   within milliseconds, as on the async branch. A write stuck in flow control for the
+#   send timeout ends the stream as send_timeout (the writer's timer; the pump's is
+#   for a full queue) and the connection is closed.
 # - Threads: a2wsgi's pool (10 by default, and silently queueing) is sized to the stream
 #   and buffered slots plus 16, so admission refuses streams first; a request finding every
-#   thread busy waits up to admission_timeout for one, then gets 503 and a log line.
+#   thread busy waits up to admission_timeout for one, then gets 503 and a log line. A
+#   stream holds its thread only until its first frame; a buffered answer, to its end.
 # - Shutdown: SIGTERM drains the shared lifecycle (both branches' streams end in-band with
 #   error "shutdown") before uvicorn's own handler runs; uvicorn-worker does not pass
 #   gunicorn's graceful timeout to uvicorn (uvicorn#2094), so HybridWorker sets
