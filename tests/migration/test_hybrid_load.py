@@ -15,9 +15,8 @@ import resource
 import time
 from collections.abc import Iterator
 
-import pytest
-
 import httpx
+import pytest
 
 from tests.clients import RawStream, chat_body, metric, wait_for
 from tests.probe_agents import probe_text
