@@ -285,7 +285,8 @@ class WSGIBody:
     """The WSGI response iterable of one stream: reads frames_q, joins what is queued."""
 
     def __init__(self, bridge: _OnLoop, session: StreamSession, frames: janus.Queue[Any]) -> None:
-        self._bridge, self._session, self._frames = bridge, session, frames
+        self._bridge, self._frames = bridge, frames
+        self.session = session  # public: the stream this body reads
         self._q = frames.sync_q
         self._done = False
         self._first: bytes | None = None
@@ -321,11 +322,6 @@ class WSGIBody:
             raise chunks[0].error
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    @property
-    def session(self) -> StreamSession:
-        """The stream this body reads."""
-        return self._session
-
     async def frames_on_loop(self) -> AsyncIterator[bytes]:
         """After ``first()``, the frames still to come, read on the loop (the hybrid front
         writes them from there); ``close()`` and the pump's send timeout apply as ever."""
@@ -344,7 +340,7 @@ class WSGIBody:
             return
         self._done = True
         self._q.shutdown(immediate=True)  # the pump's put raises at once
-        self._bridge.on_loop(self._session.abort, Outcome.CLIENT_DISCONNECTED)
+        self._bridge.on_loop(self.session.abort, Outcome.CLIENT_DISCONNECTED)
 
 
 FramesQueue: TypeAlias = janus.Queue[Any]
