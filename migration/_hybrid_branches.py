@@ -125,7 +125,7 @@ def with_path_header(message: dict[str, Any], path: str) -> dict[str, Any]:
 def expose_disconnect(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
     """WSGI shim: copy the front's hooks (disconnect, route) from the ASGI scope to the
     environ, and hand a streambridge stream body to the front (``LOOP_BODY``): a2wsgi
-    then gets an empty body and frees the thread; the front writes the stream."""
+    then gets the first frame only and frees the thread; the front writes the rest."""
 
     def shim(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         scope = environ.get("asgi.scope")  # a2wsgi keeps the scope in the environ
@@ -139,7 +139,9 @@ def expose_disconnect(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iter
         result = app(environ, start_response)
         if isinstance(result, WSGIBody) and scope is not None and LOOP_BODY in scope:
             scope[LOOP_BODY](result)
-            return ()
+            # The first frame (read by the view) leaves from here at once, as before; the
+            # front writes the rest after a2wsgi's end of body, which it drops.
+            return [next(result)]
         return result
 
     return shim
@@ -172,8 +174,9 @@ class Handoff:
         """The Flask branch's ``send``: passes through unless the request was handed off."""
 
         async def flask_send(message: dict[str, Any]) -> None:
-            if self.stream is not None and message["type"] == "http.response.body":
-                return  # a2wsgi's end of the empty body: the front writes the stream
+            if (self.stream is not None and message["type"] == "http.response.body"
+                    and not message.get("more_body", False)):
+                return  # a2wsgi's end of body: the front writes the rest of the stream
             if self.body is None:  # X-Stream-Path on the legacy branch's errors too
                 await send(message if self.path is None else with_path_header(message, self.path))
             elif message["type"] == "http.response.start":
