@@ -7,8 +7,8 @@ its whole life: under a 500-stream burst the worker was GIL-bound (issue 10,
 docs/ARCHITECTURE.md). The front now lets the Flask view run in its thread as before
 (auth, admission, headers, the first frame within the header hold); when the view
 returns a streambridge stream (``legacy_bridge.WSGIBody``) the shim hands that body to
-the front and answers a2wsgi with an empty iterable, so the thread is free at once,
-and ``write_body`` sends the rest of the frames from the loop.
+the front and gives a2wsgi only the first frame, so the thread is free at once, and
+``write_body`` sends the rest of the frames from the loop.
 
 What stays as before: the pump (send timeout on a full queue, drain, metrics, the
 one outcome), the sync agent's thread, ``body.close()`` on a disconnect (the front's
@@ -65,7 +65,7 @@ class _StuckSend:
 async def write_body(body: WSGIBody, send: Send) -> None:
     """Send ``body``'s remaining frames from the loop, then end the response.
 
-    The response's start was sent already (by a2wsgi, from the Flask view's headers).
+    The response's start and first frame were sent already (by a2wsgi, from the view).
     Ends early when the client leaves (``body.close()`` shuts the frames queue), when a
     write waits longer than the send timeout, or when the server cancels the request.
     """

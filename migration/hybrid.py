@@ -23,9 +23,9 @@
 #   as in production legacy). The janus queue is created in the WSGI thread, and janus
 #   binds its async side to the loop of its first async use: the pump task, on this loop
 #   (test_hybrid pins it). When the view returns a stream body (legacy_bridge.WSGIBody),
-#   the shim hands it to the front (LOOP_BODY) and gives a2wsgi an empty body: the
-#   thread is free, and _hybrid_body.write_body sends the other frames from the loop
-#   (the queue's async side), so a chunk no longer crosses to a thread and back.
+#   the shim hands it to the front (LOOP_BODY) and gives a2wsgi the first frame only:
+#   the thread is free, and _hybrid_body.write_body sends the other frames from the
+#   loop (the queue's async side), so a chunk no longer crosses to a thread and back.
 #   The legacy branch's service is a relabelled shallow copy of the native one, so both
 #   share one Lifecycle, Admission, store and key limits (asyncio semaphores can only be
 #   shared on one loop): max_streams, the rate limit, readiness and the drain are per
