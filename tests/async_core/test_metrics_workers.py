@@ -33,17 +33,22 @@ def test_metrics_sum_the_streams_of_both_workers() -> None:
                 headers={"connection": "close"})
             results.append(got.kinds().count("done"))
 
-        threads = [threading.Thread(target=one) for _ in range(N)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert results == [1] * N
-        pids = {r["pid"] for r in read_probe(probe)}
+        # The kernel decides which worker accepts: on a loaded machine one worker may
+        # take a whole round, so rounds go on (at most 5) until both workers served some.
+        for _ in range(5):
+            threads = [threading.Thread(target=one) for _ in range(N)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            pids = {r["pid"] for r in read_probe(probe)}
+            if len(pids) == 2:
+                break
+        assert results == [1] * len(results)
         assert len(pids) == 2, f"the streams did not spread over both workers: {pids}"
         for _ in range(6):
             assert _fresh_metric(srv, "streambridge_streams_total", outcome="completed",
-                                 agent="probe-async") == N
+                                 agent="probe-async") == len(results)
             assert _fresh_metric(srv, "streambridge_active_streams") == 0
     finally:
         srv.stop()

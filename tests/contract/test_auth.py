@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -84,9 +85,12 @@ def test_per_key_concurrency_limit(srv: Server) -> None:
 def test_per_key_rate_limit(srv: Server) -> None:
     """Past the key's rate: 429 with Retry-After."""
     body = {**chat_body("demo", tokens=1, interval_ms=0), "stream": False}
-    with httpx.Client(timeout=10) as client:
-        codes = [client.post(srv.url("/v1/chat"), json=body, headers=bearer(GLOBEX))
-                 for _ in range(60)]
+    # Sent 20 at a time, so they exceed the key's 20/s even when the machine is slow
+    # (one after another at over 50 ms each, a loaded CI machine never passed the rate).
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=20)) as client, \
+            ThreadPoolExecutor(max_workers=20) as pool:
+        codes = list(pool.map(lambda _: client.post(srv.url("/v1/chat"), json=body,
+                                                    headers=bearer(GLOBEX)), range(60)))
     limited = [r for r in codes if r.status_code == 429]
     assert limited and int(limited[0].headers["retry-after"]) >= 1
     assert limited[0].json()["error"]["code"] == "rate_limited"

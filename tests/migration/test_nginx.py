@@ -66,28 +66,29 @@ def test_chunks_arrive_through_nginx_as_they_are_produced(proxied: tuple[Server,
     assert all(0.12 < g < 0.4 for g in gaps), gaps
 
 
-def test_ttfc_through_nginx_is_within_5ms_of_direct(proxied: tuple[Server, Nginx]) -> None:
-    """Over 30 back-to-back pairs, nginx adds less than 5 ms to the median TTFC.
+def test_first_chunk_through_nginx_is_not_held_back(proxied: tuple[Server, Nginx]) -> None:
+    """Through nginx the first chunk arrives as it leaves the server, not with the stream.
 
-    The machine is shared: each pair runs direct and proxied back to back (order
-    alternating), and the median of the per-pair differences is compared, so a
-    slow moment slows both members of a pair instead of one side of the test.
+    A stream of 3 tokens 100 ms apart: a buffering proxy would add at least 200 ms to
+    the time to first chunk. Over 10 back-to-back pairs (order alternating, so a slow
+    moment of the shared machine slows both members of a pair) the median added time
+    must stay far below that. Speed itself is measured by the benchmarks, not here.
     """
     server, nginx = proxied
-    body = _chat(3, 5)
+    body = _chat(3, 100)
     direct, via = [], []
     with httpx.Client(timeout=30) as d, httpx.Client(timeout=30) as n:
-        for _ in range(3):  # warm up both connection pools and nginx's upstream keepalive
+        for _ in range(2):  # warm up both connection pools and nginx's upstream keepalive
             _timed_stream(d, server.url("/v1/chat"), body)
             _timed_stream(n, nginx.base_url + "/v1/chat", body)
-        for i in range(30):
+        for i in range(10):
             pair = [(d, server.url("/v1/chat"), direct), (n, nginx.base_url + "/v1/chat", via)]
             for client, url, out in pair if i % 2 else reversed(pair):
                 out.append(_timed_stream(client, url, body)[0][0])
     added_ms = statistics.median(v - x for v, x in zip(via, direct, strict=True)) * 1e3
-    assert added_ms < 5.0, (f"TTFC p50 direct {statistics.median(direct) * 1e3:.2f} ms, "
-                            f"via nginx {statistics.median(via) * 1e3:.2f} ms, "
-                            f"median added {added_ms:.2f} ms")
+    assert added_ms < 100.0, (f"TTFC p50 direct {statistics.median(direct) * 1e3:.2f} ms, "
+                              f"via nginx {statistics.median(via) * 1e3:.2f} ms, "
+                              f"median added {added_ms:.2f} ms")
 
 
 def test_idle_stream_outlives_proxy_read_timeout(server: Server) -> None:
