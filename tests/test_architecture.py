@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 import async_core
+import async_core.store
+import async_core.webhooks
 import async_core.wire
 import legacy_bridge
 from tests.servers import REPO
@@ -48,7 +50,8 @@ def test_package_imports_nothing_it_must_not(package: str) -> None:
     assert not loaded & FORBIDDEN[package], f"{package} loaded {loaded & FORBIDDEN[package]}"
 
 
-@pytest.mark.parametrize("module", [async_core, async_core.wire, legacy_bridge])
+@pytest.mark.parametrize("module", [async_core, async_core.wire, async_core.store,
+                                    async_core.webhooks, legacy_bridge])
 def test_public_api_is_explicit(module: object) -> None:
     """Every name in __all__ exists, and __all__ is sorted and has no duplicates."""
     names = module.__all__  # type: ignore[attr-defined]
@@ -71,6 +74,20 @@ def test_async_core_public_api_is_pinned() -> None:
         "render_page", "serve",
     ]
 
+
+
+def test_cross_package_public_apis_are_pinned() -> None:
+    """What legacy_bridge and migration reach for in other packages is exported on purpose."""
+    assert legacy_bridge.__all__ == [
+        "Bridge", "Endpoint", "JanusRunner", "ROUTE_HOOK", "StreamBridge", "ThreadGlue",
+        "bridges", "create_app", "error_response", "janus_runner", "serve",
+    ]
+    assert async_core.store.__all__ == [
+        "IN_PROGRESS", "Persistence", "Snapshot", "Store", "StoreConfigError",
+        "TranscriptWriter", "add_db_parser", "create_engine", "current_revision",
+        "database_url", "downgrade", "ensure_current", "head_revision", "is_sqlite",
+        "preflight", "run_db", "sqlite_path", "stored_outcome", "upgrade",
+    ]
 
 # --- Packages talk through public names, and no module imports itself back (issue 12) ---
 
