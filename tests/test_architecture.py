@@ -166,18 +166,29 @@ def import_graph(root: Path = REPO) -> tuple[list[str], dict[str, set[str]]]:
     return [f"{file}:{line}: {dotted}" for file, line, dotted in sorted(private)], graph
 
 
-def import_cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
-    """One shortest cycle (``[a, b, ..., a]``) per strongly connected group of modules.
+def import_cycles(graph: Mapping[str, set[str]]) -> list[str]:
+    """One shortest cycle (``a -> b -> a``) per strongly connected group of modules.
 
     A group larger than its shortest cycle has further cycles through the same modules:
-    the test reports the whole group too.
+    the line names the rest of the group too.
     """
+    lines = []
+    for group in _strong_groups(graph):
+        cycle = _shortest_cycle(graph, group)
+        extra = sorted(group - set(cycle))
+        lines.append(" -> ".join(cycle)
+                     + (f"  (the group also holds {', '.join(extra)})" if extra else ""))
+    return lines
+
+
+def _strong_groups(graph: Mapping[str, set[str]]) -> list[set[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     groups: list[set[str]] = []
 
-    def visit(v: str) -> None:  # Tarjan's algorithm
+    def visit(v: str) -> None:
         index[v] = low[v] = len(index)
         stack.append(v)
         for w in sorted(graph[v]):
@@ -196,27 +207,7 @@ def import_cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
     for v in sorted(graph):
         if v not in index:
             visit(v)
-    return [_shortest_cycle(graph, group) for group in groups]
-
-
-def _cycle_groups(graph: Mapping[str, set[str]]) -> list[str]:
-    lines = []
-    for cycle in import_cycles(graph):
-        group = {v for v in graph if v in cycle or (graph[v] & set(cycle) and any(
-            v in _reachable(graph, w) for w in cycle))}
-        extra = sorted(group - set(cycle))
-        lines.append(" -> ".join(cycle) + (f"  (the group also holds {', '.join(extra)})"
-                                           if extra else ""))
-    return lines
-
-
-def _reachable(graph: Mapping[str, set[str]], start: str) -> set[str]:
-    seen, todo = {start}, [start]
-    while todo:
-        for w in graph[todo.pop()] - seen:
-            seen.add(w)
-            todo.append(w)
-    return seen
+    return groups
 
 
 def _shortest_cycle(graph: Mapping[str, set[str]], group: set[str]) -> list[str]:
@@ -250,7 +241,7 @@ def test_no_package_imports_another_packages_private_modules() -> None:
 def test_no_import_cycles_between_modules() -> None:
     """The module import graph (function-level imports included) has no cycle."""
     _, graph = import_graph()
-    cycles = _cycle_groups(graph)
+    cycles = import_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
@@ -279,7 +270,6 @@ def test_the_import_checks_see_what_they_must(tmp_path: Path) -> None:
                        "migration/__init__.py:2: legacy_bridge._m.k"]
     assert graph["migration"] == {"legacy_bridge.m"}  # legacy_bridge._m is not a module here
     assert graph["async_core.sub"] == {"async_core._x", "async_core.sub._z"}
-    assert import_cycles(graph) == [["async_core._x", "async_core._y", "async_core._x"]]
-    assert import_cycles({"a": {"b"}, "b": {"c", "a"}, "c": {"a"}}) == [["a", "b", "a"]]
-    assert _cycle_groups({"a": {"b"}, "b": {"c", "a"}, "c": {"a"}, "d": {"a"}}) == [
-        "a -> b -> a  (the group also holds c)"]
+    assert import_cycles(graph) == ["async_core._x -> async_core._y -> async_core._x"]
+    assert import_cycles({"a": {"b"}, "b": {"c", "a"}, "c": {"d"}, "d": {"a"}, "e": {"a"}}
+                         ) == ["a -> b -> a  (the group also holds c, d)"]
