@@ -80,7 +80,7 @@ def test_cross_package_public_apis_are_pinned() -> None:
     """What legacy_bridge and migration reach for in other packages is exported on purpose."""
     assert legacy_bridge.__all__ == [
         "Bridge", "Endpoint", "JanusRunner", "ROUTE_HOOK", "StreamBridge", "ThreadGlue",
-        "bridges", "create_app", "error_response", "janus_runner", "serve",
+        "WSGIBody", "bridges", "create_app", "error_response", "janus_runner", "serve",
     ]
     assert async_core.store.__all__ == [
         "IN_PROGRESS", "Persistence", "Snapshot", "Store", "StoreConfigError",
