@@ -12,11 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._engine import StreamSession
-from ._lifecycle import Lifecycle, LifecycleState
-from ._records import Outcome, StreamInfo, StreamRecord
+from ._lifecycle import Lifecycle, LifecycleState, install_sigterm_drain
+from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ._metrics import render as render_metrics
+from ._page import PAGE_CONTENT_TYPE, cors_headers, render_page
+from ._records import FinishHook, Outcome, StreamInfo, StreamRecord
+from ._registry import default_registry
 from ._settings import Settings, StreamPolicy
 from ._sockets import bound_send_buffer
-from ._sources import AgentEnd, AgentSource, AsyncSource, SyncRunner
+from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner
 from ._tasks import cancel_and_wait
 from .agents import (
     Agent,
@@ -28,7 +32,7 @@ from .agents import (
     Usage,
 )
 from .protocol import ChatCall, parse_chat
-from .service import StreamService, default_registry
+from .service import StreamService
 
 if TYPE_CHECKING:
     from ._app import create_app, create_app_from_env
@@ -43,11 +47,15 @@ __all__ = [
     "AgentRequest",
     "AgentSource",
     "AsyncSource",
+    "Batch",
     "ChatCall",
     "Finish",
+    "FinishHook",
     "Lifecycle",
     "LifecycleState",
+    "METRICS_CONTENT_TYPE",
     "Outcome",
+    "PAGE_CONTENT_TYPE",
     "Settings",
     "StateUpdate",
     "StreamEngine",
@@ -60,10 +68,14 @@ __all__ = [
     "Usage",
     "bound_send_buffer",
     "cancel_and_wait",
+    "cors_headers",
     "create_app",
     "create_app_from_env",
     "default_registry",
+    "install_sigterm_drain",
     "parse_chat",
+    "render_metrics",
+    "render_page",
     "serve",
 ]
 

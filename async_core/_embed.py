@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Router
 
-from ._app import chat_response, contract_routes, error_response
 from ._lifecycle import install_sigterm_drain
 from ._records import FinishHook
+from ._routes import chat_response, contract_routes, error_response
 from ._settings import PathName, Settings
 from ._sources import SyncRunner
 from .agents import AgentRegistry

@@ -17,29 +17,19 @@ from ._admission import Admission
 from ._engine import StreamSession
 from ._lifecycle import Lifecycle
 from ._records import FinishHook, StreamInfo
+from ._registry import default_registry
 from ._settings import PathName, Settings
 from ._sources import SyncRunner
-from .agents import AgentRegistry, AgentRequest, load_agents
+from .agents import AgentRegistry, AgentRequest
 from .auth import ANONYMOUS, ApiKeys, KeyLimits, Principal
-from .demo import DEMO_AGENT
 from .exceptions import NotFound, Overloaded, RateLimited, StreamBridgeError
 from .protocol import ChatCall, new_id
-from .providers import PROVIDER_AGENTS
 from .wire import Event, StreamMeta, buffered_body, make_encoder
 
 if TYPE_CHECKING:
     from .store import Persistence
 
 NATIVE_FORMATS = ("sse", "ndjson", "text")
-
-
-def default_registry(settings: Settings | None = None) -> AgentRegistry:
-    """Return the built-in agents (``demo``, ``ollama``, ``openai``) and ``settings.agents``."""
-    registry = AgentRegistry([DEMO_AGENT, *PROVIDER_AGENTS])
-    if settings is not None and settings.agents:
-        for agent in load_agents(settings.agents):
-            registry.register(agent)
-    return registry
 
 
 class StreamService:

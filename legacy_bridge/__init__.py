@@ -19,15 +19,18 @@ if TYPE_CHECKING:
     from ._bridge import Bridge, bridges
     from ._endpoints import ROUTE_HOOK, Endpoint
     from ._flask import StreamBridge, error_response
+    from ._glue import ThreadGlue
     from ._seam import JanusRunner, WSGIBody
+    from ._serve import serve
     from .app import create_app
 
-__all__ = ["Bridge", "Endpoint", "JanusRunner", "ROUTE_HOOK", "StreamBridge", "WSGIBody",
-           "bridges", "create_app", "error_response", "janus_runner"]
+__all__ = ["Bridge", "Endpoint", "JanusRunner", "ROUTE_HOOK", "StreamBridge", "ThreadGlue",
+           "WSGIBody", "bridges", "create_app", "error_response", "janus_runner", "serve"]
 
 _WHERE = {"StreamBridge": "_flask", "error_response": "_flask", "Bridge": "_bridge",
           "Endpoint": "_endpoints", "ROUTE_HOOK": "_endpoints",
-          "JanusRunner": "_seam", "WSGIBody": "_seam", "bridges": "_bridge", "create_app": "app"}
+          "JanusRunner": "_seam", "WSGIBody": "_seam", "ThreadGlue": "_glue",
+          "bridges": "_bridge", "create_app": "app", "serve": "_serve"}
 
 
 def __getattr__(name: str) -> Any:

@@ -18,8 +18,14 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from async_core import AgentRegistry, Outcome, Settings, StreamService, StreamSession
-from async_core._records import FinishHook
+from async_core import (
+    AgentRegistry,
+    FinishHook,
+    Outcome,
+    Settings,
+    StreamService,
+    StreamSession,
+)
 from async_core.wire import Event
 
 from ._glue import Signal, ThreadGlue, detect_glue, native_sqlite_threads

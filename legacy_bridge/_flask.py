@@ -19,10 +19,19 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from async_core import AgentRegistry, Settings, StreamSession, default_registry, parse_chat
-from async_core import _metrics as metrics
-from async_core._page import PAGE_CONTENT_TYPE, cors_headers, render_page
-from async_core._records import FinishHook
+from async_core import (
+    METRICS_CONTENT_TYPE,
+    PAGE_CONTENT_TYPE,
+    AgentRegistry,
+    FinishHook,
+    Settings,
+    StreamSession,
+    cors_headers,
+    default_registry,
+    parse_chat,
+    render_metrics,
+    render_page,
+)
 from async_core.auth import Principal
 from async_core.exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
 from async_core.protocol import ROUTES, ChatCall, Route, drain_limit
@@ -235,7 +244,7 @@ class StreamBridge:
 
         @bp.get("/metrics")
         def metrics_endpoint() -> Response:
-            return Response(metrics.render(), content_type=metrics.CONTENT_TYPE)
+            return Response(render_metrics(), content_type=METRICS_CONTENT_TYPE)
 
         return bp
 

@@ -49,8 +49,7 @@ from janus import (
     SyncQueueShutDown,
 )
 
-from async_core import AgentEnd, Outcome, StreamSession
-from async_core._sources import Batch
+from async_core import AgentEnd, Batch, Outcome, StreamSession
 from async_core.agents import AgentItem, AgentRequest
 from async_core.exceptions import Overloaded, StreamBridgeError
 

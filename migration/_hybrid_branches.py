@@ -21,9 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from async_core import Agent, AgentRegistry, Settings, StreamService
-from legacy_bridge import ROUTE_HOOK, WSGIBody
-from legacy_bridge._bridge import Bridge
-from legacy_bridge._glue import ThreadGlue
+from legacy_bridge import ROUTE_HOOK, Bridge, ThreadGlue, WSGIBody
 
 from ._flagfile import FlagStore
 from ._hybrid_body import LOOP_BODY

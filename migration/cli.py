@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-PATHS = ("async", "legacy", "hybrid")
+from ._paths import PATHS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import add_parser as add_compare_parser
 
     add_compare_parser(sub)
-    from async_core.store._cli import add_parser as add_db_parser
+    from async_core.store import add_db_parser
 
     add_db_parser(sub)
     return parser
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             print("streambridge: --workers must be >= 1", file=sys.stderr)
             return 2
-        from async_core.store._cli import preflight
+        from async_core.store import preflight
 
         problem = preflight(args.host)  # keys, bind address, database, webhooks
         if problem is not None:
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          log_level=args.log_level)
             return 0
         if args.path == "legacy":
-            from legacy_bridge._serve import serve as serve_legacy
+            from legacy_bridge import serve as serve_legacy
 
             serve_legacy(host=args.host, port=args.port, workers=args.workers,
                          worker_class=args.worker_class, threads=args.threads,
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               app="migration.asgi:create_async_app", loop=args.loop)
         return 0
     if args.command == "db":
-        from async_core.store._cli import run as run_db
+        from async_core.store import run_db
 
         return run_db(args)
     if args.command == "flags":

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from ._paths import PATHS
+
 if TYPE_CHECKING:  # _latency needs psutil, which only the [compare] extra installs
     from ._latency import Cost, StreamSample
 
@@ -48,8 +50,6 @@ _LISTEN = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:
 
 def available_paths() -> list[str]:
     """Path ids this installation can serve (``hybrid`` only once the CLI offers it)."""
-    from .cli import PATHS
-
     hybrid = "hybrid" in PATHS and importlib.util.find_spec("migration.hybrid") is not None
     return [p for p, args in PATH_ARGS.items()
             if args[1] in PATHS and (hybrid or args[1] != "hybrid")]

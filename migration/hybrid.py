@@ -64,15 +64,12 @@ from prometheus_client import Counter
 from starlette.responses import JSONResponse
 from uvicorn_worker import UvicornWorker
 
-from async_core import Settings, StreamService
+from async_core import Settings, StreamService, install_sigterm_drain
 from async_core import create_app as create_async_app
-from async_core._lifecycle import install_sigterm_drain
 from async_core.exceptions import BadRequest, Overloaded, PayloadTooLarge
 from async_core.protocol import ROUTES, drain_limit, load_body, new_id
 from async_core.read_timeout import read_timeout_protocol
-from legacy_bridge import ROUTE_HOOK, StreamBridge
-from legacy_bridge._glue import ThreadGlue
-from legacy_bridge._seam import JanusRunner
+from legacy_bridge import ROUTE_HOOK, JanusRunner, StreamBridge, ThreadGlue
 from legacy_bridge.app import create_app as create_flask_app
 
 from ._flagfile import ENV_FILE, FlagStore

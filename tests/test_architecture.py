@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 
 import async_core
+import async_core.store
+import async_core.webhooks
 import async_core.wire
 import legacy_bridge
 from tests.servers import REPO
@@ -45,7 +50,8 @@ def test_package_imports_nothing_it_must_not(package: str) -> None:
     assert not loaded & FORBIDDEN[package], f"{package} loaded {loaded & FORBIDDEN[package]}"
 
 
-@pytest.mark.parametrize("module", [async_core, async_core.wire, legacy_bridge])
+@pytest.mark.parametrize("module", [async_core, async_core.wire, async_core.store,
+                                    async_core.webhooks, legacy_bridge])
 def test_public_api_is_explicit(module: object) -> None:
     """Every name in __all__ exists, and __all__ is sorted and has no duplicates."""
     names = module.__all__  # type: ignore[attr-defined]
@@ -59,9 +65,211 @@ def test_async_core_public_api_is_pinned() -> None:
     """Changing the public API of async_core is a deliberate act: update this list."""
     assert async_core.__all__ == [
         "Agent", "AgentEnd", "AgentFailure", "AgentRegistry", "AgentRequest", "AgentSource",
-        "AsyncSource", "ChatCall", "Finish", "Lifecycle", "LifecycleState", "Outcome",
-        "Settings", "StateUpdate", "StreamEngine", "StreamInfo", "StreamPolicy", "StreamRecord",
+        "AsyncSource", "Batch", "ChatCall", "Finish", "FinishHook", "Lifecycle",
+        "LifecycleState", "METRICS_CONTENT_TYPE", "Outcome", "PAGE_CONTENT_TYPE", "Settings",
+        "StateUpdate", "StreamEngine", "StreamInfo", "StreamPolicy", "StreamRecord",
         "StreamService", "StreamSession", "SyncRunner", "Usage", "bound_send_buffer",
-        "cancel_and_wait", "create_app",
-        "create_app_from_env", "default_registry", "parse_chat", "serve",
+        "cancel_and_wait", "cors_headers", "create_app", "create_app_from_env",
+        "default_registry", "install_sigterm_drain", "parse_chat", "render_metrics",
+        "render_page", "serve",
     ]
+
+
+
+def test_cross_package_public_apis_are_pinned() -> None:
+    """What legacy_bridge and migration reach for in other packages is exported on purpose."""
+    assert legacy_bridge.__all__ == [
+        "Bridge", "Endpoint", "JanusRunner", "ROUTE_HOOK", "StreamBridge", "ThreadGlue",
+        "WSGIBody", "bridges", "create_app", "error_response", "janus_runner", "serve",
+    ]
+    assert async_core.store.__all__ == [
+        "IN_PROGRESS", "Persistence", "Snapshot", "Store", "StoreConfigError",
+        "TranscriptWriter", "add_db_parser", "create_engine", "current_revision",
+        "database_url", "downgrade", "ensure_current", "head_revision", "is_sqlite",
+        "preflight", "run_db", "sqlite_path", "stored_outcome", "upgrade",
+    ]
+
+# --- Packages talk through public names, and no module imports itself back (issue 12) ---
+
+PACKAGES = ("async_core", "legacy_bridge", "migration")
+
+
+def _module_files(root: Path) -> dict[str, Path]:
+    """Every module of the three packages, by dotted name (a package is its __init__)."""
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Import statements at any depth (functions too), minus ``if TYPE_CHECKING:`` bodies."""
+    stack = list(ast.iter_child_nodes(tree))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)  # the else branch runs
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _imports(name: str, path: Path, modules: Mapping[str, Path]
+             ) -> Iterator[tuple[int, str, str]]:
+    """(line, dotted path imported, module it loads) for each name ``name`` imports.
+
+    ``from a.b import c`` imports ``a.b.c``; it loads module ``a.b.c`` when that is a
+    module, else ``a.b`` (``c`` is a name in it). Relative imports are resolved.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in _import_nodes(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, alias.name
+            continue
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join([*anchor, base] if base else anchor)
+        for alias in node.names:
+            dotted = f"{base}.{alias.name}"
+            yield node.lineno, dotted, dotted if dotted in modules else base
+
+
+def _is_private(dotted: str) -> bool:
+    return any(part.startswith("_") and not part.startswith("__") for part in dotted.split("."))
+
+
+def import_graph(root: Path = REPO) -> tuple[list[str], dict[str, set[str]]]:
+    """The private cross-package imports (``file:line: dotted.path``) and the module graph."""
+    modules = _module_files(root)
+    private: list[tuple[str, int, str]] = []
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for lineno, dotted, target in _imports(name, path, modules):
+            other = dotted.split(".")[0]
+            if other in PACKAGES and other != name.split(".")[0] and _is_private(dotted):
+                private.append((str(path.relative_to(root)), lineno, dotted))
+            if target in modules and target != name:
+                graph[name].add(target)
+    return [f"{file}:{line}: {dotted}" for file, line, dotted in sorted(private)], graph
+
+
+def import_cycles(graph: Mapping[str, set[str]]) -> list[str]:
+    """One shortest cycle (``a -> b -> a``) per strongly connected group of modules.
+
+    A group larger than its shortest cycle has further cycles through the same modules:
+    the line names the rest of the group too.
+    """
+    lines = []
+    for group in _strong_groups(graph):
+        cycle = _shortest_cycle(graph, group)
+        extra = sorted(group - set(cycle))
+        lines.append(" -> ".join(cycle)
+                     + (f"  (the group also holds {', '.join(extra)})" if extra else ""))
+    return lines
+
+
+def _strong_groups(graph: Mapping[str, set[str]]) -> list[set[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = {stack.pop()}
+            while v not in group:
+                group.add(stack.pop())
+            if len(group) > 1:
+                groups.append(group)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def _shortest_cycle(graph: Mapping[str, set[str]], group: set[str]) -> list[str]:
+    best: list[str] = []
+    for start in sorted(group):
+        came_from: dict[str, str] = {}
+        frontier = [start]
+        while frontier and start not in came_from:
+            step = []
+            for v in frontier:
+                for w in sorted(graph[v] & group):
+                    if w not in came_from:
+                        came_from[w] = v
+                        step.append(w)
+            frontier = step
+        cycle = [start]
+        while len(cycle) == 1 or cycle[-1] != start:
+            cycle.append(came_from[cycle[-1]])
+        if not best or len(cycle) < len(best):
+            best = cycle[::-1]
+    return best
+
+
+def test_no_package_imports_another_packages_private_modules() -> None:
+    """No module imports a ``_private`` module or name of another top-level package."""
+    private, _ = import_graph()
+    assert not private, (f"{len(private)} private cross-package imports (export the name "
+                         "in that package's __init__ instead):\n" + "\n".join(private))
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """The module import graph (function-level imports included) has no cycle."""
+    _, graph = import_graph()
+    cycles = import_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_import_checks_see_what_they_must(tmp_path: Path) -> None:
+    """On a small tree, the checks find each private import and cycle, and nothing else."""
+    files = {
+        "async_core/__init__.py": "from ._x import f\n",
+        "async_core/_x.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                             "    from legacy_bridge import _hidden\n"
+                             "def f():\n    from . import _y\n"),
+        "async_core/_y.py": "from ._x import f\n",
+        "async_core/sub/__init__.py": "from .._x import f\nfrom ._z import g\n",
+        "async_core/sub/_z.py": "g = 1\n",
+        "legacy_bridge/__init__.py": "import async_core.sub._z\n",
+        "legacy_bridge/m.py": ("from async_core import f, _y\nfrom async_core.sub import g\n"
+                               "def h():\n    from async_core.sub._z import g\n"),
+        "migration/__init__.py": "from legacy_bridge import m\nfrom legacy_bridge._m import k\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    private, graph = import_graph(tmp_path)
+    assert private == ["legacy_bridge/__init__.py:1: async_core.sub._z",
+                       "legacy_bridge/m.py:1: async_core._y",
+                       "legacy_bridge/m.py:4: async_core.sub._z.g",
+                       "migration/__init__.py:2: legacy_bridge._m.k"]
+    assert graph["migration"] == {"legacy_bridge.m"}  # legacy_bridge._m is not a module here
+    assert graph["async_core.sub"] == {"async_core._x", "async_core.sub._z"}
+    assert import_cycles(graph) == ["async_core._x -> async_core._y -> async_core._x"]
+    assert import_cycles({"a": {"b"}, "b": {"c", "a"}, "c": {"d"}, "d": {"a"}, "e": {"a"}}
+                         ) == ["a -> b -> a  (the group also holds c, d)"]

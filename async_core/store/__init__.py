@@ -17,7 +17,9 @@ writer per process (``_writer``), flushed on graceful shutdown.
 
 from __future__ import annotations
 
+from ._cli import add_parser as add_db_parser
 from ._cli import preflight
+from ._cli import run as run_db
 from ._db import StoreConfigError, create_engine, database_url, is_sqlite, sqlite_path
 from ._migrate import current_revision, downgrade, ensure_current, head_revision, upgrade
 from ._persistence import Persistence, stored_outcome
@@ -31,6 +33,7 @@ __all__ = [
     "Store",
     "StoreConfigError",
     "TranscriptWriter",
+    "add_db_parser",
     "create_engine",
     "current_revision",
     "database_url",
@@ -39,6 +42,7 @@ __all__ = [
     "head_revision",
     "is_sqlite",
     "preflight",
+    "run_db",
     "sqlite_path",
     "stored_outcome",
     "upgrade",

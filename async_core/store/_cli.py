@@ -60,7 +60,8 @@ def _one_line(error: BaseException) -> str:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from . import create_engine, current_revision, database_url, downgrade, head_revision, upgrade
+    from ._db import create_engine, database_url
+    from ._migrate import current_revision, downgrade, head_revision, upgrade
 
     url = database_url(settings)
     if url is None:
@@ -90,8 +91,8 @@ def preflight(host: str, settings: Settings | None = None) -> str | None:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
+    from .._registry import default_registry
     from ..auth import ApiKeys, check_bind
-    from ..service import default_registry
     from ..webhooks import WebhookConfig
     from ._db import database_url
 

@@ -16,8 +16,8 @@ from async_core.providers import (
     build_call,
     from_status,
     parse_retry_after,
+    validate_options,
 )
-from async_core.providers._agents import validate_options
 
 OLLAMA = (b'{"model":"m","created_at":"t","message":{"role":"assistant","content":"Hel"},'
           b'"done":false}\n'
