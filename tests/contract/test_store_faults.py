@@ -187,10 +187,12 @@ BURST = 200
 INTERVAL = 0.01  # the probe's pace: 100 tokens/s
 CHECKPOINT = 0.25  # the default checkpoint interval
 # A stored transcript may be one checkpoint interval behind what its client saw, plus the
-# writer's pass that commits it; 0.5 s of slack covers that pass on a loaded 2-core
-# machine (measured p99 0.26 s in all, against 1.3-2.6 s before one thread hop per
-# transaction).
-BOUND_TOKENS = int((CHECKPOINT + 0.5) / INTERVAL)
+# writer's pass that commits it. With 200 streams opening at once on one worker the loop is
+# saturated and that pass is slow: measured max 12-48 tokens on an idle machine, 100 once
+# in a full CI run (against 1,376 before one thread hop per transaction). 1.25 s of slack
+# keeps the test about what it guards (no lost conversation, no multi-second lag), not
+# about the speed of a saturated loop.
+BOUND_TOKENS = int((CHECKPOINT + 1.25) / INTERVAL)
 
 
 async def _burst_client(port: int, i: int, seen: dict[int, bytes]) -> None:
