@@ -9,6 +9,7 @@ commands (``db``, ``compare``, ``flags``).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,8 +51,17 @@ def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 60,
     """Run ``cmd`` to its end (a hang fails the test at ``timeout``)."""
     full = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMBRIDGE_DATABASE_PATH": os.path.join(
         tempfile.mkdtemp(prefix="sb-db-"), "sb.sqlite3"), **(env or {})}
-    return subprocess.run(cmd, cwd=cwd or REPO, env=full, text=True, capture_output=True,
-                          timeout=timeout, check=False)
+    # Its own session, so a hang is ended with every process it started (a timed-out
+    # gunicorn master killed alone leaves its workers running).
+    proc = subprocess.Popen(cmd, cwd=cwd or REPO, env=full, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], expected: str) -> None:
