@@ -22,62 +22,16 @@ a slot up to the pool timeout, then ``httpx.PoolTimeout``) and at most
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httpcore
 import httpx
 
-# httpcore's exceptions as httpx raises them (httpx's own map is private).
-_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-)
+from ._transport_compat import mapped_errors, stream_transport
+
 _HIGH_WATER = 1 << 18  # bytes buffered unread before the socket stops being read
-# What this module calls on a transport. uvloop's transports (what uvicorn picks when
-# uvloop is importable) implement them all but subclass neither asyncio.Transport nor
-# asyncio.BaseTransport, so an isinstance check fails every upstream stream (issue 16).
-_TRANSPORT_METHODS = ("write", "close", "is_closing", "get_extra_info", "pause_reading",
-                      "resume_reading")
-
-
-def _stream_transport(transport: object) -> asyncio.Transport:
-    """Return ``transport`` typed as a stream transport: checked by its methods, not its class.
-
-    Raises:
-        TypeError: it lacks a method a stream transport has (a datagram transport, say).
-    """
-    missing = [m for m in _TRANSPORT_METHODS if not callable(getattr(transport, m, None))]
-    if missing:
-        raise TypeError(f"not a stream transport ({type(transport).__name__} lacks "
-                        f"{', '.join(missing)})")
-    return transport  # type: ignore[return-value]  # structurally an asyncio.Transport
-
-
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    try:
-        yield
-    except httpx.HTTPError:
-        raise
-    except Exception as e:
-        for theirs, ours in _EXCEPTIONS:
-            if isinstance(e, theirs):
-                raise ours(str(e)) from e
-        raise
 
 
 class _Protocol(asyncio.Protocol):
@@ -94,7 +48,7 @@ class _Protocol(asyncio.Protocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = _stream_transport(transport)
+        self.transport = stream_transport(transport)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -216,7 +170,7 @@ class _Stream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectError(str(e)) from None
         if transport is None:  # the loop's start_tls returns None only once closed
             raise httpcore.ConnectError("the upstream closed during the TLS handshake")
-        tls = self._protocol.transport = _stream_transport(transport)
+        tls = self._protocol.transport = stream_transport(transport)
         return _Stream(tls, self._protocol)
 
     def get_extra_info(self, info: str) -> Any:
@@ -270,7 +224,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         sock = transport.get_extra_info("socket")
         for option in socket_options or ():
             sock.setsockopt(*option)
-        return _Stream(_stream_transport(transport), protocol)
+        return _Stream(stream_transport(transport), protocol)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -287,13 +241,13 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._released = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped():
+        with mapped_errors():
             async for part in self._stream:
                 yield part
 
     async def aclose(self) -> None:
         try:
-            with _mapped():
+            with mapped_errors():
                 await self._stream.aclose()
         finally:
             if isinstance(self._network, _Stream):  # the next request sets its own
@@ -343,7 +297,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
         except TimeoutError:
             raise httpx.PoolTimeout("no upstream connection slot free in time") from None
         try:
-            with _mapped():
+            with mapped_errors():
                 connection, response = await self._send(origin, req)
         except BaseException:
             self._slots.release()
