@@ -31,6 +31,7 @@ from .agents import (
     StateUpdate,
     Usage,
 )
+from .exceptions import ConfigError, StreamBridgeError
 from .protocol import ChatCall, parse_chat
 from .service import StreamService
 
@@ -49,6 +50,7 @@ __all__ = [
     "AsyncSource",
     "Batch",
     "ChatCall",
+    "ConfigError",
     "Finish",
     "FinishHook",
     "Lifecycle",
@@ -58,6 +60,7 @@ __all__ = [
     "PAGE_CONTENT_TYPE",
     "Settings",
     "StateUpdate",
+    "StreamBridgeError",
     "StreamEngine",
     "StreamInfo",
     "StreamPolicy",

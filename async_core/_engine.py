@@ -30,7 +30,7 @@ from . import exceptions as exc
 from ._records import _OUTCOME_OF, FinishHook, Outcome, ProgressHook, StreamInfo, StreamRecord
 from ._settings import StreamPolicy
 from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner
-from .agents import Agent, AgentFailure, AgentRequest, Finish, StateUpdate, Usage
+from .agents import Agent, AgentRequest, Finish, StateUpdate, Usage
 from .wire import Delta, Done, Encoder, Error, Event, State, StreamMeta
 
 log = logging.getLogger("streambridge.engine")
@@ -345,13 +345,9 @@ class StreamSession:
             f"the stream exceeded the total timeout of {self.policy.total_timeout:g} s")
 
     def _agent_error(self, error: BaseException) -> exc.StreamFailure:
-        if isinstance(error, AgentFailure):
+        if isinstance(error, exc.AgentFailure):
             # The agent's own code, status and Retry-After (e.g. upstream_rate_limited).
-            failure = exc.AgentError(error.message, retry_after=error.retry_after)
-            failure.retryable = error.retryable  # type: ignore[misc]
-            failure.code = error.code  # type: ignore[misc]
-            failure.status = error.http_status  # type: ignore[misc]
-            return failure
+            return error
         if isinstance(error, exc.StreamBridgeError):
             return exc.AgentError(error.message)
         log.error("agent %r failed in stream %s", self.agent.name, self.info.stream_id,

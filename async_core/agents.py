@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .exceptions import AgentFailure as AgentFailure  # agent authors' name for it
 from .exceptions import BadRequest, UnknownAgent
 
 
@@ -38,35 +39,6 @@ class Finish:
     """Yielded by an agent to set the ``finish_reason`` (default ``stop``)."""
 
     reason: str = "stop"
-
-
-class AgentFailure(Exception):  # noqa: N818 - the name says what it is to agent authors
-    """Raised by an agent for a failure whose message may be shown to the client.
-
-    Any other exception is reported to the client as a generic ``agent_error``
-    (its details go to the server log only).
-
-    Args:
-        message: a sentence safe to show to the client.
-        retryable: whether retrying the request may help (the engine retries only
-            these, and only before anything reached the client).
-
-    Attributes:
-        code: the error code the client sees (``agent_error`` unless a subclass says).
-        http_status: the status of the HTTP error sent when the failure happens
-            before the first byte (afterwards it is an in-band ``error`` event).
-        retry_after: seconds to wait before a retry (the engine's, and the client's
-            ``Retry-After``), if the failure says.
-    """
-
-    code: str = "agent_error"
-    http_status: int = 502
-    retry_after: float | None = None
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
 
 
 AgentItem = str | StateUpdate | Usage | Finish

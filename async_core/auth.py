@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._settings import Settings
-from .exceptions import Overloaded, RateLimited, StreamBridgeError, Unauthorized
+from .exceptions import ConfigError, Overloaded, RateLimited, Unauthorized
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 DEFAULT_TENANT = "default"
 
 
-class AuthConfigError(StreamBridgeError):
+class AuthConfigError(ConfigError):
     """The key configuration (or the bind address without keys) is refused at start-up."""
 
 

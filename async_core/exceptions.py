@@ -1,7 +1,15 @@
-"""Exceptions of the streaming engine.
+"""Exceptions of the streaming engine: one tree.
 
-Every error a client can see is one of these, and each class carries its HTTP
-status (used before the first byte) and its stable in-band code (used after)::
+Two kinds, kept apart because they end differently:
+
+- ``ConfigError`` (a ``ValueError``): the configuration cannot work. Raised at
+  start-up; the server prints one line naming the setting and exits non-zero. Never
+  an HTTP response. ``AuthConfigError``, ``StoreConfigError`` and
+  ``WebhookConfigError`` are its subclasses.
+- ``StreamBridgeError``: every error a client can see. Each class carries its HTTP
+  status (used before the first byte) and its stable in-band code (used after); an
+  instance may carry its own (an agent's ``AgentFailure``, an upstream's error),
+  given to the constructor, never assigned afterwards::
 
     StreamBridgeError                  500 internal_error
     ├── BadRequest                     400 bad_request
@@ -16,6 +24,7 @@ status (used before the first byte) and its stable in-band code (used after)::
     ├── NotStarted                     503 not_started
     └── StreamFailure                  in-band only, after the first byte
         ├── AgentError                 502 agent_error
+        │   └── AgentFailure           502 agent_error   (an agent's own code, status)
         ├── FirstChunkTimeout          504 first_chunk_timeout
         ├── IdleTimeout                504 idle_timeout
         ├── TotalTimeout               504 total_timeout
@@ -27,25 +36,51 @@ caught; callers never see them.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work, found at start-up: one line, non-zero exit.
+
+    Args:
+        message: one line naming the setting and what is wrong with it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class StreamBridgeError(Exception):
-    """Base class: an error with an HTTP status and a stable code.
+    """Base class of client-visible errors: an HTTP status and a stable code.
+
+    The class says the usual status, code and retryability; an instance may state its
+    own (``AgentFailure`` does, for an agent's or an upstream's failure).
 
     Args:
         message: a human-readable sentence naming the problem.
         retry_after: seconds the client should wait before retrying, if any.
+        code: this error's in-band code, if not the class'.
+        status: this error's HTTP status before the first byte, if not the class'.
+        retryable: whether a retry may help, if not the class' answer.
     """
 
-    status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal_error"
-    retryable: ClassVar[bool] = False
+    status: int = 500
+    code: str = "internal_error"
+    retryable: bool = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 code: str | None = None, status: int | None = None,
+                 retryable: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if retryable is not None:
+            self.retryable = retryable
 
     def body(self) -> dict[str, Any]:
         """Return the JSON body of the HTTP error: ``{"error": {"code", "message"}}``."""
@@ -137,6 +172,34 @@ class AgentError(StreamFailure):
 
     status = 502
     code = "agent_error"
+
+
+class AgentFailure(AgentError):  # noqa: N818 - the name says what it is to agent authors
+    """Raised by an agent for a failure whose message may be shown to the client.
+
+    Any other exception is reported to the client as a generic ``agent_error``
+    (its details go to the server log only). Exported as ``async_core.AgentFailure``.
+
+    Args:
+        message: a sentence safe to show to the client.
+        retryable: whether retrying the request may help (the engine retries only
+            these, and only before anything reached the client).
+        code: the error code the client sees (``agent_error`` unless given).
+        status: the status of the HTTP error sent when the failure happens before the
+            first byte (afterwards it is an in-band ``error`` event); 502 unless given.
+        retry_after: seconds to wait before a retry (the engine's, and the client's
+            ``Retry-After``), if the failure says.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, code: str | None = None,
+                 status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, code=code, status=status,
+                         retryable=retryable)
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status before the first byte (the same as ``status``)."""
+        return self.status
 
 
 class FirstChunkTimeout(StreamFailure):

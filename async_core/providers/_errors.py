@@ -41,17 +41,16 @@ class UpstreamError(AgentFailure):
         code: a stable ``upstream_*`` code.
         message: a sentence naming the provider and the problem.
         retryable: whether another attempt may succeed.
-        status: the upstream's HTTP status, if it sent one.
+        status: the upstream's HTTP status, if it sent one (kept as ``upstream_status``;
+            ``status`` is what our client gets before the first byte).
         retry_after: seconds the upstream asked us to wait.
     """
 
     def __init__(self, code: str, message: str, *, retryable: bool = False,
                  status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message, retryable=retryable)
-        self.code = code
-        self.status = status
-        self.retry_after = retry_after
-        self.http_status = _HTTP_STATUS.get(code, 502)
+        super().__init__(message, retryable=retryable, code=code,
+                         status=_HTTP_STATUS.get(code, 502), retry_after=retry_after)
+        self.upstream_status = status
 
 
 # What our client gets when the failure comes before the first byte: a rate limit

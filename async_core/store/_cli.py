@@ -11,7 +11,7 @@ import os
 import sys
 
 from .._settings import Settings
-from ..exceptions import StreamBridgeError
+from ..exceptions import ConfigError, StreamBridgeError
 from ._db import StoreConfigError
 
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     try:
         settings = settings or Settings.from_env()
         return asyncio.run(_run(args, settings))
-    except StreamBridgeError as e:
+    except (ConfigError, StreamBridgeError) as e:
         print(f"streambridge db: {e.message}", file=sys.stderr)
     except CommandError as e:  # an unknown revision, say
         print(f"streambridge db: {_one_line(e)} (known: base, "

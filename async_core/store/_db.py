@@ -19,12 +19,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .._settings import Settings
-from ..exceptions import StreamBridgeError
+from ..exceptions import ConfigError
 
 BUSY_TIMEOUT_MS = 10_000
 
 
-class StoreConfigError(StreamBridgeError):
+class StoreConfigError(ConfigError):
     """The database settings cannot work; raised at start-up with the reason."""
 
 

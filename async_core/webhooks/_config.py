@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 from standardwebhooks import Webhook
 
 from .._settings import Settings
-from ..exceptions import StreamBridgeError
+from ..exceptions import ConfigError
 from ._ssrf import IPNetwork, UrlRefused, parse_allowlist, refusal, split_url
 
 MIN_SECRET_BYTES, MAX_SECRET_BYTES = 24, 64
 
 
-class WebhookConfigError(StreamBridgeError):
+class WebhookConfigError(ConfigError):
     """The webhook settings cannot work; the server refuses to start."""
 
 

@@ -94,7 +94,7 @@ def test_http_errors_of_both_providers_map_to_clear_codes(status: int, body: byt
                                                           retryable: bool) -> None:
     """Status and body shape give the code, the retry decision and a readable message."""
     error = from_status("openai", status, body, None, max_retry_after=10)
-    assert (error.code, error.retryable, error.status) == (code, retryable, status)
+    assert (error.code, error.retryable, error.upstream_status) == (code, retryable, status)
     assert str(status) in error.message and len(error.message) < 400
 
 
