@@ -100,7 +100,7 @@ class Server:
             tempfile.mkdtemp(prefix="sb-db-"), "streambridge.sqlite3"))
         self.db_path = full_env["STREAMBRIDGE_DATABASE_PATH"]
         path_args = {**PATH_ARGS, **LOOP_PATH_ARGS}[path_id]
-        cmd = [sys.executable, "-m", "migration.cli", "serve", *path_args,
+        cmd = [sys.executable, "-m", "async_core.cli", "serve", *path_args,
                "--port", "0", *(args or [])]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)

@@ -20,19 +20,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 
-from ._paths import PATHS
-
 if TYPE_CHECKING:  # _latency needs psutil, which only the [compare] extra installs
     from ._latency import Cost, StreamSample
 
-# Path ids and the ``serve`` arguments that start them (hybrid joins when the CLI has it).
+# Path ids and the ``serve`` arguments that start them (each one only where the CLI
+# serves its ``--path``: legacy and hybrid come from their packages).
 PATH_ARGS: dict[str, list[str]] = {
     "legacy-gthread": ["--path", "legacy", "--worker-class", "gthread"],
     "legacy-gevent": ["--path", "legacy", "--worker-class", "gevent"],
@@ -48,11 +47,9 @@ PATH_ENV: dict[str, dict[str, str]] = {
 _LISTEN = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
 
 
-def available_paths() -> list[str]:
-    """Path ids this installation can serve (``hybrid`` only once the CLI offers it)."""
-    hybrid = "hybrid" in PATHS and importlib.util.find_spec("migration.hybrid") is not None
-    return [p for p, args in PATH_ARGS.items()
-            if args[1] in PATHS and (hybrid or args[1] != "hybrid")]
+def available_paths(served: Collection[str]) -> list[str]:
+    """Path ids this installation can serve, given the ``--path`` values ``served``."""
+    return [p for p, args in PATH_ARGS.items() if args[1] in served]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +106,7 @@ class ServedPath:
             prefix=f"sb-compare-{path}-", suffix=".log", delete=False)
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMBRIDGE_DRAIN_GRACE": "1",
                     **PATH_ENV.get(path, {}), **env}
-        cmd = [sys.executable, "-m", "migration.cli", "serve", *PATH_ARGS[path],
+        cmd = [sys.executable, "-m", "async_core.cli", "serve", *PATH_ARGS[path],
                "--port", "0"]  # the default log level prints the port we parse
         self.proc = subprocess.Popen(cmd, env=full_env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -197,9 +194,9 @@ def run(workload: Workload) -> list[PathResult]:
         ValueError: an unknown path id.
         RuntimeError: a server did not start.
     """
-    unknown = [p for p in workload.paths if p not in available_paths()]
+    unknown = [p for p in workload.paths if p not in PATH_ARGS]
     if unknown:
-        raise ValueError(f"unknown path(s) {unknown}; available: {available_paths()}")
+        raise ValueError(f"unknown path(s) {unknown}; known: {list(PATH_ARGS)}")
     servers = {p: ServedPath(p, workload.env) for p in workload.paths}
     try:
         for srv in servers.values():
@@ -230,16 +227,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="also write a self-contained HTML report with charts")
 
 
-def main(args: argparse.Namespace) -> int:
-    """The ``streambridge compare`` subcommand (``args`` from ``cli.build_parser``)."""
+def main(args: argparse.Namespace, served: Collection[str]) -> int:
+    """The ``streambridge compare`` subcommand.
+
+    Args:
+        args: parsed by ``build_parser``.
+        served: the ``serve --path`` values this installation has.
+    """
     a = vars(args)
-    problem = _check_args(a)
+    problem = _check_args(a, available_paths(served))
     if problem is not None:
         print(f"streambridge compare: {problem}", file=sys.stderr)
         return 2
     from . import _report
 
-    paths = [p.strip() for p in a["paths"].split(",")] if a["paths"] else available_paths()
+    paths = ([p.strip() for p in a["paths"].split(",")] if a["paths"]
+             else available_paths(served))
     env = dict(kv.split("=", 1) for kv in a["env"])
     workload = Workload(paths=paths, concurrency=a["concurrency"], tokens=a["tokens"],
                         interval_ms=a["interval_ms"], rounds=a["rounds"],
@@ -252,7 +255,7 @@ def main(args: argparse.Namespace) -> int:
     return 1 if any(s.error for r in results for s in r.samples) else 0
 
 
-def _check_args(a: dict[str, object]) -> str | None:
+def _check_args(a: dict[str, object], available: list[str]) -> str | None:
     """What would stop ``compare`` late (after minutes of measuring), checked first."""
     if importlib.util.find_spec("psutil") is None:
         return "needs psutil: pip install 'streambridge[compare]'"
@@ -270,7 +273,7 @@ def _check_args(a: dict[str, object]) -> str | None:
                 target.exists() and not os.access(target, os.W_OK)):
             return f"--html {html}: not writable"
     unknown = [p.strip() for p in str(a["paths"]).split(",") if a["paths"]
-               and p.strip() not in available_paths()]
+               and p.strip() not in available]
     if unknown:
-        return f"unknown path(s) {unknown}; available: {', '.join(available_paths())}"
+        return f"unknown path(s) {unknown}; available: {', '.join(available)}"
     return None

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from migration._latency import StreamSample, percentile
-from migration._report import rows
-from migration.compare import PathResult
+from async_core.cli._latency import StreamSample, percentile
+from async_core.cli._report import rows
+from async_core.cli.compare import PathResult
 from tests.servers import REPO
 
 
@@ -38,7 +38,7 @@ def test_compare_runs_every_path_interleaved_and_writes_a_self_contained_report(
     """Two real paths, one command: a row per path, no failed stream, an offline HTML report."""
     report = tmp_path / "report.html"
     proc = subprocess.run(
-        [sys.executable, "-m", "migration.cli", "compare", "--paths", "legacy-gthread,async",
+        [sys.executable, "-m", "async_core.cli", "compare", "--paths", "legacy-gthread,async",
          "--rounds", "2", "--concurrency", "3", "--tokens", "12", "--interval-ms", "5",
          "--html", str(report)],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)

@@ -158,7 +158,10 @@ def _cdf(values: list[float]) -> list[tuple[float, float]]:
 
 def html(results: Sequence[PathResult], workload: Workload, max_lines: int = 12) -> str:
     """A self-contained HTML report: the table, timelines and latency distributions."""
-    timelines, ttfcs, gaps = [], [], []
+    Series = list[tuple[str, list[list[tuple[float, float]]]]]
+    timelines: Series = []
+    ttfcs: Series = []
+    gaps: Series = []
     for r in results:
         ok = [s for s in r.samples if s.error is None and s.arrivals]
         timelines.append((r.path, [[(t * 1e3, n) for n, t in enumerate(s.arrivals, 1)]
