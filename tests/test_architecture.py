@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import async_core
+import async_core.cli
 import async_core.store
 import async_core.webhooks
 import async_core.wire
@@ -22,6 +23,9 @@ FORBIDDEN = {
     # async_core: the async world only; sync agents arrive through a SyncRunner.
     "async_core": {"flask", "werkzeug", "janus", "gunicorn", "gevent", "legacy_bridge",
                    "migration"},
+    # Importing the CLI loads no extension: only building the command line looks for them.
+    "async_core.cli": {"flask", "werkzeug", "janus", "gunicorn", "gevent", "legacy_bridge",
+                       "migration"},
     "async_core.wire": {"flask", "werkzeug", "janus", "gunicorn", "gevent", "starlette",
                         "httpx", "anyio", "legacy_bridge", "migration"},
     # The engine alone (what the WSGI side uses) loads no ASGI server or framework.
@@ -32,6 +36,7 @@ FORBIDDEN = {
 }
 IMPORTS = {
     "async_core": "import async_core; async_core.create_app; async_core.serve",
+    "async_core.cli": "import async_core.cli",
     "async_core.wire": "import async_core.wire",
     "async_core.engine": "import async_core; async_core.StreamService",
     "legacy_bridge": "import legacy_bridge; legacy_bridge.StreamBridge",
@@ -50,7 +55,7 @@ def test_package_imports_nothing_it_must_not(package: str) -> None:
     assert not loaded & FORBIDDEN[package], f"{package} loaded {loaded & FORBIDDEN[package]}"
 
 
-@pytest.mark.parametrize("module", [async_core, async_core.wire, async_core.store,
+@pytest.mark.parametrize("module", [async_core, async_core.cli, async_core.wire, async_core.store,
                                     async_core.webhooks, legacy_bridge])
 def test_public_api_is_explicit(module: object) -> None:
     """Every name in __all__ exists, and __all__ is sorted and has no duplicates."""
@@ -236,6 +241,15 @@ def test_no_package_imports_another_packages_private_modules() -> None:
     private, _ = import_graph()
     assert not private, (f"{len(private)} private cross-package imports (export the name "
                          "in that package's __init__ instead):\n" + "\n".join(private))
+
+
+def test_async_core_never_imports_legacy_bridge_or_migration() -> None:
+    """Not even inside a function: the CLI finds their ``commands`` modules by name."""
+    _, graph = import_graph()
+    wrong = sorted(f"{module} -> {target}" for module, targets in graph.items()
+                   if module.split(".")[0] == "async_core" for target in targets
+                   if target.split(".")[0] in ("legacy_bridge", "migration"))
+    assert not wrong, "\n".join(wrong)
 
 
 def test_no_import_cycles_between_modules() -> None:
