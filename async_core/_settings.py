@@ -85,7 +85,8 @@ class Settings:
             (the older spelling of ``agent_form=sync``).
         agent_form: which form of an agent runs when it has both: ``sync``, ``async``,
             or empty for the path's own (legacy: sync; async: async). ``sync`` on the
-            async path needs a sync runner (``migration.asgi``); ``async`` on the
+            async path needs a sync runner (``async_core.cli.create_async_app``
+            finds one when legacy_bridge is installed); ``async`` on the
             legacy path runs async agents on the worker's loop thread.
         agents: extra agents to register, as comma-separated ``module:attribute``.
         database_url: SQLAlchemy URL of the store (``postgresql+asyncpg://...``);

@@ -1,6 +1,6 @@
 """``streambridge db ...`` and the start-up checks of ``streambridge serve``.
 
-Argparse and asyncio only; ``migration/cli.py`` wires these into the command line.
+Argparse and asyncio only; ``async_core/cli`` wires these into the command line.
 """
 
 from __future__ import annotations
