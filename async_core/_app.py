@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,6 +20,7 @@ from ._routes import contract_routes
 from ._settings import PathName, Settings
 from ._sources import SyncRunner
 from .agents import AgentRegistry
+from .wire import error_body
 
 log = logging.getLogger("streambridge.app")
 
@@ -59,14 +59,11 @@ def create_app_from_env() -> Starlette:
 async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-    body: dict[str, Any] = {"error": {"code": code, "message": str(error.detail),
-                                      "type": code}}
-    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+    return JSONResponse(error_body(code, str(error.detail)), status_code=error.status_code,
+                        headers=error.headers)
 
 
 async def _unexpected(request: Request, error: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path,
                   exc_info=error)
-    body = {"error": {"code": "internal_error", "message": "internal server error",
-                      "type": "internal_error"}}
-    return JSONResponse(body, status_code=500)
+    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)

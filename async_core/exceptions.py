@@ -38,6 +38,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .wire import error_body
+
 
 class ConfigError(ValueError):
     """A configuration that cannot work, found at start-up: one line, non-zero exit.
@@ -83,8 +85,8 @@ class StreamBridgeError(Exception):
             self.retryable = retryable
 
     def body(self) -> dict[str, Any]:
-        """Return the JSON body of the HTTP error: ``{"error": {"code", "message"}}``."""
-        return {"error": {"code": self.code, "message": self.message, "type": self.code}}
+        """Return the JSON body of the HTTP error: ``{"error": {"code", "message", "type"}}``."""
+        return error_body(self.code, self.message)
 
     def headers(self) -> dict[str, str]:
         """Return the extra response headers (``Retry-After`` where it applies)."""

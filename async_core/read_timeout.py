@@ -20,17 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .wire import error_body
+
 log = logging.getLogger("streambridge.server")
 
 _RESPONSE_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                  b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
-_BODY_408 = (b'{"error": {"code": "request_timeout", "message": '
-             b'"the request was not received in time"}}')
+# Spaced JSON and no ``type``: this body has always been written so.
+_BODY_408 = json.dumps(error_body("request_timeout", "the request was not received in time",
+                                  typed=False)).encode()
 
 
 class ReadTimeoutProtocol(HttpToolsProtocol):

@@ -35,6 +35,7 @@ from async_core import (
 from async_core.auth import Principal
 from async_core.exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
 from async_core.protocol import ROUTES, ChatCall, Route, drain_limit
+from async_core.wire import error_body
 
 from ._bridge import Bridge
 from ._endpoints import Endpoint, ToRequest, endpoint_view, read_json_object
@@ -297,11 +298,9 @@ def http_error(error: HTTPException) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
     headers = {"Allow": ", ".join(error.valid_methods)} if getattr(
         error, "valid_methods", None) else {}
-    return _json({"error": {"code": code, "message": http.HTTPStatus(status).phrase,
-                            "type": code}}, status, headers)
+    return _json(error_body(code, http.HTTPStatus(status).phrase), status, headers)
 
 
 def internal_error(error: Exception) -> Response:
     """Any unexpected exception: a JSON 500 without a stack trace."""
-    return _json({"error": {"code": "internal_error", "message": "internal server error",
-                            "type": "internal_error"}}, 500)
+    return _json(error_body("internal_error", "internal server error"), 500)

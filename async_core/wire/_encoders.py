@@ -10,7 +10,6 @@ from ._compat import (
     OpenAIEncoder,
     compat_finish_reason,
     ollama_stats,
-    openai_error_type,
     openai_usage,
     rfc3339,
 )
@@ -112,8 +111,12 @@ def buffered_body(fmt: Format, meta: StreamMeta, events: Sequence[Event]) -> dic
     return native
 
 
-def error_body(code: str, message: str, *, fmt: Format | None = None) -> dict[str, Any]:
-    """Return the JSON body of an HTTP error sent before the first byte of a stream.
+def error_body(code: str, message: str, *, fmt: Format | None = None,
+               typed: bool = True) -> dict[str, Any]:
+    """Return the JSON body of an HTTP error sent before the first byte of a response.
+
+    The one builder of that body: the exceptions tree, both apps' own 404/405/500
+    and the read timeout's 408 all use it.
 
     Args:
         code: our stable error code (``rate_limited``, ``unknown_agent``, ...).
@@ -121,11 +124,13 @@ def error_body(code: str, message: str, *, fmt: Format | None = None) -> dict[st
         fmt: the route's format. Ollama routes get ``{"error": message}``,
             because ``ollama.ResponseError`` takes ``error`` as the message
             string; every other route gets the nested object.
+        typed: add ``type`` (the code again, which OpenAI clients read as the
+            error's type); the 408 the server protocol writes has none.
 
     Returns:
-        ``{"error": {"code", "message", "type"}}`` (``type`` is for OpenAI
-        clients), or ``{"error": message}`` for Ollama routes.
+        ``{"error": {"code", "message", "type"}}``, or ``{"error": message}`` for
+        Ollama routes.
     """
     if fmt in ("ollama-chat", "ollama-generate"):
         return {"error": message}
-    return {"error": {"code": code, "message": message, "type": openai_error_type(code)}}
+    return {"error": {"code": code, "message": message, **({"type": code} if typed else {})}}

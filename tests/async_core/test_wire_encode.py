@@ -366,10 +366,15 @@ def test_buffered_body_requires_done() -> None:
 
 
 def test_error_body() -> None:
-    """HTTP error bodies are nested objects, except on Ollama routes where error is a string."""
+    """HTTP error bodies are nested objects, except on Ollama routes where error is a string.
+
+    ``type`` is the code, as every error body the servers send has it
+    (``tests/test_error_bodies.py`` pins those bytes).
+    """
     assert error_body("rate_limited", "slow down") == {
-        "error": {"code": "rate_limited", "message": "slow down", "type": "server_error"}
+        "error": {"code": "rate_limited", "message": "slow down", "type": "rate_limited"}
     }
+    assert error_body("x", "m", typed=False) == {"error": {"code": "x", "message": "m"}}
     assert error_body("x", "m", fmt="ollama-chat") == {"error": "m"}
 
 
