@@ -5,8 +5,8 @@ A copy of the repository without those two folders is installed (``pip install
 packages through a ``.pth`` line, but not its editable install of streambridge (a
 ``.pth`` file inside a directory named by a ``.pth`` line is never processed), so
 ``import legacy_bridge`` really fails there. Then: the console script's
-``serve --path async``, ``db upgrade`` on SQLite and PostgreSQL, and the async
-path's contract tests (formats and the official clients) run from the copy.
+``serve --path async``, ``db upgrade`` on SQLite and PostgreSQL, ``compare`` and the
+async path's contract tests (formats and the official clients) run from the copy.
 """
 
 from __future__ import annotations
@@ -114,6 +114,19 @@ def test_the_paths_of_deleted_packages_are_one_line_errors(stripped: Stripped) -
                                "which is not installed (available: async)\n")
     done = stripped.run("streambridge", "--help")
     assert done.returncode == 0 and "{serve,compare,db}" in done.stdout, done.stdout
+    done = stripped.run("streambridge", "compare", "--paths", "async,legacy-gthread")
+    assert done.returncode == 2
+    assert done.stderr == ("streambridge compare: unknown path(s) ['legacy-gthread']; "
+                           "available: async\n")
+
+
+def test_compare_measures_the_async_path(stripped: Stripped) -> None:
+    """``compare`` starts its server with the permanent CLI and reports a row for it."""
+    done = stripped.run("streambridge", "compare", "--paths", "async", "--rounds", "1",
+                        "--concurrency", "2", "--tokens", "4", "--interval-ms", "0",
+                        timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^async\s+2\s+0\s", done.stdout, re.MULTILINE), done.stdout
 
 
 def test_db_upgrade_runs_on_sqlite_and_postgres_and_serve_async_stores_there(
