@@ -5,7 +5,9 @@ A *run* appends, the *log* keeps what it produced (terminal entry included), a
 ``StreamLog``: ``MemoryLog`` (one process, the embedded default) and ``RedisLog``
 (Redis Streams, every worker and host). See README.md in this folder.
 
-The Redis backend is imported lazily, so the memory backend loads no Redis client.
+The Redis backend is imported lazily, so the memory backend loads no Redis client;
+so is the sync producer (``Publisher``, ``publish_agent``: code outside the web
+server, e.g. a Celery task, publishing a stream into the Redis log).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .exceptions import (
     LogUnavailable,
     MalformedCursor,
     StaleOwner,
+    StreamCancelled,
     StreamClosed,
     StreamExists,
     StreamLogError,
@@ -40,7 +43,13 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
+    from ._publisher import Publisher
     from ._redis import RedisLog
+    from ._stream import PublishedStream
+    from ._sync_agent import publish_agent
+
+_LAZY = {"RedisLog": "_redis", "Publisher": "_publisher", "PublishedStream": "_stream",
+         "publish_agent": "_sync_agent"}
 
 
 async def open_log(settings: LogSettings | None = None, **kw: Any) -> StreamLog:
@@ -62,11 +71,12 @@ async def open_log(settings: LogSettings | None = None, **kw: Any) -> StreamLog:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RedisLog":
-        from ._redis import RedisLog
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(name)
+    import importlib
 
-        return RedisLog
-    raise AttributeError(name)
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 __all__ = [
@@ -85,11 +95,14 @@ __all__ = [
     "LogUnavailable",
     "MalformedCursor",
     "MemoryLog",
+    "PublishedStream",
+    "Publisher",
     "ReadItem",
     "RedisLog",
     "Reset",
     "StaleOwner",
     "StreamBuffer",
+    "StreamCancelled",
     "StreamClosed",
     "StreamExists",
     "StreamLog",
@@ -100,4 +113,5 @@ __all__ = [
     "encode_id",
     "new_epoch",
     "open_log",
+    "publish_agent",
 ]

@@ -45,10 +45,7 @@ class _Owned:
         self.force_epoch = False  # entries were dropped from the retry: readers must reset
 
 
-def _check_id(stream_id: str) -> str:
-    if stream_id and len(stream_id) <= 200 and not any(c in stream_id for c in "{} \r\n"):
-        return stream_id
-    raise ValueError(f"stream id {stream_id[:200]!r} is not usable as a Redis key part")
+_check_id = S.check_id
 
 
 class RedisLog:
@@ -209,10 +206,9 @@ class RedisLog:
             ends = []
             for st, sent in batch:
                 ends.append(st.terminal if st.pending[-1:] == sent[-1:] else "")
-                args: list[Any] = [st.lease.fence, new_epoch(), st.tenant, st.conv, s.log_maxlen,
-                                   int(s.log_retention * 1000), int(s.lease_ttl * 1000),
-                                   ends[-1], "1" if st.force_epoch else "0",
-                                   json.dumps(sent, separators=(",", ":"))]
+                args = S.append_args(s, fence=st.lease.fence, epoch=new_epoch(),
+                                     tenant=st.tenant, conv=st.conv, terminal=ends[-1],
+                                     force_epoch=st.force_epoch, entries=sent)
                 if self.one_call_per_flush:
                     keys.extend(S.keys(st.lease.stream_id))
                     argv.extend(args)

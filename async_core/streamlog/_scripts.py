@@ -16,7 +16,24 @@ re-checks the lease under its own keys).
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._settings import LogSettings
+
 RUNNING = "sb:running"
+
+
+def check_id(stream_id: str) -> str:
+    """Return ``stream_id`` if it can be a key part (no braces: the hash tag), else raise.
+
+    Raises:
+        ValueError: empty, longer than 200 characters, or holding ``{ }``, space, CR, LF.
+    """
+    if stream_id and len(stream_id) <= 200 and not any(c in stream_id for c in "{} \r\n"):
+        return stream_id
+    raise ValueError(f"stream id {stream_id[:200]!r} is not usable as a Redis key part")
 
 
 def keys(stream_id: str) -> tuple[str, str, str, str]:
@@ -86,6 +103,26 @@ local function append(KEYS, ARGV)
 end
 """
 APPEND = _APPEND_FN + "return append(KEYS, ARGV)\n"
+
+
+def append_args(settings: LogSettings, *, fence: str, epoch: str, tenant: str, conv: str,
+                terminal: str, force_epoch: bool, entries: list[tuple[str, str, str]]
+                ) -> list[Any]:
+    """Return the 10 ``ARGV`` of one stream's ``APPEND`` (or its part of ``APPEND_MANY``).
+
+    Args:
+        settings: the log settings (maxlen, retention, lease TTL).
+        fence: the lease's ``<owner>:<token>``.
+        epoch: the epoch to use if the log must be recreated (a fresh ``new_epoch()``).
+        tenant: the stream's tenant (kept if the log is recreated).
+        conv: its conversation id.
+        terminal: ``done``/``error`` when ``entries`` ends with the terminal entry, else "".
+        force_epoch: whether to switch to ``epoch`` now (entries were dropped).
+        entries: ``(native id, event, JSON data)`` in increasing id order.
+    """
+    return [fence, epoch, tenant, conv, settings.log_maxlen, int(settings.log_retention * 1000),
+            int(settings.lease_ttl * 1000), terminal, "1" if force_epoch else "0",
+            json.dumps(entries, separators=(",", ":"))]
 
 # The same for several streams at once (4 keys and 10 arguments a stream): one call a
 # flush instead of one a stream, where keys of different slots may meet (not a Cluster).

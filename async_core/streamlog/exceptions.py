@@ -14,6 +14,7 @@ The cursor errors are ``BadRequest``s (400 before the first byte), an unknown st
     ├── StreamExists                         a second generation of a stream was refused
     ├── StaleOwner                           an append by a fenced-off owner was refused
     ├── StreamClosed                         an append after the terminal entry
+    ├── StreamCancelled                      a sync producer's stream was cancelled
     └── LogUnavailable                       the backend is unreachable (names the setting)
 """
 
@@ -62,6 +63,12 @@ class StaleOwner(StreamLogError):
 
 class StreamClosed(StreamLogError):
     """The stream already has its terminal entry."""
+
+
+class StreamCancelled(StreamLogError):
+    """A cancel intent was recorded for the stream a sync producer publishes: stop."""
+
+    code = "cancelled"
 
 
 class LogUnavailable(StreamLogError):
