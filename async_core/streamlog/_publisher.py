@@ -33,6 +33,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
+from ..auth import DEFAULT_TENANT
 from . import _scripts as S
 from ._health import Health
 from ._ids import new_epoch
@@ -100,14 +101,15 @@ class Publisher:
         for name in ("CREATE", "APPEND", "RENEW"):
             self._sha[name] = self.client.script_load(getattr(S, name))
 
-    def stream(self, stream_id: str | None = None, *, tenant: str = "",
+    def stream(self, stream_id: str | None = None, *, tenant: str = DEFAULT_TENANT,
                conversation_id: str = "") -> PublishedStream:
         """Create a running stream owned by this process; use it as a context manager.
 
         Args:
             stream_id: the stream's id (default: a random one); readers use it with
                 ``GET /v1/streams/{id}`` and ``POST /v1/streams/{id}/cancel``.
-            tenant: the tenant that may read and cancel it (the server's for its caller).
+            tenant: the tenant that may read and cancel it (the server's for its caller;
+                ``default`` is every caller of a server without API keys).
             conversation_id: the conversation it belongs to (``done`` carries it).
 
         Returns:

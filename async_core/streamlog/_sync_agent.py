@@ -14,6 +14,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from ..agents import AgentRequest, Finish, StateUpdate, SyncAgentFn, Usage
+from ..auth import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from ._publisher import Publisher
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def publish_agent(publisher: Publisher, agent: SyncAgentFn, request: AgentRequest, *,
-                  stream_id: str | None = None, tenant: str = "") -> PublishedStream:
+                  stream_id: str | None = None, tenant: str = DEFAULT_TENANT) -> PublishedStream:
     """Run ``agent(request)`` to its end, publishing every output as one stream.
 
     Args:
@@ -30,7 +31,7 @@ def publish_agent(publisher: Publisher, agent: SyncAgentFn, request: AgentReques
             yielding text or the markers of ``async_core.agents``.
         request: what to ask; its ``conversation_id`` names the stream's conversation.
         stream_id: the stream's id (default: ``request.stream_id``, else a random one).
-        tenant: the tenant that may read and cancel it.
+        tenant: the tenant that may read and cancel it (``default``: no API keys).
 
     Returns:
         The ended stream (``outcome``: ``completed``, ``cancelled``, ``agent_error``...).
