@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from tests.cluster.processes import FAST_LEASES, CeleryWorker
 from tests.streamlog.conftest import RedisServer
 
 # The same short leases for the test's own RedisLog (the reading, sweeping "server").
-FAST = {k.removeprefix("STREAMBRIDGE_").lower(): float(v) for k, v in FAST_LEASES.items()}
+FAST: dict[str, Any] = {k.removeprefix("STREAMBRIDGE_").lower(): float(v) for k, v in FAST_LEASES.items()}
 
 
 @pytest.fixture(scope="module")
