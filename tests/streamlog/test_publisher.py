@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +19,15 @@ from async_core.streamlog import (
     LogSettings,
     PublishedStream,
     Publisher,
+    ReadItem,
     RedisLog,
+    Reset,
     StaleOwner,
     StreamExists,
     publish_agent,
 )
 from tests.probe_agents import probe_sync, read_probe
+from tests.streamlog.conftest import RedisServer
 from tests.streamlog.helpers import collect, entries, texts
 
 pytestmark = pytest.mark.anyio
@@ -166,3 +169,45 @@ async def test_a_frozen_publisher_is_swept_and_fenced_off(redis_url: str,
         pass
     pub.close()
     assert texts(await collect(reader.read("p4", None))) == ["a ", "error"]
+
+
+async def test_redis_restart_mid_stream_the_publisher_finishes(
+        make_redis: Callable[[], RedisServer]) -> None:
+    """Across a Redis restart the producer keeps its batch, recreates the log under a new
+    epoch and ends it; a cursor minted before the restart gets an explicit reset."""
+    srv = make_redis()
+    pub = Publisher(LogSettings(redis_url=srv.url, **FAST))
+    log = await RedisLog.open(LogSettings(redis_url=srv.url, **FAST))
+    try:
+        def produce() -> str | None:
+            with pub.stream("p5", tenant="t") as s:
+                for i in range(100):
+                    s.delta(f"{i} ")
+                    time.sleep(0.005)
+                    if i == 40:
+                        srv.restart()
+            return s.outcome
+
+        before = entries(await _first_entries(log, produce))
+        assert before, "nothing was read before the restart"
+        got = await collect(log.read("p5", before[-1].id))
+        assert isinstance(got[0], Reset) and got[0].reason == "epoch"
+        text = "".join(str(e.data["text"]) for e in entries(got) if e.event == "delta")
+        assert text.endswith("99 ") and entries(got)[-1].event == "done"
+        assert pub.health.degraded is False
+    finally:
+        await log.aclose()
+        pub.close()
+
+
+async def _first_entries(log: RedisLog, produce: Callable[[], str | None]) -> list[ReadItem]:
+    """Run ``produce`` in a thread; return what was read of p5 before it ended."""
+    task = asyncio.ensure_future(asyncio.to_thread(produce))
+    await _exists(log, "p5")
+    seen: list[ReadItem] = []
+    async for item in log.read("p5", None):
+        seen.append(item)
+        if len(seen) == 10:
+            break
+    assert await task == "completed"
+    return seen
