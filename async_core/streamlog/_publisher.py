@@ -123,16 +123,31 @@ class Publisher:
         k = S.keys(S.check_id(stream_id))
         epoch, ttl_ms = new_epoch(), int(self.settings.lease_ttl * 1000)
         try:
-            token = self.eval("CREATE", k, tenant, conversation_id, epoch, self.owner, ttl_ms)
-            if not token:
-                raise StreamExists(f"stream {stream_id!r} already exists")
-            self.client.zadd(S.RUNNING, {stream_id: time.time() * 1000 + ttl_ms})
+            token = self._create(stream_id, k, tenant, conversation_id, epoch, ttl_ms)
         except LOST as exc:
             raise LogUnavailable(f"STREAMBRIDGE_REDIS_URL={self.settings.redis_url} is "
                                  f"unreachable ({type(exc).__name__}: {exc})") from None
         return PublishedStream(self, stream_id, tenant=tenant, conversation_id=conversation_id,
-                               fence=f"{self.owner}:{int(token)}", epoch=epoch,
-                               token=int(token))
+                               fence=f"{self.owner}:{token}", epoch=epoch, token=token)
+
+    def _create(self, stream_id: str, k: tuple[str, str, str, str], tenant: str, conv: str,
+                epoch: str, ttl_ms: int) -> int:
+        # One round trip; the sweeper's hint first, so no created stream is ever missing
+        # from it (a hint for a stream that exists already is re-checked by the sweep).
+        for attempt in (0, 1):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(S.RUNNING, {stream_id: time.time() * 1000 + ttl_ms})
+            pipe.evalsha(self._sha["CREATE"], 4, *k, tenant, conv, epoch, self.owner, ttl_ms)
+            _, token = pipe.execute(raise_on_error=False)
+            if attempt == 0 and isinstance(token, NoScriptError):
+                self._load_scripts()
+                continue
+            if isinstance(token, Exception):
+                raise token
+            if not token:
+                raise StreamExists(f"stream {stream_id!r} already exists")
+            return int(token)
+        raise AssertionError("unreachable")
 
     def eval(self, name: str, keys: tuple[str, ...], *args: Any) -> Any:
         """Run one of ``_scripts``' scripts by name (reloading them after a restart)."""
