@@ -199,23 +199,26 @@ class RedisLog:
 
     async def _flush(self, batch: list[tuple[_Owned, list[tuple[str, str, str]]]]) -> list[Any]:
         s = self.settings
+        epoch = new_epoch()  # for any stream whose log must be recreated in this flush
         for attempt in (0, 1):
             pipe = self.client.pipeline(transaction=False)
-            keys: list[str] = []
-            argv: list[Any] = []
+            groups: list[list[Any]] = []
             ends = []
             for st, sent in batch:
                 ends.append(st.terminal if st.pending[-1:] == sent[-1:] else "")
-                args = S.append_args(s, fence=st.lease.fence, epoch=new_epoch(),
-                                     tenant=st.tenant, conv=st.conv, terminal=ends[-1],
-                                     force_epoch=st.force_epoch, entries=sent)
                 if self.one_call_per_flush:
-                    keys.extend(S.keys(st.lease.stream_id))
-                    argv.extend(args)
+                    groups.append([st.lease.stream_id, st.lease.fence, st.tenant, st.conv,
+                                   ends[-1], "1" if st.force_epoch else "0", sent])
                 else:
-                    pipe.evalsha(self._sha["APPEND"], 4, *S.keys(st.lease.stream_id), *args)
+                    pipe.evalsha(self._sha["APPEND"], 4, *S.keys(st.lease.stream_id),
+                                 *S.append_args(s, fence=st.lease.fence, epoch=epoch,
+                                                tenant=st.tenant, conv=st.conv,
+                                                terminal=ends[-1], force_epoch=st.force_epoch,
+                                                entries=sent))
             if self.one_call_per_flush:
-                pipe.evalsha(self._sha["APPEND_MANY"], len(keys), *keys, *argv)
+                pipe.evalsha(self._sha["APPEND_MANY"], 0, s.log_maxlen,
+                             int(s.log_retention * 1000), int(s.lease_ttl * 1000), epoch,
+                             json.dumps(groups, separators=(",", ":")))
             for (st, _), end in zip(batch, ends, strict=True):
                 if end:
                     pipe.zrem(S.RUNNING, st.lease.stream_id)

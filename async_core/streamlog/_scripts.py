@@ -54,12 +54,13 @@ return token
 """
 
 # KEYS log meta owner ctl; ARGV fence new_epoch tenant conv maxlen retention_ms ttl_ms
-# terminal_status force_epoch entries, where entries is one JSON array of [id, event,
-# data] (one argument a batch: packing three arguments an entry cost the client more).
+# terminal_status force_epoch; items: the decoded [id, event, data] entries (APPEND
+# passes them as ARGV[10], one JSON argument a batch: packing three arguments an entry
+# cost the client more).
 # → {'ok', epoch, recreated} or {'stale', epoch}. Ids at or below `last` were already
 # written by an earlier try of the same batch and are skipped (retries are idempotent).
 _APPEND_FN = """
-local function append(KEYS, ARGV)
+local function append(KEYS, ARGV, items)
   local epoch = redis.call('HGET', KEYS[2], 'epoch')
   local recreated = 0
   if not epoch then
@@ -77,7 +78,6 @@ local function append(KEYS, ARGV)
   local last = redis.call('HGET', KEYS[2], 'last')
   local lmaj, lmin = string.match(last, '(%d+)-(%d+)')
   lmaj, lmin = tonumber(lmaj), tonumber(lmin)
-  local items = cjson.decode(ARGV[10])
   local i = 1
   -- skip what an earlier try of this batch wrote (ids increase within a batch)
   while i <= #items do
@@ -102,7 +102,7 @@ local function append(KEYS, ARGV)
   return {'ok', epoch, recreated}
 end
 """
-APPEND = _APPEND_FN + "return append(KEYS, ARGV)\n"
+APPEND = _APPEND_FN + "return append(KEYS, ARGV, cjson.decode(ARGV[10]))\n"
 
 
 def append_args(settings: LogSettings, *, fence: str, epoch: str, tenant: str, conv: str,
@@ -124,14 +124,22 @@ def append_args(settings: LogSettings, *, fence: str, epoch: str, tenant: str, c
             int(settings.lease_ttl * 1000), terminal, "1" if force_epoch else "0",
             json.dumps(entries, separators=(",", ":"))]
 
-# The same for several streams at once (4 keys and 10 arguments a stream): one call a
-# flush instead of one a stream, where keys of different slots may meet (not a Cluster).
+
+# The same for several streams at once, in one call a flush instead of one a stream,
+# where keys of different slots may meet (a single Redis, not a Cluster). ARGV maxlen
+# retention_ms ttl_ms new_epoch streams, where streams is ONE JSON array of [stream_id,
+# fence, tenant, conv, terminal_status, force_epoch, entries]: the client packs five
+# arguments a flush instead of fourteen a stream (packing them was most of a flush's
+# time at 100 streams). The keys are built here as ``keys()`` builds them, so none is
+# declared: the reason this script never runs on a Cluster.
 APPEND_MANY = _APPEND_FN + """
+local groups = cjson.decode(ARGV[5])
 local out = {}
-for g = 1, #KEYS / 4 do
-  local a = {}
-  for j = 1, 10 do a[j] = ARGV[10 * (g - 1) + j] end
-  out[g] = append({KEYS[4 * g - 3], KEYS[4 * g - 2], KEYS[4 * g - 1], KEYS[4 * g]}, a)
+for g = 1, #groups do
+  local x = groups[g]
+  local k = 'sb:{' .. x[1] .. '}'
+  out[g] = append({k .. ':log', k .. ':meta', k .. ':owner', k .. ':ctl'},
+                  {x[2], ARGV[4], x[3], x[4], ARGV[1], ARGV[2], ARGV[3], x[5], x[6]}, x[7])
 end
 return out
 """
