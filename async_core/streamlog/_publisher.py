@@ -26,6 +26,7 @@ agent generator through a ``PublishedStream``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -64,7 +65,7 @@ class Publisher:
 
     def __init__(self, settings: LogSettings | None = None, *, owner: str | None = None,
                  finish_timeout: float = 30.0) -> None:
-        self.settings = settings = settings or LogSettings.from_env()
+        self.settings = settings = settings or _env_settings()
         if not settings.redis_url:
             raise LogUnavailable("STREAMBRIDGE_REDIS_URL is not set: the sync publisher "
                                  "needs the Redis stream log")
@@ -95,7 +96,7 @@ class Publisher:
             url: ``redis://host:port/db``, the server's ``STREAMBRIDGE_REDIS_URL``.
             **overrides: e.g. ``lease_ttl=10.0``; the environment fills the rest.
         """
-        return cls(LogSettings.from_env(redis_url=url, **overrides))
+        return cls(dataclasses.replace(_env_settings(), redis_url=url, **overrides))
 
     def _load_scripts(self) -> None:
         for name in ("CREATE", "APPEND", "RENEW"):
@@ -208,3 +209,8 @@ class Publisher:
     def close(self) -> None:
         """Close the connections (streams still open lose them: end them first)."""
         self.client.close()
+
+
+def _env_settings() -> LogSettings:
+    """The log settings from the ``STREAMBRIDGE_*`` environment, as the server reads them."""
+    return LogSettings.from_env()

@@ -31,6 +31,7 @@ import pytest
 
 from tests.clients import RawStream, chat_body, metric, wait_for
 from tests.servers import REPO, Server
+from tests.streamlog.conftest import RedisServer
 
 DOCS = sorted((REPO / "migration" / "runbooks").glob("*.md")) + [REPO / "migration" / "README.md"]
 BLOCK = re.compile(r"(?:<!--\s*not-runnable:(?P<why>[^>]*)-->\s*\n)?^```console\n(?P<body>.*?)^```",
@@ -94,6 +95,9 @@ class State:
     env: dict[str, str]
     flags: str | None = None  # the flag file's content before the server starts
     warmup: Callable[[Server], list[RawStream]] | None = None
+    args: list[str] | None = None  # more serve arguments
+    redis: bool = False  # a private redis-server: {redis_url} in env, $REDIS_URL
+    second: str | None = None  # the path of a second server on the same env: $SB_B
 
 
 def _streams(srv: Server, n: int, agent: str = "demo", **body: object) -> None:
@@ -152,6 +156,11 @@ STATES: dict[str, State | None] = {
     # An instance about to be deployed over, with a short grace for the rehearsal.
     "deploys.md": State("legacy-gthread", {"STREAMBRIDGE_DRAIN_GRACE": "3"}),
     "proxy.md": State("async", {}),
+    # Two hosts of different paths on one Redis, short leases as in tests/cluster.
+    "several-hosts-redis.md": State("legacy-gevent", {
+        "STREAMBRIDGE_REDIS_URL": "{redis_url}", "STREAMBRIDGE_REDIS_BLOCK": "0.5",
+        "STREAMBRIDGE_REDIS_SOCKET_TIMEOUT": "2", "STREAMBRIDGE_REDIS_RETRY": "0.05"},
+        args=["--workers", "2"], redis=True, second="async"),
     "README.md": None,
 }
 
@@ -173,17 +182,34 @@ def test_runbook_commands_run_against_real_servers(doc: Path, tmp_path: Path) ->
            "FLAGS": str(flags), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": str(REPO), "STREAMBRIDGE_DATABASE_PATH": str(tmp_path / "sb.sqlite3")}
     state = STATES[doc.name]
-    srv, held = None, []
+    srv, held, others = None, [], []
+    redis_srv = RedisServer() if state is not None and state.redis else None
+    redis_url = redis_srv.url if redis_srv is not None else ""
     if state is None:
         port = _free_port()
     else:
         if state.flags is not None:
             flags.write_text(state.flags, encoding="utf-8")
-        server_env = {k: v.format(dead_port=_free_port()) for k, v in state.env.items()}
+        server_env = {k: v.format(dead_port=_free_port(), redis_url=redis_url)
+                      for k, v in state.env.items()}
         server_env["STREAMBRIDGE_DATABASE_PATH"] = str(tmp_path / "server.sqlite3")
         if state.flags is not None:
             server_env["STREAMBRIDGE_FLAGS_FILE"] = str(flags)
-        srv = Server(state.path_id, server_env)
+        try:
+            srv = Server(state.path_id, server_env, state.args)
+            if state.second is not None:
+                others.append(Server(state.second, {
+                    **server_env, "STREAMBRIDGE_DATABASE_PATH": str(tmp_path / "b.sqlite3")}))
+                env["SB_B"] = others[0].base_url
+        except BaseException:  # one refused to start: stop what did
+            for server in [srv, *others]:
+                if server is not None:
+                    server.stop()
+            if redis_srv is not None:
+                redis_srv.close()
+            raise
+        if redis_srv is not None:
+            env["REDIS_URL"] = redis_url
         # As a service manager would: reap the server when a runbook stops it, so the
         # runbook's `kill -0 "$SERVER_PID"` sees it gone (not a zombie of this test).
         threading.Thread(target=srv.proc.wait, daemon=True).start()
@@ -202,8 +228,11 @@ def test_runbook_commands_run_against_real_servers(doc: Path, tmp_path: Path) ->
             proc.communicate()
         for raw in held:
             raw.close()
-        if srv is not None:
-            srv.stop()
+        for server in [srv, *others]:
+            if server is not None:
+                server.stop()
+        if redis_srv is not None:
+            redis_srv.close()
     logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                    for p in tmp_path.glob("*.log"))
     if srv is not None:
@@ -212,8 +241,9 @@ def test_runbook_commands_run_against_real_servers(doc: Path, tmp_path: Path) ->
     for b in blocks:
         for want in b.expected:
             assert want.lower() in out.lower(), f"{doc.name}: {want!r} not printed:\n{out}"
-    if srv is not None:
-        assert not srv.problems(), srv.problems()
+    for server in [srv, *others]:
+        if server is not None:
+            assert not server.problems(), server.problems()
 
 
 def test_metric_greps_match_prometheus_label_order() -> None:
