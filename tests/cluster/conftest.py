@@ -12,7 +12,8 @@ from tests.cluster.processes import FAST_LEASES, CeleryWorker
 from tests.streamlog.conftest import RedisServer
 
 # The same short leases for the test's own RedisLog (the reading, sweeping "server").
-FAST: dict[str, Any] = {k.removeprefix("STREAMBRIDGE_").lower(): float(v) for k, v in FAST_LEASES.items()}
+FAST: dict[str, Any] = {k.removeprefix("STREAMBRIDGE_").lower(): float(v)
+                        for k, v in FAST_LEASES.items()}
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tests.servers import REPO
 
@@ -48,6 +50,19 @@ class CeleryWorker:
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready()
+
+    def enqueue(self, tenant: str, message: str = "hi", **options: Any) -> str:
+        """Send one ``stream_agent`` task to this worker's queue; return its stream id.
+
+        A connection of its own: the app's pool would keep a broker of an earlier module.
+        """
+        from tests.cluster.celery_app import app
+
+        stream_id = uuid.uuid4().hex
+        with app.connection_for_write(self.broker_url) as conn:
+            app.send_task("sbtest.stream_agent", args=[stream_id, tenant, message, options],
+                          queue=self.queue, connection=conn)
+        return stream_id
 
     def log(self) -> str:
         """Everything the worker printed so far."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,21 +15,11 @@ from typing import Any
 import pytest
 
 from async_core.streamlog import Entry, RedisLog
-from tests.cluster.celery_app import app
 from tests.cluster.processes import CeleryWorker
 from tests.probe_agents import probe_text, read_probe
 from tests.streamlog.helpers import collect, entries
 
 pytestmark = pytest.mark.anyio
-
-
-def enqueue(worker: CeleryWorker, tenant: str, **options: Any) -> str:
-    """Send one ``stream_agent`` task to ``worker``'s queue; return its stream id."""
-    stream_id = uuid.uuid4().hex
-    app.conf.broker_url = worker.broker_url
-    app.send_task("sbtest.stream_agent", args=[stream_id, tenant, "hi", options],
-                  queue=worker.queue)
-    return stream_id
 
 
 async def wait_created(log: RedisLog, stream_id: str, timeout: float = 20.0) -> None:
@@ -55,7 +44,7 @@ def worker(make_worker: Callable[[], CeleryWorker]) -> CeleryWorker:
 async def test_worker_stream_is_read_whole_and_in_order(worker: CeleryWorker,
                                                         reader: RedisLog) -> None:
     """A task's stream, read while it runs, is the agent's whole text, then `done`."""
-    sid = enqueue(worker, "t1", tokens=300, interval_ms=2)
+    sid = worker.enqueue("t1", tokens=300, interval_ms=2)
     await wait_created(reader, sid)
     got = await collect(reader.read(sid, None, tenant="t1"), timeout=30)
     assert delta_text(got) == probe_text(300)
@@ -70,7 +59,7 @@ async def test_cancel_intent_stops_the_task_and_the_agent_finally_runs(
         worker: CeleryWorker, reader: RedisLog, tmp_path: Path) -> None:
     """A cancel recorded in the log ends the task's stream `cancelled` within 1 s."""
     probe = tmp_path / "probe.jsonl"
-    sid = enqueue(worker, "t1", tokens=100_000, interval_ms=5, probe_file=str(probe))
+    sid = worker.enqueue("t1", tokens=100_000, interval_ms=5, probe_file=str(probe))
     await wait_created(reader, sid)
     items = reader.read(sid, None, tenant="t1")
     first = await asyncio.wait_for(items.__anext__(), 10)
@@ -90,7 +79,7 @@ async def test_sigkilled_worker_is_swept_interrupted(
         make_worker: Callable[[], CeleryWorker], reader: RedisLog) -> None:
     """After a SIGKILL of the worker, a sweeper ends its stream `interrupted` (retryable)."""
     doomed = make_worker()
-    sid = enqueue(doomed, "t2", tokens=100_000, interval_ms=5)
+    sid = doomed.enqueue("t2", tokens=100_000, interval_ms=5)
     await wait_created(reader, sid)
     items = reader.read(sid, None, tenant="t2")
     assert isinstance(await asyncio.wait_for(items.__anext__(), 10), Entry)
