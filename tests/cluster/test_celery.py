@@ -22,11 +22,13 @@ from tests.streamlog.helpers import collect, entries
 pytestmark = pytest.mark.anyio
 
 
-async def wait_created(log: RedisLog, stream_id: str, timeout: float = 20.0) -> None:
+async def wait_created(log: RedisLog, stream_id: str, worker: CeleryWorker,
+                       timeout: float = 20.0) -> None:
     """Wait until the worker created the stream (it picks the task up first)."""
     deadline = time.monotonic() + timeout
     while await log.meta(stream_id) is None:
-        assert time.monotonic() < deadline, f"the worker never started {stream_id}"
+        assert time.monotonic() < deadline, (
+            f"the worker never started {stream_id}:\n{worker.log()[-3000:]}")
         await asyncio.sleep(0.02)
 
 
@@ -45,9 +47,9 @@ async def test_worker_stream_is_read_whole_and_in_order(worker: CeleryWorker,
                                                         reader: RedisLog) -> None:
     """A task's stream, read while it runs, is the agent's whole text, then `done`."""
     sid = worker.enqueue("t1", tokens=300, interval_ms=2)
-    await wait_created(reader, sid)
+    await wait_created(reader, sid, worker)
     got = await collect(reader.read(sid, None, tenant="t1"), timeout=30)
-    assert delta_text(got) == probe_text(300)
+    assert delta_text(got) == probe_text(300), (got[-3:], worker.log()[-3000:])
     last = entries(got)[-1]
     assert last.event == "done" and last.data["tokens"] == 300
     assert last.data["conversation_id"] == f"conv-{sid}"
@@ -60,7 +62,7 @@ async def test_cancel_intent_stops_the_task_and_the_agent_finally_runs(
     """A cancel recorded in the log ends the task's stream `cancelled` within 1 s."""
     probe = tmp_path / "probe.jsonl"
     sid = worker.enqueue("t1", tokens=100_000, interval_ms=5, probe_file=str(probe))
-    await wait_created(reader, sid)
+    await wait_created(reader, sid, worker)
     items = reader.read(sid, None, tenant="t1")
     first = await asyncio.wait_for(items.__anext__(), 10)
     assert isinstance(first, Entry) and first.event == "delta"
@@ -80,7 +82,7 @@ async def test_sigkilled_worker_is_swept_interrupted(
     """After a SIGKILL of the worker, a sweeper ends its stream `interrupted` (retryable)."""
     doomed = make_worker()
     sid = doomed.enqueue("t2", tokens=100_000, interval_ms=5)
-    await wait_created(reader, sid)
+    await wait_created(reader, sid, doomed)
     items = reader.read(sid, None, tenant="t2")
     assert isinstance(await asyncio.wait_for(items.__anext__(), 10), Entry)
     doomed.kill()
