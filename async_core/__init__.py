@@ -16,7 +16,7 @@ from ._lifecycle import Lifecycle, LifecycleState, install_sigterm_drain
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import render as render_metrics
 from ._page import PAGE_CONTENT_TYPE, cors_headers, render_page
-from ._records import FinishHook, Outcome, StreamInfo, StreamRecord
+from ._records import FinishHook, Outcome, Streamable, StreamInfo, StreamRecord
 from ._registry import default_registry
 from ._settings import Settings, StreamPolicy
 from ._sockets import bound_send_buffer
@@ -67,6 +67,7 @@ __all__ = [
     "StreamRecord",
     "StreamService",
     "StreamSession",
+    "Streamable",
     "SyncRunner",
     "Usage",
     "bound_send_buffer",

@@ -30,8 +30,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from ._engine import StreamSession
-from ._records import Outcome
+from ._records import Outcome, Streamable
 from ._tasks import cancel_and_wait
 from .exceptions import StreamBridgeError
 
@@ -44,11 +43,11 @@ class SessionResponse(EventSourceResponse):
     """Streams ``session.frames()`` and reports to the session why the stream stopped.
 
     Args:
-        session: the admitted session to stream.
+        session: the admitted session to stream, or a subscription to a stream's log.
         headers: the contract's response headers.
     """
 
-    def __init__(self, session: StreamSession, headers: dict[str, str]) -> None:
+    def __init__(self, session: Streamable, headers: dict[str, str]) -> None:
         self.session = session
         super().__init__(_never(), headers=headers, media_type=session.encoder.media_type,
                          ping=0)

@@ -24,14 +24,17 @@ import math
 import random
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import exceptions as exc
 from ._records import _OUTCOME_OF, FinishHook, Outcome, ProgressHook, StreamInfo, StreamRecord
 from ._settings import StreamPolicy
-from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner
+from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner, agent_failure
 from .agents import Agent, AgentRequest, Finish, StateUpdate, Usage
 from .wire import Delta, Done, Encoder, Error, Event, State, StreamMeta
+
+if TYPE_CHECKING:
+    from ._logtee import LogTee
 
 log = logging.getLogger("streambridge.engine")
 INF = math.inf
@@ -53,6 +56,8 @@ class StreamSession:
         meta: the stream's wire metadata (ids, model, creation time), optional.
         progress: checkpoint hook, called from the producing loop at most every
             ``progress_every`` = (tokens, seconds), whichever comes first.
+        tee: the stream's handle on the stream log: ``frames`` appends every event
+            there and puts the log's id on the wire (``_logtee.py``).
     """
 
     def __init__(self, *, agent: Agent, request: AgentRequest, policy: StreamPolicy,
@@ -60,8 +65,9 @@ class StreamSession:
                  release: Callable[[], None] | None = None,
                  sync_runner: SyncRunner | None = None, lifecycle: Any = None,
                  meta: StreamMeta | None = None, progress: ProgressHook | None = None,
-                 progress_every: tuple[int, float] = (64, 0.25)) -> None:
+                 progress_every: tuple[int, float] = (64, 0.25), tee: Any = None) -> None:
         self.agent, self.request, self.policy = agent, request, policy
+        self.tee: LogTee | None = tee
         self.meta = meta
         self.encoder, self.info = encoder, info
         self._hooks, self._release, self._sync_runner = hooks, release, sync_runner
@@ -112,10 +118,9 @@ class StreamSession:
     def abort(self, reason: Outcome) -> None:
         """The transport gave up (client gone, send timeout): stop without a terminal event.
 
-        The event iterator returns at its next step, stopping the agent. Transports
-        call this rather than relying on task cancellation alone: a fast agent can
-        keep the consumer's waits always satisfied, and anyio delivers a cancel only
-        to a task whose wait is still pending (found by test: the stream ran on).
+        The event iterator returns at its next step, stopping the agent. Not task
+        cancellation alone: a fast agent keeps the consumer's waits satisfied, and anyio
+        cancels only a pending wait (found by test: the stream ran on).
         """
         if self._abort is None:
             self._abort = reason
@@ -135,8 +140,8 @@ class StreamSession:
             StreamBridgeError: the stream failed before its first frame; send it as an
                 ordinary HTTP error (its ``status``, ``body()`` and ``headers()``).
         """
-        encode, heartbeat = self.encoder.encode, self.encoder.heartbeat
-        sent = False
+        encode, heartbeat, tee = self.encoder.encode, self.encoder.heartbeat, self.tee
+        sent, eid = False, None
         async for event in self.events():
             if event is None:
                 beat = heartbeat()
@@ -144,10 +149,13 @@ class StreamSession:
                     sent = True
                     yield beat
                 continue
-            if not sent and isinstance(event, Error) and self._failure is not None:
-                # Nothing has reached the client: an ordinary HTTP error, not in-band.
-                raise self._failure
-            data = encode(event)
+            failed = not sent and isinstance(event, Error) and self._failure is not None
+            if tee is not None:  # the log has every event, the terminal one included
+                eid = (tee.append(event) if type(event) in (Delta, State) else
+                       await tee.terminal(event, self._failure if failed else None))
+            if failed:  # nothing has reached the client: an ordinary HTTP error
+                raise self._failure  # type: ignore[misc]
+            data = encode(event, eid)
             if data:
                 sent = True
                 yield data
@@ -227,7 +235,7 @@ class StreamSession:
                             first_dl = now + pol.first_chunk_timeout
                         source = self._source = self._open(attempt)
                         continue
-                    yield self._fail(self._agent_error(end.error))
+                    yield self._fail(agent_failure(end.error, self.agent.name, self.info.stream_id))
                     return
                 if self._cancelled:
                     continue  # ends at the top of the loop
@@ -344,16 +352,6 @@ class StreamSession:
         return exc.TotalTimeout(
             f"the stream exceeded the total timeout of {self.policy.total_timeout:g} s")
 
-    def _agent_error(self, error: BaseException) -> exc.StreamFailure:
-        if isinstance(error, exc.AgentFailure):
-            # The agent's own code, status and Retry-After (e.g. upstream_rate_limited).
-            return error
-        if isinstance(error, exc.StreamBridgeError):
-            return exc.AgentError(error.message)
-        log.error("agent %r failed in stream %s", self.agent.name, self.info.stream_id,
-                  exc_info=error)
-        return exc.AgentError(f"the agent {self.agent.name!r} failed")
-
     # -- finishing ------------------------------------------------------------------
 
     async def finish(self, reason: Outcome = Outcome.CLIENT_DISCONNECTED) -> StreamRecord:
@@ -373,6 +371,8 @@ class StreamSession:
             error_code=self._error_code, usage=self._usage)
         if self._lifecycle is not None:
             self._lifecycle.unregister(self)
+        if self.tee is not None:  # a stream cut without a terminal event gets one
+            await self.tee.close(self._outcome)
         release, self._release = self._release, None
         if release is not None:
             release()

@@ -45,6 +45,24 @@ STORE_RETRIES = Counter("streambridge_store_write_retries_total",
                         "(database locked or unreachable) or refused (the row itself).",
                         ["cause"])
 
+BACKGROUND_RUNS = Gauge("streambridge_background_runs",
+                        "Runs going on with no attached request (background, "
+                        "on_disconnect=continue, reconnect grace).", ["path"],
+                        multiprocess_mode="livesum")
+RESUMES_TOTAL = Counter("streambridge_resumes_total",
+                        "GET /v1/streams/{id} reads, by result: ok (replayed and "
+                        "followed), reset (the cursor could not be served: reset event), "
+                        "gone (unknown, expired or another tenant's: 404).",
+                        ["path", "result"])
+LOG_APPEND = Histogram("streambridge_log_append_seconds",
+                       "Time the engine spent handing an entry to the stream log: "
+                       "append (sampled, never awaits) and finish (the terminal entry, "
+                       "awaited until stored).", ["op"], buckets=_LATENCY)
+CANCEL_LATENCY = Histogram("streambridge_cancel_latency_seconds",
+                           "From a cancel reaching the owning process to its stream's end.",
+                           buckets=_LATENCY)
+_APPEND, _FINISH = LOG_APPEND.labels("append"), LOG_APPEND.labels("finish")
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -92,6 +110,31 @@ def observe(record: StreamRecord) -> None:
 def rejected(path: str, agent: str, fmt: str) -> None:
     """Count a request refused at admission (429/503) as outcome ``rejected``."""
     STREAMS_TOTAL.labels("rejected", path, agent, fmt).inc()
+
+
+def log_append(seconds: float) -> None:
+    """Observe one (sampled) append to the stream log."""
+    _APPEND.observe(seconds)
+
+
+def log_finish(seconds: float) -> None:
+    """Observe one terminal entry stored in the stream log."""
+    _FINISH.observe(seconds)
+
+
+def cancel_latency(seconds: float) -> None:
+    """Observe the time from a cancel reaching the owner to its stream's end."""
+    CANCEL_LATENCY.observe(seconds)
+
+
+def background_runs(path: str, delta: int) -> None:
+    """Count a detached run starting (+1) or ending (-1)."""
+    BACKGROUND_RUNS.labels(path).inc(delta)
+
+
+def resumed(path: str, result: str) -> None:
+    """Count one resume by result: ``ok``, ``reset`` or ``gone``."""
+    RESUMES_TOTAL.labels(path, result).inc()
 
 
 def transcript_dead_lettered(kind: str) -> None:

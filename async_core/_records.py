@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
 
 from . import exceptions as exc
 from .agents import AgentRequest
+
+if TYPE_CHECKING:
+    from ._settings import StreamPolicy
+    from .wire import Encoder
 
 
 class Outcome(StrEnum):
@@ -65,3 +70,39 @@ FinishHook = Callable[[StreamRecord], "Awaitable[None] | None"]
 # Called while streaming with (info, text so far, tokens so far); must return at once
 # (persistence files a checkpoint for its background writer, see store/_writer.py).
 ProgressHook = Callable[[StreamInfo, str, int], None]
+
+
+class Streamable(Protocol):
+    """What a transport serves: a ``StreamSession``, or a ``Subscription`` to a log.
+
+    The transport iterates ``frames()`` (headers leave with the first frame), applies
+    ``policy.send_timeout``, calls ``abort(reason)`` when it gives up and
+    ``finish(reason)`` exactly once at the end.
+    """
+
+    @property
+    def encoder(self) -> Encoder:
+        """The client's wire format (its ``media_type`` is the Content-Type)."""
+        ...
+
+    @property
+    def policy(self) -> StreamPolicy:
+        """Heartbeat, header hold and send timeout."""
+        ...
+
+    @property
+    def info(self) -> StreamInfo:
+        """Ids and labels."""
+        ...
+
+    def frames(self) -> AsyncGenerator[bytes, None]:
+        """The bytes to send, ending after the terminal event."""
+        ...
+
+    def abort(self, reason: Outcome) -> None:
+        """The transport gave up (client gone, send timeout)."""
+        ...
+
+    async def finish(self, reason: Outcome = ...) -> object:
+        """The response ended; called exactly once."""
+        ...

@@ -18,16 +18,18 @@ from starlette.routing import BaseRoute, Route
 
 from . import _metrics as metrics
 from ._asgi import SessionResponse
+from ._engine import StreamSession
 from ._page import PAGE_CONTENT_TYPE, cors_headers, render_page
 from ._records import Outcome
 from .exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
-from .protocol import ROUTES, drain_limit, parse_chat
+from .protocol import ROUTES, drain_limit, parse_chat, parse_resume
 from .protocol import Route as ApiRoute
 from .service import StreamService
 
 # The logger keeps the name it had in _app: operators filter on it.
 log = logging.getLogger("streambridge.app")
 Endpoint = Callable[[Request], Awaitable[Response]]
+STREAMS = "/v1/streams"  # the contract path of resume and cancel (and of their API keys)
 
 
 def contract_routes(service: StreamService, *,
@@ -62,6 +64,23 @@ def contract_routes(service: StreamService, *,
         found = await service.conversation(request.path_params["conversation_id"], caller)
         return JSONResponse(found)
 
+    async def resume(request: Request) -> Response:
+        if guard is not None:
+            guard()
+        caller = service.api_keys.authenticate(STREAMS, request.headers.get("authorization"))
+        cursor, fmt = parse_resume(request.headers, request.query_params)
+        sub = await service.subscribe(request.path_params["stream_id"], cursor, fmt, caller)
+        headers = service.headers(sub)
+        headers.update(cors_headers(request.headers.get("origin")))
+        return SessionResponse(sub, headers)
+
+    async def cancel(request: Request) -> Response:
+        if guard is not None:
+            guard()
+        caller = service.api_keys.authenticate(STREAMS, request.headers.get("authorization"))
+        result = await service.cancel(request.path_params["stream_id"], caller)
+        return JSONResponse(result, headers=cors_headers(request.headers.get("origin")))
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -77,7 +96,10 @@ def contract_routes(service: StreamService, *,
                                for p in ROUTES]
     routes += [Route("/", page), Route("/healthz", healthz), Route("/readyz", readyz),
                Route("/metrics", metrics_endpoint),
-               Route("/v1/conversations/{conversation_id}", _contract_errors(conversation))]
+               Route("/v1/conversations/{conversation_id}", _contract_errors(conversation)),
+               Route("/v1/streams/{stream_id}", _contract_errors(resume), methods=["GET"]),
+               Route("/v1/streams/{stream_id}/cancel", _contract_errors(cancel),
+                     methods=["POST"])]
     return routes
 
 
@@ -108,8 +130,13 @@ async def chat_response(service: StreamService, request: Request, route: ApiRout
     session = await service.open(call, caller)
     headers = service.headers(session)
     headers.update(cors_headers(request.headers.get("origin")))
+    if call.background:  # the run goes on with no reader: where to read it
+        location = f"{request.scope.get('root_path', '')}{STREAMS}/{session.info.stream_id}"
+        return JSONResponse(service.accepted(session, location), status_code=202,
+                            headers={**headers, "Location": location})
     if call.stream:
         return SessionResponse(session, headers)
+    assert isinstance(session, StreamSession)  # only streamed calls are detached
     try:
         events = await session.collect()
     finally:

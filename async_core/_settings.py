@@ -14,9 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .streamlog._settings import LogSettings  # the module: the package imports back
+
 PathName = Literal["async", "legacy", "hybrid"]
 
 ENV_PREFIX = "STREAMBRIDGE_"
+ON_DISCONNECT = ("cancel", "continue")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -112,6 +115,15 @@ class Settings:
             client that stops reading blocks the stream's writes, and is caught by
             the send timeout, after about this much; 0 keeps the kernel's
             autotuning (up to ``net.ipv4.tcp_wmem``, 4 MB by default).
+        log: the stream log (``STREAMBRIDGE_REDIS_URL``, ``STREAMBRIDGE_LOG_*``, leases;
+            ``async_core.streamlog.LogSettings``), read from the same variables.
+        on_disconnect: what a client's disconnect does to its stream when the request
+            does not say: ``cancel`` (stop the agent) or ``continue`` (run on; resume
+            it with ``GET /v1/streams/{id}``).
+        reconnect_grace: seconds a ``cancel`` stream whose readers all left stays
+            alive for a resume before it is stopped; 0 stops it at once.
+        max_background: runs going on without an attached request (``background``,
+            ``on_disconnect=continue`` or a grace) at once per process; more get 503.
     """
 
     policy: StreamPolicy = field(default_factory=StreamPolicy)
@@ -144,9 +156,16 @@ class Settings:
     key_rate_limit: float = 0.0
     key_max_streams: int = 0
     socket_send_buffer: int = 262_144
+    log: LogSettings = field(default_factory=LogSettings)
+    on_disconnect: str = "cancel"
+    reconnect_grace: float = 0.0
+    max_background: int = 64
 
     def __post_init__(self) -> None:
         _check_numbers(self)
+        if self.on_disconnect not in ON_DISCONNECT:
+            raise ValueError(f"{ENV_PREFIX}ON_DISCONNECT must be cancel or continue, "
+                             f"got {self.on_disconnect!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -160,17 +179,20 @@ class Settings:
             ValueError: a variable does not parse, naming the variable.
         """
         env = os.environ if environ is None else environ
-        policy_kw: dict[str, Any] = {}
+        nested = {"policy": StreamPolicy, "log": LogSettings}
+        parts: dict[str, Any] = {}
+        for name, kind in nested.items():  # flat variables, one nested value object each
+            kw: dict[str, Any] = {}
+            for f in dataclasses.fields(kind):
+                _read(env, f.name, f.type, kw)
+            names = {f.name for f in dataclasses.fields(kind)}
+            kw.update({k: overrides.pop(k) for k in list(overrides) if k in names})
+            parts[name] = overrides.pop(name, None) or kind(**kw)
         top_kw: dict[str, Any] = {}
-        for f in dataclasses.fields(StreamPolicy):
-            _read(env, f.name, f.type, policy_kw)
         for f in dataclasses.fields(cls):
-            if f.name != "policy":
+            if f.name not in nested:
                 _read(env, f.name, f.type, top_kw)
-        policy_over = {k: overrides.pop(k) for k in list(overrides) if k in policy_kw or
-                       k in {f.name for f in dataclasses.fields(StreamPolicy)}}
-        policy = StreamPolicy(**{**policy_kw, **policy_over})
-        return cls(policy=overrides.pop("policy", policy), **{**top_kw, **overrides})
+        return cls(**parts, **{**top_kw, **overrides})
 
 
 def _check_numbers(obj: Any) -> None:

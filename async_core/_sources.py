@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from . import exceptions as exc
 from ._tasks import cancel_and_wait
 from .agents import AgentItem, AgentRequest
+
+log = logging.getLogger("streambridge.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +168,18 @@ class AsyncSource:
             self._timer.cancel()
             self._timer = None
         await cancel_and_wait(self._task)
+
+
+def agent_failure(error: BaseException, agent: str, stream_id: str) -> exc.StreamFailure:
+    """The stream failure an agent's error (an ``AgentEnd.error``) becomes.
+
+    An ``AgentFailure`` keeps its own code, status and Retry-After (e.g.
+    ``upstream_rate_limited``); any other exception is logged and becomes a generic
+    ``agent_error`` whose message names the agent, never the exception.
+    """
+    if isinstance(error, exc.AgentFailure):
+        return error
+    if isinstance(error, exc.StreamBridgeError):
+        return exc.AgentError(error.message)
+    log.error("agent %r failed in stream %s", agent, stream_id, exc_info=error)
+    return exc.AgentError(f"the agent {agent!r} failed")

@@ -18,7 +18,7 @@ from .exceptions import BadRequest, PayloadTooLarge, UnsupportedFormat
 from .wire import Format
 
 __all__ = ["ROLES", "ROUTES", "SAMPLING_KEYS", "ChatCall", "Route", "check_body_size",
-           "drain_limit", "load_body", "negotiate", "new_id", "parse_chat"]
+           "drain_limit", "load_body", "negotiate", "new_id", "parse_chat", "parse_resume"]
 
 Route = Literal["native", "openai", "ollama-chat", "ollama-generate"]
 ROUTES: dict[str, Route] = {
@@ -54,6 +54,9 @@ class ChatCall:
         include_usage: OpenAI ``stream_options.include_usage``.
         new_conversation: the server made the id up (the request named none), so the
             conversation has no history and no owner yet.
+        on_disconnect: ``cancel`` or ``continue`` (native ``on_disconnect``); empty:
+            the server's ``STREAMBRIDGE_ON_DISCONNECT``.
+        background: native ``"background": true``: answer ``202`` and run with no reader.
     """
 
     route: Route
@@ -65,6 +68,8 @@ class ChatCall:
     format: Format = "sse"
     include_usage: bool = False
     new_conversation: bool = False
+    on_disconnect: str = ""
+    background: bool = False
 
 
 def new_id() -> str:
@@ -171,7 +176,34 @@ def _native(data: dict[str, Any], headers: Mapping[str, str], query: Mapping[str
         raise BadRequest("agent must be a non-empty string")
     stream = _bool(data, "stream", default=True)
     fmt = negotiate(query.get("format"), headers.get("accept"), stream)
-    return ChatCall("native", agent, msgs, options, conversation_id, stream, fmt)
+    on_disconnect = data.get("on_disconnect") or ""
+    if on_disconnect not in ("", "cancel", "continue"):
+        raise BadRequest("on_disconnect must be cancel or continue")
+    return ChatCall("native", agent, msgs, options, conversation_id, stream, fmt,
+                    on_disconnect=on_disconnect,
+                    background=_bool(data, "background", default=False))
+
+
+def parse_resume(headers: Mapping[str, str], query: Mapping[str, str]) -> tuple[str | None, Format]:
+    """The cursor and wire format of ``GET /v1/streams/{id}``.
+
+    ``Last-Event-ID`` (what a reconnecting ``EventSource`` sends) wins over
+    ``?cursor=`` (which a reconnect repeats, stale, from its first URL).
+
+    Args:
+        headers: request headers with lower-case names.
+        query: query-string parameters.
+
+    Returns:
+        The cursor text (None: from the beginning) and ``sse``, ``ndjson`` or ``text``.
+
+    Raises:
+        UnsupportedFormat: nothing we can send is acceptable (406).
+    """
+    cursor = headers.get("last-event-id")
+    if cursor is None:
+        cursor = query.get("cursor")
+    return cursor, negotiate(query.get("format"), headers.get("accept"), True)
 
 
 def negotiate(format_param: str | None, accept: str | None, stream: bool) -> Format:

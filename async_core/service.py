@@ -8,6 +8,7 @@ plug in through ``hooks``). Stdlib and our own modules only; no web framework.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,20 +17,34 @@ from . import _metrics as metrics
 from ._admission import Admission
 from ._engine import StreamSession
 from ._lifecycle import Lifecycle
-from ._records import FinishHook, StreamInfo
+from ._logtee import LogTee
+from ._records import FinishHook, Streamable, StreamInfo
 from ._registry import default_registry
+from ._runs import Runs
 from ._settings import PathName, Settings
 from ._sources import SyncRunner
+from ._subscription import Subscription
 from .agents import AgentRegistry, AgentRequest
 from .auth import ANONYMOUS, ApiKeys, KeyLimits, Principal
 from .exceptions import NotFound, Overloaded, RateLimited, StreamBridgeError
 from .protocol import ChatCall, new_id
-from .wire import Event, StreamMeta, buffered_body, make_encoder
+from .streamlog import (
+    Entry,
+    MemoryLog,
+    StreamLog,
+    StreamLogError,
+    StreamNotFound,
+    decode_cursor,
+)
+from .streamlog import StreamMeta as LogMeta
+from .streamlog import open_log as open_stream_log
+from .wire import Event, Format, StreamMeta, buffered_body, make_encoder
 
 if TYPE_CHECKING:
     from .store import Persistence
 
 NATIVE_FORMATS = ("sse", "ndjson", "text")
+CANCEL_WAIT = 2.0  # seconds a cancel answered here waits for the run's outcome
 
 
 class StreamService:
@@ -62,6 +77,11 @@ class StreamService:
         self.api_keys = ApiKeys.from_settings(settings)
         self.key_limits = KeyLimits(settings.key_rate_limit, settings.key_max_streams)
         self.persistence: Persistence | None = None
+        # The stream log (memory until start() opens the configured one) and this
+        # process' runs: shared references, so the hybrid front's relabelled copy of
+        # the service sees the same streams.
+        self.log: StreamLog = MemoryLog(settings.log)
+        self.runs = Runs(path, settings.max_background)
         if settings.agent_form not in ("", "sync", "async"):
             raise ValueError(f"STREAMBRIDGE_AGENT_FORM must be sync or async, "
                              f"got {settings.agent_form!r}")
@@ -78,15 +98,19 @@ class StreamService:
         """
         from .store import Persistence  # SQLAlchemy loads only where a server starts
 
+        self.log = await open_stream_log(self.settings.log)  # LogUnavailable names the URL
+        self.runs.start_keeper(self.log, self.settings.log.lease_renew)
         self.persistence = await Persistence.open(self.settings)
         if self.persistence is not None:
             self.hooks.append(self.persistence.finish)
 
     async def aclose(self) -> None:
-        """Flush pending transcripts and close the store (graceful shutdown)."""
+        """Flush pending transcripts, close the store and the log (graceful shutdown)."""
+        await self.runs.aclose(self.settings.policy.send_timeout or 5.0)
         persistence, self.persistence = self.persistence, None
         if persistence is not None:
             await persistence.aclose()
+        await self.log.aclose()
 
     async def conversation(self, conversation_id: str,
                            principal: Principal = ANONYMOUS) -> dict[str, Any]:
@@ -102,10 +126,14 @@ class StreamService:
             raise NotFound(f"conversation {conversation_id!r} not found")
         return found
 
-    async def open(self, call: ChatCall, principal: Principal = ANONYMOUS) -> StreamSession:
+    async def open(self, call: ChatCall, principal: Principal = ANONYMOUS
+                   ) -> StreamSession | Subscription:
         """Validate, admit and build the session for ``call`` made by ``principal``.
 
         A stored conversation's earlier turns are prepended to the agent's messages.
+        A streamed call is created in the stream log (its events are teed there). A
+        detached one (``on_disconnect=continue``, ``background``, a reconnect grace)
+        starts its run here and returns the first reader of its log instead.
 
         Raises:
             StreamBridgeError: unknown agent, bad options, another tenant's
@@ -118,6 +146,11 @@ class StreamService:
             raise StreamBridgeError(f"agent {agent.name!r} needs a sync runner, and this "
                                     "server has none (serve it through legacy_bridge)")
         stream_id = new_id()
+        detached = call.background or (call.stream and (
+            (call.on_disconnect or self.settings.on_disconnect) == "continue"
+            or self.settings.reconnect_grace > 0))
+        if detached:
+            self.runs.check_room()
         try:
             key_release = self.key_limits.acquire(principal)
         except (Overloaded, RateLimited):
@@ -130,6 +163,15 @@ class StreamService:
                                             call.messages, new=call.new_conversation)
                 messages = (*history, *call.messages)
             slot_release = await self.admission.admit(agent.name, buffered=not call.stream)
+            lease = None
+            if call.stream or call.background:
+                try:
+                    lease = await self.log.create(stream_id, tenant=principal.tenant,
+                                                  conversation_id=call.conversation_id)
+                except StreamLogError as error:
+                    slot_release()
+                    raise Overloaded(f"the stream log is unavailable: {error}",
+                                     retry_after=1.0) from None
         except BaseException as error:
             key_release()
             if store is not None:
@@ -144,16 +186,93 @@ class StreamService:
         info = StreamInfo(stream_id, call.conversation_id, agent.name, self.path, call.format)
         request = AgentRequest(messages, options, call.conversation_id, stream_id)
         metrics.stream_started(self.path)
+        tee = None if lease is None else LogTee(self.log, lease)
         session = StreamSession(
             agent=agent, request=request, policy=self.settings.policy,
             encoder=make_encoder(call.format, meta), info=info, hooks=self.hooks,
             release=release, sync_runner=self.sync_runner if use_sync else None,
             lifecycle=self.lifecycle, meta=meta,
             progress=store.progress if store is not None else None,
-            progress_every=(self.settings.checkpoint_tokens, self.settings.checkpoint_interval))
-        return session
+            progress_every=(self.settings.checkpoint_tokens, self.settings.checkpoint_interval),
+            tee=tee)
+        if tee is None:
+            return session
+        tee.session = session
+        self.runs.add(tee, self.log)
+        if not detached:
+            return session
+        cancels = (call.on_disconnect or self.settings.on_disconnect) == "cancel"
+        grace = self.settings.reconnect_grace if cancels and not call.background else None
+        run = self.runs.detach(session, tee, grace)
+        return Subscription(self.log, cursor=None, tenant=None, encoder=session.encoder,
+                            policy=session.policy, info=info,
+                            run=None if call.background else run, tee=tee)
 
-    def headers(self, session: StreamSession) -> dict[str, str]:
+    async def subscribe(self, stream_id: str, cursor: str | None, fmt: Format,
+                        principal: Principal = ANONYMOUS) -> Subscription:
+        """A reader of ``stream_id``'s log after ``cursor`` (``GET /v1/streams/{id}``).
+
+        Raises:
+            CursorError: a malformed, too long or foreign cursor (400 ``bad_cursor``).
+            StreamNotFound: unknown, expired or another tenant's stream (404).
+        """
+        after = decode_cursor(stream_id, cursor)
+        found = await self._meta(stream_id, principal)
+        meta = StreamMeta(stream_id=stream_id, conversation_id=found.conversation_id,
+                          model="", created=time.time())
+        info = StreamInfo(stream_id, found.conversation_id, "", self.path, fmt)
+        run = self.runs.detached.get(stream_id)
+        return Subscription(self.log, cursor=after, tenant=principal.tenant,
+                            encoder=make_encoder(fmt, meta), policy=self.settings.policy,
+                            info=info, run=run, resume=True)
+
+    async def cancel(self, stream_id: str, principal: Principal = ANONYMOUS) -> dict[str, Any]:
+        """Stop ``stream_id`` wherever it runs (``POST /v1/streams/{id}/cancel``); idempotent.
+
+        The owner here stops its run at once (and the answer waits, briefly, for its
+        outcome); the durable intent in the log reaches an owner in another process.
+
+        Returns:
+            ``{"stream_id", "status", "outcome", "cancel_requested"}``: ``status`` is
+            ``running`` (the owner is elsewhere and was told), ``done`` or ``error``;
+            ``outcome`` the stream's end (``completed``, ``cancelled``, ...) once known.
+
+        Raises:
+            StreamNotFound: unknown, expired or another tenant's stream (404).
+        """
+        found = await self._meta(stream_id, principal)
+        result = await self.log.request_cancel(stream_id) if found.status == "running" else None
+        tee = self.runs.tees.get(stream_id)
+        if tee is not None:
+            tee.cancel()
+            try:
+                async with asyncio.timeout(CANCEL_WAIT):
+                    await tee.ended.wait()
+            except TimeoutError:
+                pass
+        meta = await self.log.meta(stream_id) or found
+        outcome = None if meta.status == "running" else await self._outcome(stream_id)
+        return {"stream_id": stream_id, "status": meta.status, "outcome": outcome,
+                "cancel_requested": bool(result is not None or meta.cancel_requested)}
+
+    async def _meta(self, stream_id: str, principal: Principal) -> LogMeta:
+        try:
+            found = await self.log.meta(stream_id)
+        except ValueError:  # not usable as a key (the Redis backend checks): no such stream
+            found = None
+        if found is None or found.tenant != principal.tenant:
+            metrics.resumed(self.path, "gone")
+            raise StreamNotFound(f"stream {stream_id!r} not found")
+        return found
+
+    async def _outcome(self, stream_id: str) -> str | None:
+        """The outcome a finished stream's terminal entry tells."""
+        async for item in self.log.read(stream_id, None):
+            if isinstance(item, Entry) and item.terminal:
+                return "completed" if item.event == "done" else str(item.data.get("code"))
+        return None
+
+    def headers(self, session: Streamable) -> dict[str, str]:
         """Return the contract's response headers for ``session``."""
         return {
             "X-Stream-Id": session.info.stream_id,
@@ -164,12 +283,19 @@ class StreamService:
         }
 
     @staticmethod
-    def content_type(session: StreamSession) -> str:
+    def content_type(session: Streamable) -> str:
         """The Content-Type of ``session``'s stream, as Starlette would write it."""
         media = session.encoder.media_type
         if media.startswith("text/") and "charset=" not in media.lower():
             return media + "; charset=utf-8"
         return media
+
+    @staticmethod
+    def accepted(session: Streamable, location: str) -> dict[str, Any]:
+        """The ``202 Accepted`` body of a background run (``"background": true``)."""
+        return {"stream_id": session.info.stream_id,
+                "conversation_id": session.info.conversation_id,
+                "status": "running", "location": location}
 
     def body(self, session: StreamSession, events: list[Event]) -> dict[str, Any]:
         """Return the buffered JSON body for a finished ``stream: false`` request."""

@@ -23,6 +23,7 @@ from async_core import (
     FinishHook,
     Outcome,
     Settings,
+    Streamable,
     StreamService,
     StreamSession,
 )
@@ -179,14 +180,14 @@ class Bridge:
 
     # -- streams --------------------------------------------------------------------
 
-    def stream(self, session: StreamSession) -> WSGIBody:
+    def stream(self, session: Streamable) -> WSGIBody:
         """Start pumping ``session``'s frames and return the WSGI body that reads them."""
         assert self._glue is not None
         frames = make_frames_queue(self._glue)
         self.on_loop(self._start_pump, session, frames)
         return WSGIBody(self, session, frames)
 
-    def _start_pump(self, session: StreamSession, frames: FramesQueue) -> None:
+    def _start_pump(self, session: Streamable, frames: FramesQueue) -> None:
         task = asyncio.get_running_loop().create_task(pump(session, frames))
         self._pumps.add(task)
         task.add_done_callback(self._pumps.discard)

@@ -25,6 +25,7 @@ from async_core import (
     AgentRegistry,
     FinishHook,
     Settings,
+    Streamable,
     StreamSession,
     cors_headers,
     default_registry,
@@ -34,7 +35,7 @@ from async_core import (
 )
 from async_core.auth import Principal
 from async_core.exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
-from async_core.protocol import ROUTES, ChatCall, Route, drain_limit
+from async_core.protocol import ROUTES, ChatCall, Route, drain_limit, parse_resume
 from async_core.wire import error_body
 
 from ._bridge import Bridge
@@ -44,6 +45,7 @@ F = TypeVar("F", bound=ToRequest)
 
 log = logging.getLogger("streambridge.app")
 _READ = 65536
+STREAMS = "/v1/streams"  # resume and cancel (the contract path their API keys are checked for)
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -162,14 +164,25 @@ class StreamBridge:
         return self.respond(self._parse(route, json.dumps(data).encode()))
 
     def respond(self, call: ChatCall) -> Response:
-        """Admit ``call`` and answer it: a streamed body, or one JSON body."""
+        """Admit ``call`` and answer it: a streamed body, one JSON body, or ``202``."""
         bridge = self.bridge
         service = bridge.service
-        session: StreamSession = bridge.call(service.open, call, self._principal())
+        session: StreamSession | Streamable = bridge.call(service.open, call,
+                                                          self._principal())
         headers = service.headers(session)
+        if call.background:  # the run goes on with no reader: where to read it
+            location = f"{request.script_root}{STREAMS}/{session.info.stream_id}"
+            return _json(service.accepted(session, location), 202,
+                         {**headers, "Location": location})
         if not call.stream:
+            assert isinstance(session, StreamSession)  # only streamed calls are detached
             events = bridge.call(bridge.collect, session)
             return _json(service.body(session, events), headers=headers)
+        return self._streamed(session, headers)
+
+    def _streamed(self, session: Streamable, headers: dict[str, str]) -> Response:
+        """The streamed response of ``session`` (a session or a log subscription)."""
+        bridge = self.bridge
         body = bridge.stream(session)
         # WSGI learns of a disconnect only at a failed write, and some servers never do
         # (a2wsgi#48). A server that does hears it offers this hook: body.close() then
@@ -185,10 +198,31 @@ class StreamBridge:
             return _json(error.body(), error.status, {**kept, **error.headers()})
         # direct_passthrough: the server iterates (and closes) the body itself, without
         # werkzeug's two wrapping generators per chunk; it yields bytes only.
-        response = Response(body, headers=headers, content_type=service.content_type(session),
+        response = Response(body, headers=headers,
+                            content_type=bridge.service.content_type(session),
                             direct_passthrough=True)
         response.headers.pop("Content-Length", None)
         return response
+
+    def _resume(self, stream_id: str) -> Response:
+        """``GET /v1/streams/<id>``: replay the stream's log from the cursor, then follow."""
+        bridge = self.bridge
+        caller = bridge.service.api_keys.authenticate(STREAMS,
+                                                      request.headers.get("Authorization"))
+        cursor, fmt = parse_resume({k.lower(): v for k, v in request.headers.items()},
+                                   request.args)
+        sub = bridge.call(bridge.service.subscribe, stream_id, cursor, fmt, caller)
+        headers = bridge.service.headers(sub)
+        headers.update(cors_headers(request.headers.get("Origin")))
+        return self._streamed(sub, headers)
+
+    def _cancel(self, stream_id: str) -> Response:
+        """``POST /v1/streams/<id>/cancel``: stop the stream wherever it runs."""
+        bridge = self.bridge
+        caller = bridge.service.api_keys.authenticate(STREAMS,
+                                                      request.headers.get("Authorization"))
+        return _json(bridge.call(bridge.service.cancel, stream_id, caller),
+                     headers=cors_headers(request.headers.get("Origin")))
 
     def _principal(self) -> Principal:
         # The same sans-IO check as the Starlette app (async_core.auth).
@@ -232,6 +266,10 @@ class StreamBridge:
             bridge = self.bridge
             return _json(bridge.call(bridge.service.conversation, conversation_id,
                                      self._principal()))
+
+        bp.add_url_rule(f"{STREAMS}/<stream_id>", "resume", self._resume, methods=["GET"])
+        bp.add_url_rule(f"{STREAMS}/<stream_id>/cancel", "cancel", self._cancel,
+                        methods=["POST"])
 
         @bp.get("/healthz")
         def healthz() -> Response:

@@ -49,7 +49,7 @@ from janus import (
     SyncQueueShutDown,
 )
 
-from async_core import AgentEnd, Batch, Outcome, StreamSession
+from async_core import AgentEnd, Batch, Outcome, Streamable
 from async_core.agents import AgentItem, AgentRequest
 from async_core.exceptions import Overloaded, StreamBridgeError
 
@@ -283,7 +283,7 @@ class _OnLoop(Protocol):
 class WSGIBody:
     """The WSGI response iterable of one stream: reads frames_q, joins what is queued."""
 
-    def __init__(self, bridge: _OnLoop, session: StreamSession, frames: janus.Queue[Any]) -> None:
+    def __init__(self, bridge: _OnLoop, session: Streamable, frames: janus.Queue[Any]) -> None:
         self._bridge, self._frames = bridge, frames
         self.session = session  # public: the stream this body reads
         self._q = frames.sync_q
@@ -350,7 +350,7 @@ def make_frames_queue(glue: ThreadGlue) -> FramesQueue:
     return _make_queue(glue, FRAME_QUEUE)
 
 
-async def pump(session: StreamSession, frames: janus.Queue[Any]) -> None:
+async def pump(session: Streamable, frames: janus.Queue[Any]) -> None:
     """Move ``session``'s frames into frames_q until its end, then finish the session.
 
     Runs on the loop, one task per stream. A full queue for longer than the send

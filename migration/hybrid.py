@@ -9,6 +9,9 @@
 #   conversation id gets one here (X-Conversation-Id), so its later turns land in the same
 #   bucket. The decision shows in X-Stream-Path (set by each branch's service; the front
 #   adds it to pre-stream errors), in one log line and in the metrics' path label.
+#   GET /v1/streams/{id} and POST /v1/streams/{id}/cancel (where the app has the
+#   blueprint) are served by the native app: both branches write one stream log
+#   (the shared service's), so either branch's streams are resumed and cancelled there.
 # - Declared endpoints (legacy_bridge StreamBridge.endpoint): every request goes to Flask
 #   first, so the user's auth and to_request run once, in their request context, on both
 #   branches. The view then calls the route hook (ROUTE_HOOK in the environ) with the
@@ -94,6 +97,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _NATIVE = next(path for path, route in ROUTES.items() if route == "native")
+_STREAMS = "/v1/streams/"
 DECISIONS = Counter("streambridge_flag_decisions_total",
                     "Chat requests routed by the migration flag.", ["path", "impl", "reason"])
 
@@ -124,6 +128,9 @@ class HybridFront:
         # The built-in chat routes go through the flag only where the app serves them.
         self.contract = frozenset(r.rule for r in self.flask_app.url_map.iter_rules()
                                   if r.rule in ROUTES)
+        # Resume and cancel read the one log both branches write: served natively
+        # where the app serves them (the blueprint), whichever branch ran the stream.
+        self.streams = any(r.rule.startswith(_STREAMS) for r in self.flask_app.url_map.iter_rules())
         self.glue = ThreadGlue((s.max_streams or 1024) + s.max_buffered)
         runner = JanusRunner(self.glue)
         self.async_app = create_async_app(
@@ -150,6 +157,8 @@ class HybridFront:
         elif (scope["type"] == "http" and scope["method"] == "POST"
               and scope["path"] in self.contract):
             await self._chat(scope, receive, send)
+        elif scope["type"] == "http" and self.streams and scope["path"].startswith(_STREAMS):
+            await self.async_app(scope, receive, send)
         else:
             await self._legacy(scope, receive, send, [])
 

@@ -73,7 +73,7 @@ def test_async_core_public_api_is_pinned() -> None:
         "AsyncSource", "Batch", "ChatCall", "ConfigError", "Finish", "FinishHook", "Lifecycle",
         "LifecycleState", "METRICS_CONTENT_TYPE", "Outcome", "PAGE_CONTENT_TYPE", "Settings",
         "StateUpdate", "StreamBridgeError", "StreamEngine", "StreamInfo", "StreamPolicy",
-        "StreamRecord", "StreamService", "StreamSession", "SyncRunner", "Usage",
+        "StreamRecord", "StreamService", "StreamSession", "Streamable", "SyncRunner", "Usage",
         "bound_send_buffer", "cancel_and_wait", "cors_headers", "create_app", "create_app_from_env",
         "default_registry", "install_sigterm_drain", "parse_chat", "render_metrics",
         "render_page", "serve",

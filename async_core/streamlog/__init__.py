@@ -52,17 +52,16 @@ _LAZY = {"RedisLog": "_redis", "Publisher": "_publisher", "PublishedStream": "_s
          "publish_agent": "_sync_agent"}
 
 
-async def open_log(settings: LogSettings | None = None, **kw: Any) -> StreamLog:
+async def open_log(settings: LogSettings, **kw: Any) -> StreamLog:
     """Open the log the settings name: Redis when ``redis_url`` is set, else memory.
 
     Args:
-        settings: the log settings (default: from the environment).
+        settings: the log settings (from the environment: ``Settings.from_env().log``).
         **kw: passed to the backend (``owner=``, and ``sweeper=`` for Redis).
 
     Raises:
         LogUnavailable: Redis is unreachable (the message names ``STREAMBRIDGE_REDIS_URL``).
     """
-    settings = settings or LogSettings.from_env()
     if settings.redis_url:
         from ._redis import RedisLog
 

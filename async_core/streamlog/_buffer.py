@@ -87,6 +87,8 @@ class StreamBuffer:
             changed = self._changed
             end = self._base + len(self._list)
             if nxt == end:
+                if self.terminal is not None:  # a cursor at the terminal entry: nothing follows
+                    return
                 await changed.wait()
                 continue
             for entry in self._list[nxt - self._base:end - self._base]:

@@ -213,4 +213,6 @@ class Publisher:
 
 def _env_settings() -> LogSettings:
     """The log settings from the ``STREAMBRIDGE_*`` environment, as the server reads them."""
-    return LogSettings.from_env()
+    from .._settings import Settings  # the one settings loader
+
+    return Settings.from_env().log

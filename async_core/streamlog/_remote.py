@@ -159,6 +159,8 @@ async def replay_and_follow(log: RedisLog, k: tuple[str, str, str, str], stream_
             break
         page = [[n, _flat(f)] for n, f in await log.client.xrange(
             k[0], b"(" + pos, "+", count=PAGE)]
+    if res[0][2] != b"running":  # ended, and the cursor was at its terminal entry
+        return
     async for item in log.remote(stream_id, epoch).follow(pos):
         yield item
 

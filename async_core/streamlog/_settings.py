@@ -1,19 +1,15 @@
-"""Settings of the stream log, loaded in one place (``async_core/_settings.py`` style).
+"""Settings of the stream log: ``async_core.Settings.log``.
 
-Not yet read by the server: the session that wires the log into the engine moves these
-fields into ``async_core.Settings`` (and README's table). Until then
-``LogSettings.from_env`` is the only code of this package that reads the environment.
+``async_core.Settings.from_env`` reads them, from ``STREAMBRIDGE_*`` variables named
+after the fields (the one settings loader): ``Settings.from_env().log``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-ENV_PREFIX = "STREAMBRIDGE_"
+ENV_PREFIX = "STREAMBRIDGE_"  # the names in messages; the loader reads them
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,25 +58,3 @@ class LogSettings:
                              f"{ENV_PREFIX}REDIS_BLOCK (a blocking read would time out)")
         if self.lease_renew >= self.lease_ttl:
             raise ValueError(f"{ENV_PREFIX}LEASE_RENEW must be below {ENV_PREFIX}LEASE_TTL")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None,
-                 **overrides: Any) -> LogSettings:
-        """Build settings from ``STREAMBRIDGE_*`` variables, then apply ``overrides``.
-
-        Raises:
-            ValueError: a variable does not parse, naming the variable.
-        """
-        env = os.environ if environ is None else environ
-        kw: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            key = ENV_PREFIX + f.name.upper()
-            raw = env.get(key, "").strip()
-            if not raw:
-                continue
-            kind = f.type if isinstance(f.type, str) else f.type.__name__
-            try:
-                kw[f.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
-            except ValueError:
-                raise ValueError(f"{key}={raw!r} is not a valid {kind}") from None
-        return cls(**{**kw, **overrides})

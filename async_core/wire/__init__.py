@@ -16,6 +16,7 @@ from __future__ import annotations
 from ._encoders import buffered_body, error_body, make_encoder
 from ._events import Delta, Done, Error, Event, FinishReason, State, TerminalEvent, is_terminal
 from ._exceptions import WireDecodeError
+from ._native import event_kind, payload
 from ._ndjson import NDJSONDecoder, encode_ndjson
 from ._sse import SSEDecoder, SSEMessage, encode_sse
 from ._types import FORMATS, MEDIA_TYPES, Encoder, Format, StreamMeta
@@ -41,6 +42,8 @@ __all__ = [
     "encode_ndjson",
     "encode_sse",
     "error_body",
+    "event_kind",
     "is_terminal",
     "make_encoder",
+    "payload",
 ]

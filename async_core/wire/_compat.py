@@ -118,7 +118,7 @@ class OpenAIEncoder:
     def _delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         return self._chunk([{"index": 0, "delta": delta, "finish_reason": finish_reason}])
 
-    def encode(self, event: Event) -> bytes:
+    def encode(self, event: Event, event_id: str | None = None) -> bytes:
         """Frame one event.
 
         A delta becomes a chunk with ``content`` (and ``role`` on the first one);
@@ -186,7 +186,7 @@ class OllamaEncoder:
         body["done"] = done
         return body
 
-    def encode(self, event: Event) -> bytes:
+    def encode(self, event: Event, event_id: str | None = None) -> bytes:
         """Frame one event: a chunk per delta, the stats chunk on done, ``{"error"}`` on error."""
         if isinstance(event, Delta):
             return encode_ndjson(self.chunk(event.text, done=False))

@@ -1,9 +1,11 @@
 """The native wire formats of ``POST /v1/chat``: SSE, NDJSON and plain text.
 
 SSE and NDJSON carry the same payload per event (see DESIGN.md, "The HTTP
-contract"); SSE names the event in ``event:`` and numbers it in ``id:`` (for
-``Last-Event-ID`` resume), NDJSON puts ``"event"`` and ``"seq"`` first in the
-object. Plain text carries only the text, plus a readable line on error.
+contract"); SSE names the event in ``event:`` and puts its stream-log id in ``id:``
+(for ``Last-Event-ID`` resume), NDJSON puts ``"event"``, ``"seq"`` and ``"id"`` (the
+same id, for ``?cursor=``) first in the object. Without a log id (an encoder used on
+its own) the id is the ``seq``, and NDJSON has no ``"id"``. Plain text carries only
+the text, plus a readable line on error.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ __all__ = ["NativeNDJSONEncoder", "NativeSSEEncoder", "TextEncoder", "event_kind
 
 _PING_SSE = encode_sse(comment="ping")
 _PING_NDJSON = encode_ndjson({"event": "ping"})
-_SSE_DELTA = b'id: %d\nevent: delta\ndata: {"text":%b,"tokens":%d}\n\n'
+_SSE_DELTA = b'id: %b\nevent: delta\ndata: {"text":%b,"tokens":%d}\n\n'
 _NDJSON_DELTA = b'{"event":"delta","seq":%d,"text":%b,"tokens":%d}\n'
+_NDJSON_DELTA_ID = b'{"event":"delta","seq":%d,"id":"%b","text":%b,"tokens":%d}\n'
 
 
 def event_kind(event: Event) -> str:
@@ -70,13 +73,13 @@ class NativeSSEEncoder:
 
     media_type = MEDIA_TYPES["sse"]
 
-    def encode(self, event: Event) -> bytes:
-        """Frame one event as ``id: <seq>\\nevent: <kind>\\ndata: <json>\\n\\n``."""
+    def encode(self, event: Event, event_id: str | None = None) -> bytes:
+        """Frame one event as ``id: <id>\\nevent: <kind>\\ndata: <json>\\n\\n``."""
+        eid = str(event.seq) if event_id is None else event_id
         if type(event) is Delta:  # the hot path: the same bytes, without building a dict
-            return _SSE_DELTA % (event.seq, dumps_compact(event.text).encode(), event.tokens)
-        return encode_sse(
-            id=str(event.seq), event=event_kind(event), data=dumps_compact(payload(event))
-        )
+            return _SSE_DELTA % (eid.encode(), dumps_compact(event.text).encode(),
+                                 event.tokens)
+        return encode_sse(id=eid, event=event_kind(event), data=dumps_compact(payload(event)))
 
     def heartbeat(self) -> bytes:
         """Return the comment frame ``b": ping\\n\\n"``."""
@@ -88,15 +91,20 @@ class NativeNDJSONEncoder:
 
     media_type = MEDIA_TYPES["ndjson"]
 
-    def encode(self, event: Event) -> bytes:
-        """Frame one event as ``{"event":<kind>,"seq":<n>,...payload}\\n``.
+    def encode(self, event: Event, event_id: str | None = None) -> bytes:
+        """Frame one event as ``{"event":<kind>,"seq":<n>,"id":<id>,...payload}\\n``.
 
-        A state whose data has its own ``event`` or ``seq`` key loses that key:
-        the envelope keys win, so a client can always dispatch on ``event``.
+        A state whose data has its own ``event``, ``seq`` or ``id`` key loses that
+        key: the envelope keys win, so a client can always dispatch on ``event``.
         """
         if type(event) is Delta:  # the hot path: the same bytes, without building a dict
-            return _NDJSON_DELTA % (event.seq, dumps_ascii(event.text).encode(), event.tokens)
+            text = dumps_ascii(event.text).encode()
+            if event_id is None:
+                return _NDJSON_DELTA % (event.seq, text, event.tokens)
+            return _NDJSON_DELTA_ID % (event.seq, event_id.encode(), text, event.tokens)
         line: dict[str, Any] = {"event": event_kind(event), "seq": event.seq}
+        if event_id is not None:
+            line["id"] = event_id
         for key, value in payload(event).items():
             line.setdefault(key, value)
         return encode_ndjson(line)
@@ -116,7 +124,7 @@ class TextEncoder:
 
     media_type = MEDIA_TYPES["text"]
 
-    def encode(self, event: Event) -> bytes:
+    def encode(self, event: Event, event_id: str | None = None) -> bytes:
         """Return a delta's text; ``b""`` for state and done; an ``[error]`` line for error."""
         if isinstance(event, Delta):
             # "replace" only matters for lone surrogates, which UTF-8 cannot carry.

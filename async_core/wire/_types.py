@@ -63,11 +63,13 @@ class Encoder(Protocol):
         """The ``Content-Type`` of the response."""
         ...
 
-    def encode(self, event: Event) -> bytes:
+    def encode(self, event: Event, event_id: str | None = None) -> bytes:
         """Frame one event.
 
         Args:
             event: the next event of the stream, in ``seq`` order.
+            event_id: the event's id in the stream log (the SSE ``id:``, NDJSON's
+                ``"id"``); formats without ids ignore it. None: the ``seq`` is the id.
 
         Returns:
             The bytes to send (possibly ``b""``).

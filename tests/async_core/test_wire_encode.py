@@ -63,7 +63,7 @@ def test_public_api_is_pinned() -> None:
         "FORMATS", "MEDIA_TYPES", "Delta", "Done", "Encoder", "Error", "Event", "FinishReason",
         "Format", "NDJSONDecoder", "SSEDecoder", "SSEMessage", "State", "StreamMeta",
         "TerminalEvent", "WireDecodeError", "buffered_body", "encode_ndjson", "encode_sse",
-        "error_body", "is_terminal", "make_encoder",
+        "error_body", "event_kind", "is_terminal", "make_encoder", "payload",
     ])  # fmt: skip
     for name in wire.__all__:
         assert getattr(wire, name) is not None

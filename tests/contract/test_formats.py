@@ -15,12 +15,15 @@ OPTS = {"tokens": 6, "interval_ms": 5, "states": 3}
 
 
 def test_sse_stream_numbers_events_and_ends_with_done(server: Server) -> None:
-    """SSE carries deltas and states with ids 1..n and exactly one final done."""
+    """SSE carries deltas and states with stream-log ids (one stream tag and epoch,
+    positions 1..n) and exactly one final done."""
     r = stream(server.url("/v1/chat"), chat_body(**OPTS))
     assert r.status == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     assert r.text() == demo_text(OPTS)
-    assert [e.id for e in r.events] == [str(i) for i in range(1, len(r.events) + 1)]
+    parts = [e.id.split("-") for e in r.events]
+    assert len({(p[0], p[1]) for p in parts}) == 1
+    assert [p[2:] for p in parts] == [[str(i), "0"] for i in range(1, len(r.events) + 1)]
     assert r.kinds().count("done") == 1 and r.kinds()[-1] == "done"
     assert r.kinds().count("state") == 2
     done = json.loads(r.events[-1].data)
@@ -49,6 +52,7 @@ def test_ndjson_by_accept_header_and_by_query(server: Server) -> None:
         assert r.text() == demo_text(OPTS)
         assert r.kinds()[-1] == "done"
         assert [e["seq"] for e in r.events] == list(range(1, len(r.events) + 1))
+        assert [e["id"].split("-")[2] for e in r.events] == [str(e["seq"]) for e in r.events]
 
 
 def test_plain_text_is_just_the_text(server: Server) -> None:

@@ -1,6 +1,7 @@
 """For the deterministic demo agent every path sends the same bytes.
 
-Only ids, timestamps and durations may differ (and the X-Stream-Path header):
+Only ids, timestamps and durations may differ (and the X-Stream-Path header; of the
+stream-log event ids only the stream's tag and the log's epoch):
 they are normalised below, and everything else must match byte for byte.
 """
 
@@ -37,6 +38,8 @@ VOLATILE = [
     (re.compile(rb'"(total_duration|eval_duration|created)":[0-9]+'), rb'"\1":0'),
     (re.compile(rb'"created_at":"[^"]+"'), rb'"created_at":"T"'),
     (re.compile(rb'"(stream_id|id)":"(chatcmpl-)?[0-9a-f]{32}"'), rb'"\1":"\2ID"'),
+    # Stream-log event ids: the stream's tag and the log's epoch vary, positions do not.
+    (re.compile(rb'(id: |"id":")[0-9a-f]{6}-[0-9a-z]{1,16}-'), rb'\1T-E-'),
 ]
 
 

@@ -38,6 +38,16 @@ async def test_replay_then_follow_until_the_terminal_entry() -> None:
     assert meta is not None and meta.status == "done" and meta.tenant == "t"
 
 
+async def test_a_cursor_at_the_terminal_entry_reads_nothing_and_ends() -> None:
+    """Resuming from a finished stream's last id ends at once (it waited forever)."""
+    log = MemoryLog()
+    lease = await log.create("s1", tenant="t", conversation_id="c")
+    log.append(lease, "delta", {"text": "a"})
+    last = await log.finish(lease, "done", {"finish_reason": "stop"})
+    async with asyncio.timeout(1):
+        assert await collect(log.read("s1", last)) == []
+
+
 async def test_several_readers_follow_one_stream() -> None:
     """Three live readers of one stream each get every entry in order."""
     log = MemoryLog()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from async_core import Settings
 from async_core.streamlog import (
     LogSettings,
     LogUnavailable,
@@ -338,11 +339,11 @@ async def test_a_recorded_intent_reaches_the_owner_through_renewal(make_log: Any
 
 def test_settings_from_env_and_their_checks() -> None:
     """Variables parse by type; a socket timeout not above the block time is refused by name."""
-    s = LogSettings.from_env({"STREAMBRIDGE_REDIS_URL": "redis://h:1/0",
-                              "STREAMBRIDGE_LOG_MAXLEN": "42", "STREAMBRIDGE_LEASE_TTL": "2.5",
-                              "STREAMBRIDGE_LEASE_RENEW": "1"})
+    s = Settings.from_env({"STREAMBRIDGE_REDIS_URL": "redis://h:1/0",
+                           "STREAMBRIDGE_LOG_MAXLEN": "42", "STREAMBRIDGE_LEASE_TTL": "2.5",
+                           "STREAMBRIDGE_LEASE_RENEW": "1"}).log
     assert (s.redis_url, s.log_maxlen, s.lease_ttl) == ("redis://h:1/0", 42, 2.5)
     with pytest.raises(ValueError, match="STREAMBRIDGE_LOG_MAXLEN='x' is not a valid int"):
-        LogSettings.from_env({"STREAMBRIDGE_LOG_MAXLEN": "x"})
+        Settings.from_env({"STREAMBRIDGE_LOG_MAXLEN": "x"})
     with pytest.raises(ValueError, match="STREAMBRIDGE_REDIS_SOCKET_TIMEOUT must exceed"):
         LogSettings(redis_block=10, redis_socket_timeout=5)
