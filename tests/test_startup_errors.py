@@ -43,6 +43,10 @@ BAD_SETTINGS: list[tuple[str, dict[str, str], str]] = [
     ("negative-limit", {"STREAMBRIDGE_MAX_STREAMS": "-1"}, "STREAMBRIDGE_MAX_STREAMS"),
     ("negative-grace", {"STREAMBRIDGE_DRAIN_GRACE": "-5"}, "STREAMBRIDGE_DRAIN_GRACE"),
     ("bad-api-key", {"STREAMBRIDGE_API_KEYS": "acme:short"}, "at least 16 characters"),
+    ("redis-unreachable", {"STREAMBRIDGE_REDIS_URL": "redis://127.0.0.1:1/0"},
+     "STREAMBRIDGE_REDIS_URL=redis://127.0.0.1:1/0 is unreachable"),
+    ("bad-on-disconnect", {"STREAMBRIDGE_ON_DISCONNECT": "later"},
+     "STREAMBRIDGE_ON_DISCONNECT must be cancel or continue"),
 ]
 
 

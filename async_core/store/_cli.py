@@ -86,8 +86,9 @@ def preflight(host: str, settings: Settings | None = None) -> str | None:
     """Check what ``serve`` would refuse at start-up; return the reason, or None.
 
     Covers the API keys, binding a non-loopback address without keys, the
-    database URL and the webhook settings, so a bad configuration stops the
-    command with one clear sentence instead of a worker traceback.
+    database URL, the webhook settings and the stream log's Redis, so a bad
+    configuration stops the command with one clear sentence instead of a worker
+    traceback.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -105,12 +106,22 @@ def preflight(host: str, settings: Settings | None = None) -> str | None:
         default_registry(settings)  # STREAMBRIDGE_AGENTS imports, here and now
         if url is not None:
             asyncio.run(_check_database(url))
+        if settings.log.redis_url:
+            asyncio.run(_check_log(settings))
     except (StreamBridgeError, ValueError, OSError, SQLAlchemyError, TimeoutError) as e:
         return getattr(e, "message", None) or _one_line(e)
     return None
 
 
 CONNECT_CHECK_SECONDS = 10.0
+
+
+async def _check_log(settings: Settings) -> None:
+    """Open and close the Redis stream log once (``LogUnavailable`` names the URL)."""
+    from ..streamlog import open_log
+
+    stream_log = await open_log(settings.log, sweeper=False, heartbeat=False)
+    await stream_log.aclose()
 
 
 async def _check_database(url: str) -> None:
