@@ -82,6 +82,7 @@ class LogTee:
         self.on_close: Callable[[LogTee], None] | None = None
         self._count = 0
         self._lost = False
+        self._prefix = ("", "")  # (epoch, "<tag>-<epoch>-"): encode_id hashes the stream id
         self._watcher: asyncio.Task[None] | None = None
 
     def append(self, event: Event) -> str | None:
@@ -99,8 +100,14 @@ class LogTee:
             return None
         if timed:
             metrics.log_append(time.perf_counter() - t0)
-        self.last_id = encode_id(self.stream_id, eid)
-        return self.last_id
+        epoch, prefix = self._prefix
+        if eid.epoch != epoch:
+            text = encode_id(self.stream_id, eid)
+            self._prefix = (eid.epoch, text[:text.rindex("-", 0, text.rindex("-")) + 1])
+        else:
+            text = f"{prefix}{eid.major}-{eid.minor}"
+        self.last_id = text
+        return text
 
     async def terminal(self, event: Event,
                        failure: StreamBridgeError | None = None) -> str | None:
