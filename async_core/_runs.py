@@ -10,10 +10,11 @@ the first one included, is a ``Subscription``: a reader of the log. A reader lea
 then only detaches; a ``cancel`` run whose readers all left is stopped once the grace
 passes without a new one.
 
-``Runs`` also answers cancels for this process (the tee's ``cancel`` is immediate, the
-log's ``request_cancel`` records the durable intent that reaches an owner elsewhere)
-and, for the memory log, renews the leases and sweeps (the Redis backend has its own
-heartbeat and sweeper).
+``Runs`` also knows this process' streams for cancels (the tee's ``cancel`` is
+immediate; the log's ``request_cancel`` records the durable intent that reaches an
+owner elsewhere) and, for the memory log, renews their leases and sweeps (which also
+forgets streams past their retention) in one keeper task, started with the first
+stream (the Redis backend has its own heartbeat and sweeper).
 """
 
 from __future__ import annotations
@@ -98,10 +99,11 @@ class Runs:
     Args:
         path: the metrics label of the background-runs gauge.
         max_detached: detached runs allowed at once (more: 503).
+        renew: seconds between the memory log's lease renewals and sweeps.
     """
 
-    def __init__(self, path: str, max_detached: int) -> None:
-        self.path, self.max_detached = path, max_detached
+    def __init__(self, path: str, max_detached: int, renew: float) -> None:
+        self.path, self.max_detached, self.renew = path, max_detached, renew
         self.tees: dict[str, LogTee] = {}
         self.detached: dict[str, Run] = {}
         self._keeper: asyncio.Task[None] | None = None
@@ -122,6 +124,9 @@ class Runs:
         tee.on_close = self.remove
         if not isinstance(stream_log, MemoryLog):  # the intent arrives through the log
             tee.watch_cancel()
+        elif self._keeper is None:  # started with the first stream, on its loop
+            self._keeper = asyncio.get_running_loop().create_task(
+                self._keep(stream_log, self.renew))
 
     def remove(self, tee: LogTee) -> None:
         """Forget a stream whose session finished."""
@@ -138,12 +143,6 @@ class Runs:
         """A detached run finished."""
         if self.detached.pop(run.tee.stream_id, None) is run:
             metrics.background_runs(self.path, -1)
-
-    def start_keeper(self, stream_log: StreamLog, renew: float) -> None:
-        """Renew this process' leases and sweep, every ``renew`` s (memory log only)."""
-        if isinstance(stream_log, MemoryLog):
-            self._keeper = asyncio.get_running_loop().create_task(
-                self._keep(stream_log, renew))
 
     async def _keep(self, stream_log: MemoryLog, renew: float) -> None:
         while True:

@@ -81,7 +81,7 @@ class StreamService:
         # process' runs: shared references, so the hybrid front's relabelled copy of
         # the service sees the same streams.
         self.log: StreamLog = MemoryLog(settings.log)
-        self.runs = Runs(path, settings.max_background)
+        self.runs = Runs(path, settings.max_background, settings.log.lease_renew)
         if settings.agent_form not in ("", "sync", "async"):
             raise ValueError(f"STREAMBRIDGE_AGENT_FORM must be sync or async, "
                              f"got {settings.agent_form!r}")
@@ -99,7 +99,6 @@ class StreamService:
         from .store import Persistence  # SQLAlchemy loads only where a server starts
 
         self.log = await open_stream_log(self.settings.log)  # LogUnavailable names the URL
-        self.runs.start_keeper(self.log, self.settings.log.lease_renew)
         self.persistence = await Persistence.open(self.settings)
         if self.persistence is not None:
             self.hooks.append(self.persistence.finish)

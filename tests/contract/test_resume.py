@@ -38,8 +38,10 @@ def srv(path_id: str) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def grace_srv(path_id: str) -> Iterator[Server]:
-    """A server whose ``cancel`` streams wait 1 s for a reader to come back."""
-    server = Server(path_id, {"STREAMBRIDGE_RECONNECT_GRACE": "1"})
+    """A server whose ``cancel`` streams wait 1 s for a reader to come back, and whose
+    leases live 1 s unless renewed (so a longer stream needs its renewals)."""
+    server = Server(path_id, {"STREAMBRIDGE_RECONNECT_GRACE": "1",
+                              "STREAMBRIDGE_LEASE_TTL": "1", "STREAMBRIDGE_LEASE_RENEW": "0.2"})
     yield server
     server.stop()
     assert not server.problems(), "\n".join(server.problems())
@@ -255,8 +257,8 @@ def test_bad_disconnect_policy_or_background_values_are_400(srv: Server,
 
 def test_a_resume_within_the_grace_keeps_the_stream_alive(grace_srv: Server) -> None:
     """RECONNECT_GRACE: a reader that comes back in time reads the rest; the run was
-    never stopped."""
-    probe, tokens = probe_file(), 80
+    never stopped (and outlived its lease TTL: renewed)."""
+    probe, tokens = probe_file(), 150
     sid, seen = cut(grace_srv, body(tokens, 10, probe), 3)
     rest = sse_events(resume(grace_srv, sid,
                              headers={"Last-Event-ID": seen[-1]["id"]}).text.splitlines())
