@@ -13,6 +13,7 @@ import random
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -130,6 +131,22 @@ def test_a_cut_continue_stream_runs_on_and_a_resume_gives_the_rest_once(srv: Ser
     lines = [json.loads(line) for line in nd.text.splitlines()]
     nd_ids = [line["id"] for line in lines if line["event"] != "ping"]
     assert nd_ids == [e["id"] for e in seen[1:] + after]
+    assert len(read_probe(probe)) == 1, "a resume never starts a second generation"
+    # Behind the hybrid front resumes are served by the native app (one shared log).
+    expected = "legacy" if srv.path_id.startswith("legacy") else "async"
+    assert rest.headers["x-stream-path"] == expected
+
+
+def test_several_readers_follow_one_stream_at_once(srv: Server) -> None:
+    """Two tabs reading one running stream get the same events, whole and in order."""
+    r = httpx.post(srv.url("/v1/chat"), json=body(40, 10, background=True), headers=AUTH,
+                   timeout=10)
+    with ThreadPoolExecutor(2) as pool:
+        reads = list(pool.map(lambda _: resume(srv, r.json()["stream_id"], headers=AUTH),
+                              range(2)))
+    first, second = (sse_events(x.text.splitlines()) for x in reads)
+    assert first == second and text_of(first) == probe_text(40)
+    assert first[-1]["event"] == "done"
 
 
 def test_a_finished_stream_replays_to_its_terminal_event(srv: Server) -> None:
@@ -215,6 +232,8 @@ def test_cancel_from_a_second_connection_stops_the_agent(srv: Server) -> None:
                           headers=AUTH, timeout=10)
     assert finished.status_code == 200
     assert finished.json()["status"] == "done" and finished.json()["outcome"] == "completed"
+    assert metric(srv.base_url, "streambridge_cancel_latency_seconds_count") >= 1
+    assert metric(srv.base_url, "streambridge_log_append_seconds_count", op="finish") >= 3
 
 
 def test_background_runs_answer_202_and_are_read_from_their_location(srv: Server) -> None:
