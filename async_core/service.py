@@ -9,6 +9,7 @@ plug in through ``hooks``). Stdlib and our own modules only; no web framework.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,6 @@ from .streamlog import (
     Entry,
     MemoryLog,
     StreamLog,
-    StreamLogError,
     StreamNotFound,
     decode_cursor,
 )
@@ -43,7 +43,9 @@ from .wire import Event, Format, StreamMeta, buffered_body, make_encoder
 if TYPE_CHECKING:
     from .store import Persistence
 
+log = logging.getLogger("streambridge.service")
 NATIVE_FORMATS = ("sse", "ndjson", "text")
+LOG_CREATE_BOUND = 1.0  # seconds a new stream waits for the log (a Redis outage)
 CANCEL_WAIT = 2.0  # seconds a cancel answered here waits for the run's outcome
 
 
@@ -165,12 +167,14 @@ class StreamService:
             lease = None
             if call.stream or call.background:
                 try:
-                    lease = await self.log.create(stream_id, tenant=principal.tenant,
-                                                  conversation_id=call.conversation_id)
-                except StreamLogError as error:
-                    slot_release()
-                    raise Overloaded(f"the stream log is unavailable: {error}",
-                                     retry_after=1.0) from None
+                    async with asyncio.timeout(LOG_CREATE_BOUND):
+                        lease = await self.log.create(stream_id, tenant=principal.tenant,
+                                                      conversation_id=call.conversation_id)
+                except Exception as error:  # Redis unreachable: serve it, not resumable
+                    down = _log_down(error)
+                    if detached:  # a run with no reader needs the log
+                        slot_release()
+                        raise down from None
         except BaseException as error:
             key_release()
             if store is not None:
@@ -240,6 +244,15 @@ class StreamService:
             StreamNotFound: unknown, expired or another tenant's stream (404).
         """
         found = await self._meta(stream_id, principal)
+        try:
+            return await self._cancel(found)
+        except StreamBridgeError:
+            raise
+        except Exception as error:  # Redis unreachable
+            raise _log_down(error) from None
+
+    async def _cancel(self, found: LogMeta) -> dict[str, Any]:
+        stream_id = found.stream_id
         result = await self.log.request_cancel(stream_id) if found.status == "running" else None
         tee = self.runs.tees.get(stream_id)
         if tee is not None:
@@ -259,6 +272,8 @@ class StreamService:
             found = await self.log.meta(stream_id)
         except ValueError:  # not usable as a key (the Redis backend checks): no such stream
             found = None
+        except Exception as error:  # Redis unreachable
+            raise _log_down(error) from None
         if found is None or found.tenant != principal.tenant:
             metrics.resumed(self.path, "gone")
             raise StreamNotFound(f"stream {stream_id!r} not found")
@@ -302,6 +317,19 @@ class StreamService:
         assert session.meta is not None
         return buffered_body("sse" if fmt in NATIVE_FORMATS else fmt,  # type: ignore[arg-type]
                              session.meta, events)
+
+
+_last_warning = [0.0]
+
+
+def _log_down(error: BaseException) -> Overloaded:
+    """Say (at most every 10 s) that the log is unreachable; the 503 to answer with."""
+    if time.monotonic() - _last_warning[0] >= 10.0:
+        _last_warning[0] = time.monotonic()
+        log.warning("the stream log is unavailable (%s: %s): new streams are served "
+                    "without it (not resumable), resumes and cancels get 503",
+                    type(error).__name__, error)
+    return Overloaded("the stream log is unavailable; retry shortly", retry_after=1.0)
 
 
 def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
