@@ -8,7 +8,7 @@ of the log show the same ids; the terminal event is ``terminal`` (``StreamLog.fi
 bounded by ``FINISH_BOUND`` so a Redis outage cannot hold a stream's last frame).
 A stream that ends without a terminal event (its client left, the send timeout) gets
 one at ``close``, so a reader of the log always sees the end. Sans-wire: the entry of
-an event is the native JSON payload plus its ``seq`` (``to_entry``/``from_entry``).
+an event is its native JSON payload (``to_entry``/``from_entry``).
 """
 
 from __future__ import annotations
@@ -35,26 +35,30 @@ _SAMPLE = 32  # one append in this many is timed (the metric, not every token)
 
 
 def to_entry(event: Event) -> tuple[str, dict[str, Any]]:
-    """The log entry of ``event``: its native name and payload, plus its ``seq``."""
+    """The log entry of ``event``: its native name and JSON payload (the SSE ``data:``).
+
+    The same shape the sync producer (``streamlog.Publisher``) writes, so a reader
+    cannot tell who produced a stream.
+    """
     if type(event) is Delta:  # the hot path
-        return "delta", {"seq": event.seq, "text": event.text, "tokens": event.tokens}
-    if isinstance(event, State):
-        return "state", {"seq": event.seq, "data": dict(event.data)}
-    return event_kind(event), {"seq": event.seq, **payload(event)}
+        return "delta", {"text": event.text, "tokens": event.tokens}
+    return event_kind(event), payload(event)
 
 
 def from_entry(entry: Entry) -> Event:
     """The event a log entry holds (the inverse of ``to_entry``).
 
-    Entries written by others (the sweeper's ``interrupted`` error, a producer outside
-    the server) may lack ``seq`` or optional fields: they get 0 or the default.
+    Its ``seq`` is the entry's number in the log (memory ids are ``n-0``, Redis ids
+    ``fence-n``): every event of a stream is an entry, in order, so it is the engine's
+    ``seq``. Entries written by others (the sweeper's ``interrupted`` error, a producer
+    outside the server) may lack optional fields: they get the default.
     """
     d: Mapping[str, Any] = entry.data
-    seq = int(d.get("seq", 0))
+    seq = entry.id.minor or entry.id.major
     if entry.event == "delta":
         return Delta(seq, str(d.get("text", "")), int(d.get("tokens", 0)))
     if entry.event == "state":
-        return State(seq, dict(d.get("data") or {}))
+        return State(seq, dict(d))
     if entry.event == "done":
         return Done(seq, d.get("finish_reason", "stop"), int(d.get("tokens", 0)),
                     d.get("ttfc_ms"), float(d.get("duration_ms", 0.0)),
