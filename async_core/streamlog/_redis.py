@@ -283,14 +283,20 @@ class RedisLog:
         while True:
             await asyncio.sleep(s.lease_renew)
             try:
+                reached = False
                 for st in list(self._owned.values()) if self._renewing else ():
                     if not st.terminal:
                         await self.renew(st.lease)
+                        reached = True
                 if self._sweeper and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + s.sweep_interval
                     await self.sweep()
+                    reached = True
             except LOST as exc:
                 self.health.degrade(exc)
+            else:
+                if reached:  # an idle process has no flush to say that Redis is back
+                    self.health.recover()
 
     # -- reader side -----------------------------------------------------------------
     async def read(self, stream_id: str, cursor: EventId | None, *,

@@ -347,3 +347,21 @@ def test_settings_from_env_and_their_checks() -> None:
         Settings.from_env({"STREAMBRIDGE_LOG_MAXLEN": "x"})
     with pytest.raises(ValueError, match="STREAMBRIDGE_REDIS_SOCKET_TIMEOUT must exceed"):
         LogSettings(redis_block=10, redis_socket_timeout=5)
+
+
+async def test_an_idle_process_recovers_from_an_outage_its_sweeper_saw(
+        make_log: Any, make_redis: Callable[[], RedisServer]) -> None:
+    """A process with no streams, degraded by a failed sweep, recovers on the next one."""
+    srv = make_redis()
+    log = await make_log(srv.url, lease_ttl=1.0, lease_renew=0.1, sweep_interval=0.1)
+    await asyncio.to_thread(srv.stop)
+    await _until(lambda: log.health.degraded, "the failed sweep never degraded it")
+    await asyncio.to_thread(srv.start)
+    await _until(lambda: not log.health.degraded, "a successful sweep did not recover it")
+
+
+async def _until(predicate: Callable[[], bool], message: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, message
+        await asyncio.sleep(0.02)
