@@ -159,7 +159,9 @@ STATES: dict[str, State | None] = {
     # Two hosts of different paths on one Redis, short leases as in tests/cluster.
     "several-hosts-redis.md": State("legacy-gevent", {
         "STREAMBRIDGE_REDIS_URL": "{redis_url}", "STREAMBRIDGE_REDIS_BLOCK": "0.5",
-        "STREAMBRIDGE_REDIS_SOCKET_TIMEOUT": "2", "STREAMBRIDGE_REDIS_RETRY": "0.05"},
+        "STREAMBRIDGE_REDIS_SOCKET_TIMEOUT": "2", "STREAMBRIDGE_REDIS_RETRY": "0.05",
+        "STREAMBRIDGE_LEASE_TTL": "2", "STREAMBRIDGE_LEASE_RENEW": "0.3",
+        "STREAMBRIDGE_SWEEP_INTERVAL": "0.3"},
         args=["--workers", "2"], redis=True, second="async"),
     "README.md": None,
 }
