@@ -36,6 +36,10 @@ log = logging.getLogger("streambridge.streamlog")
 CANCELLED = {"code": "cancelled", "message": "the stream was cancelled", "retryable": False}
 
 
+def _json(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
 class PublishedStream:
     """A running stream this process publishes; see ``Publisher.stream``.
 
@@ -99,8 +103,11 @@ class PublishedStream:
         Raises:
             StreamCancelled: a cancel intent was recorded: stop producing.
             StaleOwner: the lease was lost (e.g. this process froze past its TTL).
+            TypeError: ``text`` is not a ``str``.
         """
         self._check()
+        if not isinstance(text, str):
+            raise TypeError(f"delta text must be a str, not {type(text).__name__}")
         if not text:
             return
         with self._cond:
@@ -121,10 +128,12 @@ class PublishedStream:
         Raises:
             StreamCancelled: a cancel intent was recorded.
             StaleOwner: the lease was lost.
+            TypeError: ``data`` is not JSON-serialisable.
         """
         self._check()
+        payload = _json(dict(data))  # here, so that a bad state fails its caller
         with self._cond:
-            self._pending.append(["state", dict(data)])
+            self._pending.append(["state", payload])
             self._cond.notify()
 
     def done(self, finish_reason: str = "stop", usage: Mapping[str, int] | None = None
@@ -160,11 +169,12 @@ class PublishedStream:
         self._end("error", {"code": code, "message": message, "retryable": retryable}, code)
 
     def _end(self, event: str, data: dict[str, Any], outcome: str) -> None:
+        payload = _json(data)
         with self._cond:
             if self._terminal:
                 raise StreamClosed(f"stream {self.stream_id!r} has ended")
             self._terminal = event
-            self._pending.append([event, data])
+            self._pending.append([event, payload])
             self._cond.notify()
         if not self._over.wait(self._pub.finish_timeout):
             raise LogUnavailable(f"STREAMBRIDGE_REDIS_URL={self._pub.settings.redis_url} did "
@@ -184,10 +194,9 @@ class PublishedStream:
                 return None
             for item in self._pending:
                 self._seq += 1
-                data = ({"text": "".join(item[1]), "tokens": item[2]} if item[0] == "delta"
-                        else item[1])
-                self._inflight.append((f"{self._token}-{self._seq}", item[0],
-                                       json.dumps(data, separators=(",", ":"))))
+                payload = (_json({"text": "".join(item[1]), "tokens": item[2]})
+                           if item[0] == "delta" else item[1])
+                self._inflight.append((f"{self._token}-{self._seq}", item[0], payload))
             self._pending.clear()
             excess = len(self._inflight) - self._pub.settings.redis_max_buffered
             if excess > 0:  # Redis readers will reset instead of seeing a gap

@@ -130,6 +130,23 @@ async def test_cancel_intent_stops_the_agent_and_its_finally_runs(
     assert record["t"] - t0 < 1.0 and record["produced"] < 10_000
 
 
+async def test_bad_items_fail_their_caller_and_the_stream_goes_on(
+        publisher: Publisher, reader: RedisLog) -> None:
+    """A state that is not JSON or a delta that is not text raises at once; nothing is lost."""
+    def produce() -> None:
+        with publisher.stream("p6", tenant="t") as s:
+            s.delta("a ")
+            with pytest.raises(TypeError):
+                s.state({"when": object()})
+            with pytest.raises(TypeError):
+                s.delta(b"bytes")  # type: ignore[arg-type]
+            s.delta("b ")
+
+    await asyncio.to_thread(produce)
+    got = texts(await collect(reader.read("p6", None)))
+    assert "".join(got[:-1]) == "a b " and got[-1] == "done"  # (the deltas may coalesce)
+
+
 async def test_exceptions_end_the_stream_with_error(publisher: Publisher,
                                                     reader: RedisLog) -> None:
     """An AgentFailure keeps its code and message; any other exception is agent_error."""
