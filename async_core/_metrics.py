@@ -62,6 +62,24 @@ CANCEL_LATENCY = Histogram("streambridge_cancel_latency_seconds",
                            "From a cancel reaching the owning process to its stream's end.",
                            buckets=_LATENCY)
 _APPEND, _FINISH = LOG_APPEND.labels("append"), LOG_APPEND.labels("finish")
+LIMIT_SLOTS = Gauge("streambridge_limit_slots_in_use",
+                    "Concurrency slots held by this host's streams, by scope kind "
+                    "(global, agent, key; leases in Redis when STREAMBRIDGE_REDIS_URL is set).",
+                    ["scope"], multiprocess_mode="livesum")
+LIMIT_ENFORCED = Gauge("streambridge_limit_enforced",
+                       "The concurrency limit enforced now, by scope kind (+Inf: none; the "
+                       "per-process share while the local failure mode is engaged).",
+                       ["scope"], multiprocess_mode="max")
+LIMIT_SHED = Counter("streambridge_limit_shed_total",
+                     "Requests refused by a limit, by scope (global, agent, key, buffered) "
+                     "and kind (concurrency, rate, unavailable).", ["scope", "kind"])
+LEASE_RENEWALS_FAILED = Counter("streambridge_limit_lease_renewals_failed_total",
+                                "Renewals of this process' slot leases that Redis did not "
+                                "answer.")
+LIMITS_DEGRADED = Gauge("streambridge_limits_degraded",
+                        "1 while the cluster limits run in their Redis failure mode "
+                        "(STREAMBRIDGE_LIMITS_ON_REDIS_FAILURE), by mode.", ["mode"],
+                        multiprocess_mode="max")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -135,6 +153,10 @@ def background_runs(path: str, delta: int) -> None:
 def resumed(path: str, result: str) -> None:
     """Count one resume by result: ``ok``, ``reset`` or ``gone``."""
     RESUMES_TOTAL.labels(path, result).inc()
+def shed(scope: str, kind: str) -> None:
+    """Count one request refused by a limit of ``scope`` (``kind``: concurrency, rate,
+    unavailable)."""
+    LIMIT_SHED.labels(scope, kind).inc()
 
 
 def transcript_dead_lettered(kind: str) -> None:

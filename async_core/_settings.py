@@ -124,6 +124,19 @@ class Settings:
             alive for a resume before it is stopped; 0 stops it at once.
         max_background: runs going on without an attached request (``background``,
             ``on_disconnect=continue`` or a grace) at once per process; more get 503.
+        limits_on_redis_failure: what the cluster limits do while Redis does not
+            answer: ``closed`` (refuse streams, 503), ``open`` (admit without a
+            concurrency limit) or ``local`` (per-process limits: the cluster limits
+            divided by ``limits_workers``).
+        limits_workers: worker processes of the whole cluster, for ``local``.
+        slot_lease_ttl: seconds a slot lease lives without a renewal (a killed
+            worker's slots are free again after at most this long).
+        slot_lease_renew: seconds between two renewals of a process' leases.
+        limits_redis_timeout: seconds one admission call to Redis may take before
+            the failure mode engages.
+        agent_weights: ``agent:weight`` pairs, comma-separated: a stream of that agent
+            takes ``weight`` slots of each of its scopes (a slow or long-context
+            model counts for what it costs); every other stream takes 1.
     """
 
     policy: StreamPolicy = field(default_factory=StreamPolicy)
@@ -160,12 +173,44 @@ class Settings:
     on_disconnect: str = "cancel"
     reconnect_grace: float = 0.0
     max_background: int = 64
+    limits_on_redis_failure: str = "closed"
+    limits_workers: int = 1
+    slot_lease_ttl: float = 10.0
+    slot_lease_renew: float = 3.0
+    limits_redis_timeout: float = 1.0
+    agent_weights: str = ""
 
     def __post_init__(self) -> None:
         _check_numbers(self)
         if self.on_disconnect not in ON_DISCONNECT:
             raise ValueError(f"{ENV_PREFIX}ON_DISCONNECT must be cancel or continue, "
                              f"got {self.on_disconnect!r}")
+        if self.limits_on_redis_failure not in ("open", "closed", "local"):
+            raise ValueError(f"{ENV_PREFIX}LIMITS_ON_REDIS_FAILURE must be open, closed or "
+                             f"local, got {self.limits_on_redis_failure!r}")
+        if self.limits_workers < 1:
+            raise ValueError(f"{ENV_PREFIX}LIMITS_WORKERS must be >= 1")
+        if not 0 < self.slot_lease_renew < self.slot_lease_ttl:
+            raise ValueError(f"{ENV_PREFIX}SLOT_LEASE_RENEW must be > 0 and below "
+                             f"{ENV_PREFIX}SLOT_LEASE_TTL")
+        if self.limits_redis_timeout <= 0:
+            raise ValueError(f"{ENV_PREFIX}LIMITS_REDIS_TIMEOUT must be > 0")
+        self.weights()  # a malformed pair is a start-up error
+
+    def weights(self) -> dict[str, int]:
+        """``agent_weights`` as a mapping (agent → slots a stream of it takes).
+
+        Raises:
+            ValueError: a pair is not ``agent:weight`` with a whole weight >= 1.
+        """
+        out: dict[str, int] = {}
+        for pair in filter(None, (p.strip() for p in self.agent_weights.split(","))):
+            name, _, weight = pair.rpartition(":")
+            if not name or not weight.isdigit() or int(weight) < 1:
+                raise ValueError(f"{ENV_PREFIX}AGENT_WEIGHTS: {pair!r} is not agent:weight "
+                                 "with a whole weight >= 1")
+            out[name] = int(weight)
+        return out
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _metrics as metrics
-from ._admission import Admission
+from ._cluster_admission import make_admission
 from ._engine import StreamSession
 from ._lifecycle import Lifecycle
 from ._logtee import LogTee
@@ -74,10 +74,13 @@ class StreamService:
         self.registry = registry or default_registry(settings)
         self.sync_runner = sync_runner
         self.lifecycle = lifecycle or Lifecycle(settings.drain_grace)
-        self.admission = Admission(settings, self.lifecycle)
+        self.admission = make_admission(settings, self.lifecycle)
         self.hooks: list[FinishHook] = [metrics.observe, *hooks]
         self.api_keys = ApiKeys.from_settings(settings)
-        self.key_limits = KeyLimits(settings.key_rate_limit, settings.key_max_streams)
+        # With Redis a key's rate and concurrency are the cluster admission's.
+        cluster = bool(settings.log.redis_url)
+        self.key_limits = KeyLimits(0 if cluster else settings.key_rate_limit,
+                                    0 if cluster else settings.key_max_streams)
         self.persistence: Persistence | None = None
         # The stream log (memory until start() opens the configured one) and this
         # process' runs: shared references, so the hybrid front's relabelled copy of
@@ -101,7 +104,12 @@ class StreamService:
         from .store import Persistence  # SQLAlchemy loads only where a server starts
 
         self.log = await open_stream_log(self.settings.log)  # LogUnavailable names the URL
-        self.persistence = await Persistence.open(self.settings)
+        await self.admission.start()
+        try:
+            self.persistence = await Persistence.open(self.settings)
+        except BaseException:
+            await self.admission.aclose()
+            raise
         if self.persistence is not None:
             self.hooks.append(self.persistence.finish)
 
@@ -112,6 +120,7 @@ class StreamService:
         if persistence is not None:
             await persistence.aclose()
         await self.log.aclose()
+        await self.admission.aclose()
 
     async def conversation(self, conversation_id: str,
                            principal: Principal = ANONYMOUS) -> dict[str, Any]:
@@ -163,7 +172,8 @@ class StreamService:
                 history = await store.begin(stream_id, call.conversation_id, principal.tenant,
                                             call.messages, new=call.new_conversation)
                 messages = (*history, *call.messages)
-            slot_release = await self.admission.admit(agent.name, buffered=not call.stream)
+            slot_release = await self.admission.admit(agent.name, buffered=not call.stream,
+                                                      key=principal.key_id)
             lease = None
             if call.stream or call.background:
                 try:

@@ -47,6 +47,8 @@ BAD_SETTINGS: list[tuple[str, dict[str, str], str]] = [
      "STREAMBRIDGE_REDIS_URL=redis://127.0.0.1:1/0 is unreachable"),
     ("bad-on-disconnect", {"STREAMBRIDGE_ON_DISCONNECT": "later"},
      "STREAMBRIDGE_ON_DISCONNECT must be cancel or continue"),
+    ("limits-failure-mode", {"STREAMBRIDGE_LIMITS_ON_REDIS_FAILURE": "fallback"},
+     "STREAMBRIDGE_LIMITS_ON_REDIS_FAILURE must be open, closed or local"),
 ]
 
 
