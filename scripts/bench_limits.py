@@ -1,11 +1,15 @@
 """Benchmark: what admission through Redis slot leases adds to time to first chunk.
 
 What is compared
-    Two ``streambridge serve --path async`` servers with the same settings
-    (``MAX_STREAMS`` well above the load), one with per-process limits (the
-    baseline), one with ``STREAMBRIDGE_REDIS_URL`` set to a private ``redis-server``
-    on loopback (every stream takes a global slot lease: one Lua call to admit, one
-    ``ZREM`` at its end).
+    Three ``streambridge serve --path async`` servers, otherwise alike:
+
+    - ``per-process``: no Redis (memory stream log, per-process limits);
+    - ``redis-log``: ``STREAMBRIDGE_REDIS_URL`` set (the stream log in Redis) but no
+      concurrency limit (``MAX_STREAMS=0``): no admission call to Redis — the baseline;
+    - ``redis-leases``: the same with ``MAX_STREAMS`` well above the load: every stream
+      takes a global slot lease (coalesced admission script, coalesced ``ZREM``).
+
+    ``added`` = redis-leases − redis-log: what the slot leases cost.
 
 How it is measured
     Each round opens ``--streams`` connections to one server, writes every request
@@ -94,16 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
            "STREAMBRIDGE_DATABASE_URL": "none"}
     servers: dict[str, Server] = {}
     try:
+        on_redis = {**env, "STREAMBRIDGE_REDIS_URL": redis.url}
         servers["per-process"] = Server("async", env)
-        servers["redis-leases"] = Server("async", {**env, "STREAMBRIDGE_REDIS_URL": redis.url})
+        servers["redis-log"] = Server("async", {**on_redis, "STREAMBRIDGE_MAX_STREAMS": "0"})
+        servers["redis-leases"] = Server("async", on_redis)
         samples: dict[str, list[float]] = {name: [] for name in servers}
         cpu = dict.fromkeys(servers, 0.0)
         procs = {name: psutil.Process(srv.proc.pid) for name, srv in servers.items()}
         names = list(servers)
-        asyncio.run(_round(servers[names[0]].port, 10))  # warm-up, not counted
-        asyncio.run(_round(servers[names[1]].port, 10))
+        for name in names:  # warm-up, not counted
+            asyncio.run(_round(servers[name].port, 10))
         for i in range(args.rounds):
-            for name in names if i % 2 == 0 else reversed(names):
+            for name in names[i % len(names):] + names[:i % len(names)]:
                 before = _cpu(procs[name])
                 samples[name] += asyncio.run(_round(servers[name].port, args.streams))
                 cpu[name] += _cpu(procs[name]) - before
@@ -111,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for srv in servers.values():
             srv.stop()
         redis.close()
-    base, leased = samples["per-process"], samples["redis-leases"]
+    base, leased = samples["redis-log"], samples["redis-leases"]
     print(f"TTFC at {args.streams} concurrent stream starts, {args.rounds} rounds each "
           f"({len(base)} samples per variant), async path, loopback")
     print(f"{'variant':<14}{'p50 ms':>10}{'p99 ms':>10}{'server CPU ms/stream':>22}")
