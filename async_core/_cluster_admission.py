@@ -138,6 +138,20 @@ class ClusterAdmission:
             local()
             raise
 
+    async def snapshot(self, scopes: list[str]) -> dict[str, object]:
+        """Live counts for an operator view (``GET /v1/limits`` is not wired yet).
+
+        Args:
+            scopes: scope names (``global``, ``agent:<name>``, ``key:<id>``).
+
+        Returns:
+            ``{"mode", "degraded", "held_here", "scopes": {name: slots in use}}``;
+            the counts are cluster-wide, from Redis.
+        """
+        counts = {name: await self._leases.count(name) for name in scopes}
+        return {"mode": self._mode, "degraded": self.degraded,
+                "held_here": len(self._held), "scopes": counts}
+
     def _scopes(self, agent: str, buffered: bool, key: str) -> list[tuple[str, int]]:
         s = self._settings
         scopes = []

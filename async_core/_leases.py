@@ -254,7 +254,7 @@ class SlotLeases:
 
     async def aclose(self) -> None:
         """Close the client and its pool."""
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
 
 
 _BATCH = 500  # admissions per script call (one call's time stays well under a ms)
