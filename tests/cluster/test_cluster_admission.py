@@ -8,7 +8,7 @@ stream's lease past the TTL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,22 +16,18 @@ from async_core._cluster_admission import ClusterAdmission
 from async_core._lifecycle import Lifecycle
 from async_core._settings import Settings
 from async_core.streamlog import LogSettings
-from tests.streamlog.conftest import RedisServer
+from tests.streamlog.conftest import redis_server, redis_url
+
+# The shared redis-server fixtures of tests/streamlog (imported: fixtures by name).
+__all__ = ["redis_server", "redis_url"]
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    srv = RedisServer()
-    yield srv
-    srv.close()
-
-
 @pytest.fixture
-async def admission(redis: RedisServer) -> AsyncIterator[ClusterAdmission]:
-    assert redis.command("FLUSHALL") == "+OK"
-    settings = Settings(log=LogSettings(redis_url=redis.url), max_streams=2,
+async def admission(redis_url: str) -> AsyncIterator[ClusterAdmission]:
+    """Limit 2, a 0.6 s lease renewed every 0.1 s, on an emptied shared redis-server."""
+    settings = Settings(log=LogSettings(redis_url=redis_url), max_streams=2,
                         slot_lease_ttl=0.6, slot_lease_renew=0.1)
     adm = ClusterAdmission(settings, Lifecycle(1.0))
     await adm.start()
