@@ -37,6 +37,10 @@ class Admission:
         self._buffered = _pool(settings.max_buffered)
         self._per_agent: dict[str, asyncio.Semaphore] = {}
         self._weights = settings.weights()
+        for scope, limit in (("global", settings.max_streams),
+                             ("agent", settings.max_streams_per_agent),
+                             ("key", settings.key_max_streams)):
+            metrics.LIMIT_ENFORCED.labels(scope).set(limit or math.inf)
         self._limiter: AsyncLimiter | None = None
         if settings.rate_limit > 0:
             burst = settings.rate_burst or max(1, math.ceil(settings.rate_limit))

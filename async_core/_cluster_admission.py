@@ -82,10 +82,7 @@ class ClusterAdmission:
         self._heartbeat: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.degraded = False
-        for scope, limit in (("global", settings.max_streams),
-                             ("agent", settings.max_streams_per_agent),
-                             ("key", settings.key_max_streams)):
-            metrics.LIMIT_ENFORCED.labels(scope).set(limit or math.inf)
+        self._enforce(degraded=False)
 
     async def start(self) -> None:
         """Check that Redis answers, then start the heartbeat.

@@ -167,10 +167,12 @@ def test_a_weighted_agent_takes_its_weight_in_slots(
     servers = pair if own is None else [own]
     try:
         statuses = asyncio.run(_weighted(servers, redis if own is None else None))
+        enforced = metric(servers[-1].base_url, "streambridge_limit_enforced", scope="global")
     finally:
         if own is not None:
             own.stop()
     assert statuses == [200, 200, 503, 503]
+    assert enforced == LIMIT
 
 
 async def _weighted(servers: list[Server], redis: RedisServer | None) -> list[int]:
