@@ -125,9 +125,9 @@ class Settings:
         max_background: runs going on without an attached request (``background``,
             ``on_disconnect=continue`` or a grace) at once per process; more get 503.
         limits_on_redis_failure: what the cluster limits do while Redis does not
-            answer: ``closed`` (refuse streams, 503), ``open`` (admit without a
-            concurrency limit) or ``local`` (per-process limits: the cluster limits
-            divided by ``limits_workers``).
+            answer: ``local`` (the default: per-process limits, the cluster limits
+            divided by ``limits_workers``), ``closed`` (refuse limited requests, 503)
+            or ``open`` (admit without a concurrency limit).
         limits_workers: worker processes of the whole cluster, for ``local``.
         slot_lease_ttl: seconds a slot lease lives without a renewal (a killed
             worker's slots are free again after at most this long).
@@ -173,7 +173,7 @@ class Settings:
     on_disconnect: str = "cancel"
     reconnect_grace: float = 0.0
     max_background: int = 64
-    limits_on_redis_failure: str = "closed"
+    limits_on_redis_failure: str = "local"
     limits_workers: int = 1
     slot_lease_ttl: float = 10.0
     slot_lease_renew: float = 3.0
