@@ -59,10 +59,10 @@ class ClusterAdmission:
         self._settings = settings
         self._mode = settings.limits_on_redis_failure
         workers = settings.limits_workers
-        # The per-process part: the rate limit, the buffered pool and, while ``local``
-        # is engaged, the cluster's stream limits divided by the worker count.
-        # Its rate limit is only ever applied while ``local`` is engaged (``_local_rate``):
-        # while Redis answers, the rates are cluster cells too.
+        # The per-process part: the drain gate, the buffered pool and, while ``local`` is
+        # engaged, this process' share of the stream limits and (``_local_rate``, and
+        # ``_local_key_rate`` per key) of the rates; while Redis answers, rates and
+        # stream limits are cluster cells and leases.
         local = dataclasses.replace(
             settings, max_streams=_share(settings.max_streams, workers),
             max_streams_per_agent=_share(settings.max_streams_per_agent, workers),
