@@ -52,6 +52,14 @@ class Admission:
     async def aclose(self) -> None:
         """Nothing to close (see ``start``)."""
 
+    async def view(self, agents: list[str]) -> dict[str, object]:
+        """What ``GET /v1/limits`` shows for per-process limits (this process only)."""
+        s = self._settings
+        return {"backend": "process", "active_streams": self._lifecycle.active,
+                "limits": {"global": s.max_streams or None,
+                           "agent": s.max_streams_per_agent or None,
+                           "key": s.key_max_streams or None}}
+
     async def gate(self) -> None:
         """Refuse a request while draining or over the rate; take no slot.
 

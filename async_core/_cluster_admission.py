@@ -135,19 +135,32 @@ class ClusterAdmission:
             local()
             raise
 
-    async def snapshot(self, scopes: list[str]) -> dict[str, object]:
-        """Live counts for an operator view (``GET /v1/limits`` is not wired yet).
+    async def view(self, agents: list[str]) -> dict[str, object]:
+        """What ``GET /v1/limits`` shows: live cluster-wide counts from Redis.
 
         Args:
-            scopes: scope names (``global``, ``agent:<name>``, ``key:<id>``).
+            agents: the registered agents (their ``agent:<name>`` scopes are shown
+                when a per-agent limit is set).
 
         Returns:
-            ``{"mode", "degraded", "held_here", "scopes": {name: slots in use}}``;
-            the counts are cluster-wide, from Redis.
+            ``{"backend", "mode", "degraded", "held_here", "scopes"}``; ``scopes`` maps
+            each scope to ``{"limit", "in_use"}`` (slots, weights counted), or is
+            None when Redis does not answer.
         """
-        counts = {name: await self._leases.count(name) for name in scopes}
-        return {"mode": self._mode, "degraded": self.degraded,
-                "held_here": len(self._held), "scopes": counts}
+        s = self._settings
+        wanted = [("global", s.max_streams)]
+        if s.max_streams_per_agent:
+            wanted += [(f"agent:{name}", s.max_streams_per_agent) for name in agents]
+        scopes: dict[str, dict[str, int]] | None = {}
+        try:
+            for name, limit in wanted:
+                assert scopes is not None
+                scopes[name] = {"limit": limit, "in_use": await self._leases.count(name)}
+        except _UNREACHABLE:
+            scopes = None
+        return {"backend": "redis", "mode": self._mode, "degraded": self.degraded,
+                "held_here": sum(len(m) for held in self._held.values()
+                                 for m in held.values()), "scopes": scopes}
 
     def _scopes(self, agent: str, buffered: bool, key: str) -> list[tuple[str, int]]:
         s = self._settings

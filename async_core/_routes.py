@@ -89,6 +89,9 @@ def contract_routes(service: StreamService, *,
         return JSONResponse({"ready": ready, "active_streams": service.lifecycle.active},
                             status_code=200 if ready else 503)
 
+    async def limits(request: Request) -> Response:
+        return JSONResponse(await service.limits(request.headers.get("x-operator-key")))
+
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
@@ -96,6 +99,7 @@ def contract_routes(service: StreamService, *,
                                for p in ROUTES]
     routes += [Route("/", page), Route("/healthz", healthz), Route("/readyz", readyz),
                Route("/metrics", metrics_endpoint),
+               Route("/v1/limits", _contract_errors(limits)),
                Route("/v1/conversations/{conversation_id}", _contract_errors(conversation)),
                Route("/v1/streams/{stream_id}", _contract_errors(resume), methods=["GET"]),
                Route("/v1/streams/{stream_id}/cancel", _contract_errors(cancel),

@@ -137,6 +137,8 @@ class Settings:
         agent_weights: ``agent:weight`` pairs, comma-separated: a stream of that agent
             takes ``weight`` slots of each of its scopes (a slow or long-context
             model counts for what it costs); every other stream takes 1.
+        operator_key: the key an operator presents in ``X-Operator-Key`` to read
+            ``GET /v1/limits``; empty: that route answers 404.
     """
 
     policy: StreamPolicy = field(default_factory=StreamPolicy)
@@ -179,6 +181,7 @@ class Settings:
     slot_lease_renew: float = 3.0
     limits_redis_timeout: float = 1.0
     agent_weights: str = ""
+    operator_key: str = field(default="", repr=False)  # a secret: never logged
 
     def __post_init__(self) -> None:
         _check_numbers(self)

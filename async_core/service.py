@@ -9,6 +9,7 @@ plug in through ``hooks``). Stdlib and our own modules only; no web framework.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from ._sources import SyncRunner
 from ._subscription import Subscription
 from .agents import AgentRegistry, AgentRequest
 from .auth import ANONYMOUS, ApiKeys, KeyLimits, Principal
-from .exceptions import NotFound, Overloaded, RateLimited, StreamBridgeError
+from .exceptions import NotFound, Overloaded, RateLimited, StreamBridgeError, Unauthorized
 from .protocol import ChatCall, new_id
 from .streamlog import (
     Entry,
@@ -121,6 +122,20 @@ class StreamService:
             await persistence.aclose()
         await self.log.aclose()
         await self.admission.aclose()
+
+    async def limits(self, operator_key: str | None) -> dict[str, Any]:
+        """``GET /v1/limits``: the live limit counts, for the operator key only.
+
+        Raises:
+            NotFound: no ``STREAMBRIDGE_OPERATOR_KEY`` is configured (404).
+            Unauthorized: ``operator_key`` is missing or wrong (401).
+        """
+        expected = self.settings.operator_key
+        if not expected:
+            raise NotFound("GET /v1/limits needs STREAMBRIDGE_OPERATOR_KEY")
+        if not hmac.compare_digest((operator_key or "").encode(), expected.encode()):
+            raise Unauthorized("a valid X-Operator-Key is required")
+        return await self.admission.view(self.registry.names())
 
     async def conversation(self, conversation_id: str,
                            principal: Principal = ANONYMOUS) -> dict[str, Any]:

@@ -281,6 +281,12 @@ class StreamBridge:
             return _json({"ready": lifecycle.ready, "active_streams": lifecycle.active},
                          200 if lifecycle.ready else 503)
 
+        @bp.get("/v1/limits")
+        def limits() -> Response:
+            bridge = self.bridge
+            return _json(bridge.call(bridge.service.limits,
+                                     request.headers.get("X-Operator-Key")))
+
         @bp.get("/metrics")
         def metrics_endpoint() -> Response:
             return Response(render_metrics(), content_type=METRICS_CONTENT_TYPE)

@@ -36,10 +36,9 @@ async def admission(redis_url: str) -> AsyncIterator[ClusterAdmission]:
 
 
 async def _in_use(adm: ClusterAdmission) -> int:
-    snap = await adm.snapshot(["global"])
-    counts = snap["scopes"]
-    assert isinstance(counts, dict)
-    return int(counts["global"])
+    scopes = (await adm.view([]))["scopes"]
+    assert isinstance(scopes, dict)
+    return int(scopes["global"]["in_use"])
 
 
 async def _until_free(adm: ClusterAdmission, within: float) -> None:
@@ -57,7 +56,7 @@ async def test_a_request_cancelled_while_redis_admits_it_gives_the_slot_back(
     with pytest.raises(asyncio.CancelledError):
         await task
     await _until_free(admission, within=0.3)  # well before the 0.6 s lease would expire
-    assert (await admission.snapshot([]))["held_here"] == 0
+    assert (await admission.view([]))["held_here"] == 0
 
 
 async def test_a_release_called_twice_frees_one_slot(admission: ClusterAdmission) -> None:

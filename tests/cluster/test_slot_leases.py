@@ -25,7 +25,8 @@ LIMIT = 3
 HOLD = chat_body("probe", tokens=100_000, interval_ms=50)  # streams until closed
 ENV = {"STREAMBRIDGE_MAX_STREAMS": str(LIMIT), "STREAMBRIDGE_SLOT_LEASE_TTL": str(LEASE_TTL),
        "STREAMBRIDGE_SLOT_LEASE_RENEW": "0.3", "STREAMBRIDGE_LIMITS_REDIS_TIMEOUT": "2",
-       "STREAMBRIDGE_AGENT_WEIGHTS": "probe-async:2"}
+       "STREAMBRIDGE_AGENT_WEIGHTS": "probe-async:2",
+       "STREAMBRIDGE_OPERATOR_KEY": "op-key-0123456789"}
 HEAVY = chat_body("probe-async", tokens=100_000, interval_ms=50)
 
 
@@ -188,3 +189,30 @@ async def _weighted(servers: list[Server], redis: RedisServer | None) -> list[in
     if redis is not None:
         wait_for(lambda: live_slots(redis) == 0)
     return [r.status_code for r in [*held, *extra]]
+
+
+def test_get_limits_shows_the_live_cluster_counts_to_the_operator(
+        pair: list[Server], redis: RedisServer) -> None:
+    """Two streams held: GET /v1/limits on either path shows 2 of 3; no key: 401."""
+    views = asyncio.run(_views_while_holding(pair, 2))
+    for view in views:
+        assert view["backend"] == "redis" and view["degraded"] is False
+        assert view["scopes"] == {"global": {"limit": LIMIT, "in_use": 2}}
+    assert views[1]["held_here"] == 1  # the async server's one process holds one of them
+    for srv in pair:
+        refused = httpx.get(srv.url("/v1/limits"), timeout=10)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthorized"
+    wait_for(lambda: live_slots(redis) == 0)
+
+
+async def _views_while_holding(servers: list[Server], n: int) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=20) as c:
+        held = [await _open(c, servers[i % len(servers)].url("/v1/chat"), HOLD)
+                for i in range(n)]
+        assert [r.status_code for r in held] == [200] * n
+        key = {"X-Operator-Key": ENV["STREAMBRIDGE_OPERATOR_KEY"]}
+        views = [(await c.get(srv.url("/v1/limits"), headers=key)).json() for srv in servers]
+        for r in held:
+            await r.aclose()
+    return views
