@@ -14,13 +14,14 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from . import _metrics as metrics
 from ._asgi import SessionResponse
 from ._engine import StreamSession
 from ._page import PAGE_CONTENT_TYPE, cors_headers, render_page
 from ._records import Outcome
+from ._ws import WS_PATH, websocket_endpoint
 from .exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
 from .protocol import ROUTES, drain_limit, parse_chat, parse_resume
 from .protocol import Route as ApiRoute
@@ -103,7 +104,8 @@ def contract_routes(service: StreamService, *,
                Route("/v1/conversations/{conversation_id}", _contract_errors(conversation)),
                Route("/v1/streams/{stream_id}", _contract_errors(resume), methods=["GET"]),
                Route("/v1/streams/{stream_id}/cancel", _contract_errors(cancel),
-                     methods=["POST"])]
+                     methods=["POST"]),
+               WebSocketRoute(WS_PATH, websocket_endpoint(service, guard))]
     return routes
 
 

@@ -159,6 +159,8 @@ class HybridFront:
             await self._chat(scope, receive, send)
         elif scope["type"] == "http" and self.streams and scope["path"].startswith(_STREAMS):
             await self.async_app(scope, receive, send)
+        elif scope["type"] == "websocket":  # /v1/ws is served natively, whatever the flags
+            await self.async_app(scope, receive, send)
         else:
             await self._legacy(scope, receive, send, [])
 
