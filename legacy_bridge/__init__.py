@@ -1,5 +1,6 @@
 """streambridge's legacy path: Flask under gunicorn (gthread or gevent), streaming
-through the engine in ``async_core`` over one janus seam (``_seam.py``).
+through the engine in ``async_core`` over one janus seam (``_seam.py``, ``_frames.py``;
+janus itself is used only in ``_janus_queue.py``).
 
 The rule of this package: the sync world plus the one seam. It may import
 ``async_core``; its WSGI modules never import Starlette.
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
     from ._bridge import Bridge, bridges
     from ._endpoints import ROUTE_HOOK, Endpoint
     from ._flask import StreamBridge, error_response
+    from ._frames import WSGIBody
     from ._glue import ThreadGlue
-    from ._seam import JanusRunner, WSGIBody
+    from ._seam import JanusRunner
     from ._serve import serve
     from .app import create_app
 
@@ -29,7 +31,7 @@ __all__ = ["Bridge", "Endpoint", "JanusRunner", "ROUTE_HOOK", "StreamBridge", "T
 
 _WHERE = {"StreamBridge": "_flask", "error_response": "_flask", "Bridge": "_bridge",
           "Endpoint": "_endpoints", "ROUTE_HOOK": "_endpoints",
-          "JanusRunner": "_seam", "WSGIBody": "_seam", "ThreadGlue": "_glue",
+          "JanusRunner": "_seam", "WSGIBody": "_frames", "ThreadGlue": "_glue",
           "bridges": "_bridge", "create_app": "app", "serve": "_serve"}
 
 

@@ -29,8 +29,9 @@ from async_core import (
 )
 from async_core.wire import Event
 
+from ._frames import FramesQueue, WSGIBody, make_frames_queue, pump
 from ._glue import Signal, ThreadGlue, detect_glue, native_sqlite_threads
-from ._seam import FramesQueue, JanusRunner, WSGIBody, make_frames_queue, pump
+from ._seam import JanusRunner
 
 log = logging.getLogger("streambridge.legacy")
 T = TypeVar("T")
