@@ -3,8 +3,8 @@
 A ``Bridge`` is created anywhere (nothing starts before ``start()``): gunicorn's
 ``post_worker_init`` starts it after fork, or the first request does (checked by pid,
 so ``preload_app`` is safe), and ``worker_exit`` stops it. The stream service
-(admission, sessions, metrics, store) lives on its loop. Every janus hop it uses is
-in ``_seam.py``; see the design block there.
+(admission, sessions, metrics, store) lives on its loop. Every queue hop it uses is
+in ``_seam.py`` and ``_frames.py``; see the design block in ``_seam.py``.
 """
 
 from __future__ import annotations

@@ -1,40 +1,43 @@
 # design: the one module of streambridge that uses janus: a bounded queue between one
 # asyncio loop and threads or greenlets, read in batches, on janus' documented API only.
-# - What janus does here: the storage, the bound (maxsize counts items), the shutdown
-#   semantics (an EOF that lets the reader take what is queued; an immediate stop that
-#   drops it) and the loop check of its async side. We call only ``janus.Queue(maxsize)``,
-#   ``sync_q``/``async_q`` ``put_nowait``/``get_nowait``/``qsize``, ``shutdown`` and
-#   ``aclose``, and catch only the exceptions janus exports.
-# - What this module does: every wait. Nothing ever blocks or awaits inside janus. A
-#   caller that must wait (full on put, empty on get, the writer waiting for the reader
-#   to take everything) parks on this queue's own native lock: a thread or greenlet on a
-#   HybridCondition (_glue), a coroutine on a loop future. Each side has at most one
-#   reader and one writer at a time, so one future per direction is enough.
-# - Who wakes whom: a put wakes the reader, a get wakes the writer. From the loop a
-#   waiting future is resolved directly and a thread/greenlet notified through its
-#   condition; from a thread or greenlet a waiting future is resolved through the
-#   loop's doorbell (_doorbell: one self-pipe write per loop pass for every stream). A
-#   future, once taken to be woken, is cleared under the lock, so a reader already rung
-#   is not rung again. (janus' own sync-to-async wake-up is a call_soon_threadsafe and a
-#   Task per put, 5-15x a plain queue, janus#419; ours is a future's set_result.)
-# - Batches: a get takes everything queued (one get_nowait per item, under one hold of
-#   our lock), so a reader that fell behind takes it all in one hop.
+# - janus holds the batches and owns the end: we call only janus.Queue(maxsize), the
+#   put_nowait/get_nowait of sync_q (threads, greenlets) and async_q (the loop), shutdown
+#   and aclose, and catch only the exceptions janus exports. shutdown() is an EOF (the
+#   reader still takes what is queued) or, immediate, a stop (what is queued is dropped).
+# - Batches: janus holds lists. A put appends to the open batch (the one janus holds,
+#   not yet taken) or, when there is none, puts a new one; a get takes the whole batch.
+#   So janus never holds more than one (maxsize=1: Full from janus means "a batch is
+#   queued"); the item bound (maxsize) is counted here. A reader that fell behind takes
+#   everything in one hop, and a put that joins a batch costs one list append: per-item
+#   janus calls cost the unpaced stream half its throughput (scripts/bench_legacy.py).
+# - Every wait is ours: nothing ever blocks or awaits inside janus. A caller that must
+#   wait (full on put, empty on get, the writer waiting for the reader to take all)
+#   parks on this queue's own native lock: a thread or greenlet on a HybridCondition
+#   (_glue), a coroutine on a loop future. One reader and one writer at a time.
+# - Who wakes whom: the put that opens a batch wakes the reader (a put that joins one
+#   finds nobody waiting: a reader waits only while nothing is queued); a get wakes
+#   the writer. From the loop a future is resolved directly and a thread/greenlet
+#   notified through its condition; from a thread or greenlet a future is resolved
+#   through the loop's doorbell (_doorbell: one self-pipe write per loop pass for every
+#   stream). A future taken to be woken is cleared under the lock: never rung twice.
+#   (janus' own sync-to-async wake-up is a call_soon_threadsafe and a Task per put,
+#   5-15x a plain queue, janus#419; ours is a future's set_result.)
 # - Remaining assumptions about janus beyond its documentation, each pinned against the
 #   installed version by tests/legacy_bridge/test_janus_assumptions.py:
 #   A1 a *_nowait call returns or raises Full/Empty/ShutDown without waiting, and it
 #      schedules nothing on the loop while nobody awaits janus' own coroutines (ours
-#      never do). Buys: the doorbell wake-up above is the only one (no janus Task per
-#      token), and aclose() costs one loop pass.
+#      never do). Buys: the wake-ups above are the only ones (no janus Task per batch),
+#      and aclose() costs one loop pass.
 #   A2 under gevent's monkey-patching janus' internal lock is a greenlet lock. We call
-#      janus only while holding our native lock, so that lock is never contended, and
-#      an uncontended gevent lock may be taken and released from the native loop
-#      thread (which has no hub). Buys: janus runs unchanged under gunicorn -k gevent,
-#      with no primitive of it replaced after construction.
-#   A3 shutdown() lets get_nowait drain what is queued before raising ShutDown;
-#      shutdown(immediate=True) drops it, and put_nowait raises ShutDown after either.
-#      (Documented by janus 2.0; pinned because EOF and disconnect both rest on it.)
+#      janus only while holding our native lock, so it is never contended, and an
+#      uncontended gevent lock may be taken and released from the native loop thread
+#      (which has no hub). Buys: janus runs unchanged under gunicorn -k gevent; no
+#      primitive of it is replaced after construction.
+#   A3 put_nowait raises ShutDown, not Full, on a full queue that was shut down; a get
+#      after shutdown() still returns what is queued, then raises ShutDown; immediate
+#      drops it. Buys: janus is the one authority on "ended" (EOF, disconnect, stop).
 # - Invariant: nobody blocks, awaits or switches greenlets while holding the lock (it is
-#   a native lock: a greenlet taking it blocks the hub for a short critical section).
+#   native: a greenlet taking it blocks the hub for a short critical section).
 from __future__ import annotations
 
 import asyncio
@@ -56,18 +59,21 @@ from ._doorbell import doorbell
 from ._glue import HybridCondition, ThreadGlue
 
 T = TypeVar("T")
+Wait = asyncio.Future[None]
+_SYNC = (SyncQueueFull, SyncQueueEmpty, SyncQueueShutDown)
+_ASYNC = (AsyncQueueFull, AsyncQueueEmpty, AsyncQueueShutDown)
 
 
 class QueueShutDown(Exception):
     """The queue was shut down: the end of the stream (EOF), or a stop."""
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
+def _resolve(fut: Wait | None) -> None:
+    if fut is not None and not fut.done():
         fut.set_result(None)
 
 
-def _ring(fut: asyncio.Future[None] | None) -> None:
+def _ring(fut: Wait | None) -> None:
     """Resolve ``fut`` on its loop from any thread or greenlet (no-op once it closed)."""
     if fut is None:
         return
@@ -82,24 +88,27 @@ class SeamQueue(Generic[T]):
 
     The sync face (``put``, ``get_batch``) is for threads and greenlets; the async face
     (``try_put``, ``aput``, ``get_batch_nowait``, ``aget_batch``, ``interrupt``,
-    ``drained``, ``aclose``) for the one loop the queue binds to. ``shutdown`` works from anywhere.
+    ``drained``, ``aclose``) for the one loop the queue binds to. ``shutdown`` works
+    from anywhere.
 
     Args:
         glue: the worker's blocking primitives (native lock, thread or greenlet waits).
         maxsize: items the queue holds before a put waits.
     """
 
-    __slots__ = ("_interrupted", "_lock", "_q", "_readable", "_reader", "_writable",
-                 "_writer", "eof")
+    __slots__ = ("_ended", "_interrupted", "_items", "_lock", "_maxsize", "_open", "_q",
+                 "_readable", "_reader", "_writable", "_writer", "eof")
 
     def __init__(self, glue: ThreadGlue, maxsize: int) -> None:
-        self._q: Queue[T] = Queue(maxsize)
+        self._q: Queue[list[T]] = Queue(1)  # at most one batch: see the design block
+        self._maxsize, self._items = maxsize, 0
+        self._open: list[T] | None = None  # the batch janus holds, while nobody took it
         self._lock = glue.allocate_lock()
         self._readable = HybridCondition(self._lock, glue)  # a sync reader waits here
         self._writable = HybridCondition(self._lock, glue)  # a sync writer waits here
-        self._reader: asyncio.Future[None] | None = None  # the async reader's wait
-        self._writer: asyncio.Future[None] | None = None  # the async writer's wait
-        self._interrupted = False
+        self._reader: Wait | None = None  # the async reader's wait
+        self._writer: Wait | None = None  # the async writer's wait
+        self._interrupted = self._ended = False
         self.eof = False  # public: the last batch taken ended at the shutdown
 
     # -- sync face (threads, greenlets) -------------------------------------------------
@@ -110,18 +119,12 @@ class SeamQueue(Generic[T]):
         Raises:
             QueueShutDown: the queue was shut down (before or while waiting).
         """
-        sync_q = self._q.sync_q
         with self._lock:
             while True:
-                try:
-                    sync_q.put_nowait(item)
+                done, reader = self._put(item, self._q.sync_q, _SYNC)
+                if done:
                     break
-                except SyncQueueFull:
-                    self._writable.wait()
-                except SyncQueueShutDown:
-                    raise QueueShutDown from None
-            self._readable.notify()
-            reader, self._reader = self._reader, None
+                self._writable.wait()
         _ring(reader)
 
     def get_batch(self) -> list[T]:
@@ -131,10 +134,11 @@ class SeamQueue(Generic[T]):
             QueueShutDown: the queue was shut down and nothing is left to read.
         """
         with self._lock:
-            while not (batch := self._take(self._q.sync_q, SyncQueueEmpty, SyncQueueShutDown)):
+            while True:
+                batch, writer = self._take(self._q.sync_q, _SYNC)
+                if batch:
+                    break
                 self._readable.wait()
-            self._writable.notify()
-            writer, self._writer = self._writer, None
         _ring(writer)
         return batch
 
@@ -146,7 +150,10 @@ class SeamQueue(Generic[T]):
         Raises:
             QueueShutDown: the queue was shut down.
         """
-        return self._try_put(item) is None
+        with self._lock:
+            done, reader = self._put(item, self._q.async_q, _ASYNC)
+        _resolve(reader)
+        return done
 
     async def aput(self, item: T) -> None:
         """Put ``item``, waiting while the queue is full.
@@ -154,8 +161,15 @@ class SeamQueue(Generic[T]):
         Raises:
             QueueShutDown: the queue was shut down (before or while waiting).
         """
-        while (wait := self._try_put(item)) is not None:
-            await self._park(wait)
+        while True:
+            with self._lock:
+                done, reader = self._put(item, self._q.async_q, _ASYNC)
+                if not done:
+                    fut = self._writer = asyncio.get_running_loop().create_future()
+            if done:
+                _resolve(reader)
+                return
+            await self._park(fut)
 
     def get_batch_nowait(self) -> list[T]:
         """Everything queued, possibly ``[]``; see ``eof``.
@@ -164,12 +178,8 @@ class SeamQueue(Generic[T]):
             QueueShutDown: the queue was shut down and nothing is left to read.
         """
         with self._lock:
-            batch = self._take(self._q.async_q, AsyncQueueEmpty, AsyncQueueShutDown)
-            if batch:
-                self._writable.notify()
-                writer, self._writer = self._writer, None
-        if batch and writer is not None:
-            _resolve(writer)
+            batch, writer = self._take(self._q.async_q, _ASYNC)
+        _resolve(writer)
         return batch
 
     async def aget_batch(self) -> list[T]:
@@ -181,17 +191,12 @@ class SeamQueue(Generic[T]):
         while True:
             with self._lock:
                 interrupted, self._interrupted = self._interrupted, False
-                batch = self._take(self._q.async_q, AsyncQueueEmpty, AsyncQueueShutDown)
+                batch, writer = self._take(self._q.async_q, _ASYNC)
                 if batch or interrupted:
-                    writer = None
-                    if batch:
-                        self._writable.notify()
-                        writer, self._writer = self._writer, None
                     break
                 fut = self._reader = asyncio.get_running_loop().create_future()
             await self._park(fut)
-        if writer is not None:
-            _resolve(writer)
+        _resolve(writer)
         return batch
 
     def interrupt(self) -> None:
@@ -199,15 +204,13 @@ class SeamQueue(Generic[T]):
         with self._lock:
             self._interrupted = True
             reader, self._reader = self._reader, None
-        if reader is not None:
-            _resolve(reader)
+        _resolve(reader)
 
     async def drained(self) -> None:
         """Wait until the reader took everything (or the queue was shut down at once)."""
-        async_q = self._q.async_q
         while True:
             with self._lock:
-                if not async_q.qsize():
+                if not self._items:
                     return
                 fut = self._writer = asyncio.get_running_loop().create_future()
             await self._park(fut)
@@ -227,6 +230,9 @@ class SeamQueue(Generic[T]):
         """
         with self._lock:
             self._q.shutdown(immediate)
+            self._open, self._ended = None, True  # no put joins a batch now: janus' raises
+            if immediate:
+                self._items = 0
             self._readable.notify_all()
             self._writable.notify_all()
             reader, self._reader = self._reader, None
@@ -236,38 +242,43 @@ class SeamQueue(Generic[T]):
 
     # -- internals (the lock is held) ---------------------------------------------------
 
-    def _take(self, face: BaseQueue[T], empty: type[Exception],
-              shut: type[Exception]) -> list[T]:
-        batch: list[T] = []
-        get = face.get_nowait
+    def _put(self, item: T, face: BaseQueue[list[T]],
+             exc: tuple[type[Exception], ...]) -> tuple[bool, Wait | None]:
+        """Join the open batch or open one; (False, None) if full; else the reader to wake."""
+        batch = self._open
+        if batch is not None and self._items < self._maxsize:
+            batch.append(item)  # a reader waits only while nothing is queued: nobody to wake
+            self._items += 1
+            return True, None
         try:
-            while True:
-                batch.append(get())
-        except empty:
-            return batch
-        except shut:
-            if not batch:
-                raise QueueShutDown from None
-            self.eof = True
-            return batch
+            face.put_nowait(batch := [item])  # Full: the one batch is queued, and full
+        except exc[0]:
+            return False, None
+        except exc[2]:
+            raise QueueShutDown from None
+        self._open = batch
+        self._items += 1
+        self._readable.notify()
+        reader, self._reader = self._reader, None
+        return True, reader
 
-    def _try_put(self, item: T) -> asyncio.Future[None] | None:
-        """Put from the loop if there is room; if full, the future a get will resolve."""
-        with self._lock:
-            try:
-                self._q.async_q.put_nowait(item)
-            except AsyncQueueFull:
-                fut = self._writer = asyncio.get_running_loop().create_future()
-                return fut
-            except AsyncQueueShutDown:
-                raise QueueShutDown from None
-            self._readable.notify()
-            reader, self._reader = self._reader, None
-        if reader is not None:
-            _resolve(reader)
-        return None
+    def _take(self, face: BaseQueue[list[T]],
+              exc: tuple[type[Exception], ...]) -> tuple[list[T], Wait | None]:
+        """The queued batch (``[]`` if none) and the async writer to wake."""
+        try:
+            batch = face.get_nowait()
+        except exc[1]:
+            return [], None
+        except exc[2]:
+            raise QueueShutDown from None
+        self._open = None
+        self._items -= len(batch)
+        self.eof = self._ended  # ended before this take: that was everything
+        self._writable.notify()
+        writer, self._writer = self._writer, None
+        return batch, writer
 
-    async def _park(self, fut: asyncio.Future[None]) -> None:
+    async def _park(self, fut: Wait) -> None:
         try:
             await fut
         finally:
