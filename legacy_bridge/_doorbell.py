@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import weakref
 from collections.abc import Callable
@@ -49,6 +50,24 @@ class Doorbell:
 
 _DOORBELLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Doorbell] = (
     weakref.WeakKeyDictionary())
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def resolve_soon(fut: asyncio.Future[None] | None) -> None:
+    """Resolve ``fut`` (a wait on a loop) through its loop's doorbell; safe from any thread.
+
+    A no-op for ``None``, and once the loop is closed (nobody waits any more).
+    """
+    if fut is None:
+        return
+    loop = fut.get_loop()
+    if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            doorbell(loop).ring(_resolve, fut)
 
 
 def doorbell(loop: asyncio.AbstractEventLoop) -> Doorbell:

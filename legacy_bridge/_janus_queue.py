@@ -1,48 +1,43 @@
 # design: the one module of streambridge that uses janus: a bounded queue between one
 # asyncio loop and threads or greenlets, read in batches, on janus' documented API only.
-# - janus holds the batches and owns the end: we call only janus.Queue(maxsize), the
+# - janus holds the queued batch and owns the end of the stream. We call janus.Queue(1),
 #   put_nowait/get_nowait of sync_q (threads, greenlets) and async_q (the loop), shutdown
-#   and aclose, and catch only the exceptions janus exports. shutdown() is an EOF (the
+#   and wait_closed, and catch only janus' exported exceptions. shutdown() is an EOF (the
 #   reader still takes what is queued) or, immediate, a stop (what is queued is dropped).
-# - Batches: janus holds lists. A put appends to the open batch (the one janus holds,
-#   not yet taken) or, when there is none, puts a new one; a get takes the whole batch.
-#   So janus never holds more than one (maxsize=1: Full from janus means "a batch is
-#   queued"); the item bound (maxsize) is counted here. A reader that fell behind takes
-#   everything in one hop, and a put that joins a batch costs one list append: per-item
-#   janus calls cost the unpaced stream half its throughput (scripts/bench_legacy.py).
-# - Every wait is ours: nothing ever blocks or awaits inside janus. A caller that must
-#   wait (full on put, empty on get, the writer waiting for the reader to take all)
-#   parks on this queue's own native lock: a thread or greenlet on a HybridCondition
-#   (_glue), a coroutine on a loop future. One reader and one writer at a time.
-# - Who wakes whom: the put that opens a batch wakes the reader (a put that joins one
-#   finds nobody waiting: a reader waits only while nothing is queued); a get wakes
-#   the writer. From the loop a future is resolved directly and a thread/greenlet
-#   notified through its condition; from a thread or greenlet a future is resolved
-#   through the loop's doorbell (_doorbell: one self-pipe write per loop pass for every
-#   stream). A future taken to be woken is cleared under the lock: never rung twice.
-#   (janus' own sync-to-async wake-up is a call_soon_threadsafe and a Task per put,
-#   5-15x a plain queue, janus#419; ours is a future's set_result.)
-# - Remaining assumptions about janus beyond its documentation, each pinned against the
-#   installed version by tests/legacy_bridge/test_janus_assumptions.py:
-#   A1 a *_nowait call returns or raises Full/Empty/ShutDown without waiting, and it
-#      schedules nothing on the loop while nobody awaits janus' own coroutines (ours
-#      never do). Buys: the wake-ups above are the only ones (no janus Task per batch),
-#      and aclose() costs one loop pass.
-#   A2 under gevent's monkey-patching janus' internal lock is a greenlet lock. We call
-#      janus only while holding our native lock, so it is never contended, and an
-#      uncontended gevent lock may be taken and released from the native loop thread
-#      (which has no hub). Buys: janus runs unchanged under gunicorn -k gevent; no
-#      primitive of it is replaced after construction.
-#   A3 put_nowait raises ShutDown, not Full, on a full queue that was shut down; a get
-#      after shutdown() still returns what is queued, then raises ShutDown; immediate
-#      drops it. Buys: janus is the one authority on "ended" (EOF, disconnect, stop).
-# - Invariant: nobody blocks, awaits or switches greenlets while holding the lock (it is
-#   native: a greenlet taking it blocks the hub for a short critical section).
+# - Batches: a put appends to the open batch (the one janus holds, not yet taken) or puts
+#   a new one; a get takes the whole batch. So janus holds one batch at most (Full from
+#   janus means "the batch is queued"), and the item bound (maxsize) is counted here. A
+#   put that joins a batch is one list append, and a reader that fell behind takes all
+#   in one hop (one janus call per item halved unpaced throughput: bench_legacy.py).
+# - Every wait is ours; nothing ever waits inside janus. A caller that must wait (full,
+#   empty, or the writer waiting for the reader to take all) parks under this queue's
+#   native lock: a thread or greenlet on a HybridCondition (_glue), a coroutine on a
+#   loop future. One reader and one writer at a time.
+# - Wake-ups: the put that opens a batch wakes the reader (one that joins a batch finds
+#   nobody waiting: a reader waits only while nothing is queued); a get wakes the
+#   writer. On the loop a future is resolved at once and a thread or greenlet notified
+#   through its condition; off the loop a future is resolved through the loop's doorbell
+#   (one self-pipe write per loop pass for every stream). A wait taken to be woken is
+#   cleared under the lock: never rung twice. (janus' own sync-to-async wake-up is a
+#   call_soon_threadsafe and a Task per put, 5-15x a plain queue: janus#419.)
+# - Assumptions beyond janus' docs, each pinned against the installed version by
+#   tests/legacy_bridge/test_janus_assumptions.py:
+#   A1 a *_nowait call returns or raises Full/Empty/ShutDown without waiting and
+#      schedules nothing on the loop while nobody awaits janus' coroutines (we never do).
+#      Buys: our wake-ups are the only ones (no janus Task per batch); closing costs
+#      one loop pass (wait_closed).
+#   A2 under gevent's monkey-patching janus' lock is a greenlet lock. We call janus only
+#      inside our native lock, so it is never contended, and an uncontended gevent lock
+#      may be taken from the native loop thread (which has no hub). Buys: janus runs
+#      unchanged under gunicorn -k gevent; nothing of it is replaced after construction.
+#   A3 after shutdown() put_nowait raises ShutDown, even on a full queue; gets return
+#      what is queued, then raise ShutDown; immediate drops it. Buys: janus is the one
+#      authority on "ended" (EOF, disconnect, stop).
+# - Invariant: nobody blocks, awaits or switches greenlets while holding the lock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from janus import (
     AsyncQueueEmpty,
@@ -55,13 +50,23 @@ from janus import (
     SyncQueueShutDown,
 )
 
-from ._doorbell import doorbell
+from ._doorbell import resolve_soon
 from ._glue import HybridCondition, ThreadGlue
 
 T = TypeVar("T")
 Wait = asyncio.Future[None]
-_SYNC = (SyncQueueFull, SyncQueueEmpty, SyncQueueShutDown)
-_ASYNC = (AsyncQueueFull, AsyncQueueEmpty, AsyncQueueShutDown)
+
+
+class _Errors(NamedTuple):
+    """What one face of janus raises."""
+
+    full: type[Exception]
+    empty: type[Exception]
+    shut: type[Exception]
+
+
+_SYNC = _Errors(SyncQueueFull, SyncQueueEmpty, SyncQueueShutDown)
+_ASYNC = _Errors(AsyncQueueFull, AsyncQueueEmpty, AsyncQueueShutDown)
 
 
 class QueueShutDown(Exception):
@@ -69,18 +74,9 @@ class QueueShutDown(Exception):
 
 
 def _resolve(fut: Wait | None) -> None:
+    """Resolve ``fut`` now (on its loop); ``resolve_soon`` does it from other threads."""
     if fut is not None and not fut.done():
         fut.set_result(None)
-
-
-def _ring(fut: Wait | None) -> None:
-    """Resolve ``fut`` on its loop from any thread or greenlet (no-op once it closed)."""
-    if fut is None:
-        return
-    loop = fut.get_loop()
-    if not loop.is_closed():
-        with contextlib.suppress(RuntimeError):  # closed meanwhile: nobody waits any more
-            doorbell(loop).ring(_resolve, fut)
 
 
 class SeamQueue(Generic[T]):
@@ -89,7 +85,8 @@ class SeamQueue(Generic[T]):
     The sync face (``put``, ``get_batch``) is for threads and greenlets; the async face
     (``try_put``, ``aput``, ``get_batch_nowait``, ``aget_batch``, ``interrupt``,
     ``drained``, ``aclose``) for the one loop the queue binds to. ``shutdown`` works
-    from anywhere.
+    from anywhere. Puts raise :class:`QueueShutDown` once the queue was shut down, gets
+    once it was and nothing is left to read.
 
     Args:
         glue: the worker's blocking primitives (native lock, thread or greenlet waits).
@@ -114,53 +111,37 @@ class SeamQueue(Generic[T]):
     # -- sync face (threads, greenlets) -------------------------------------------------
 
     def put(self, item: T) -> None:
-        """Put ``item``, blocking while the queue is full.
-
-        Raises:
-            QueueShutDown: the queue was shut down (before or while waiting).
-        """
+        """Put ``item``, blocking while the queue is full."""
         with self._lock:
             while True:
                 done, reader = self._put(item, self._q.sync_q, _SYNC)
                 if done:
                     break
                 self._writable.wait()
-        _ring(reader)
+        resolve_soon(reader)
 
     def get_batch(self) -> list[T]:
-        """Everything queued, blocking until there is something.
-
-        Raises:
-            QueueShutDown: the queue was shut down and nothing is left to read.
-        """
+        """Everything queued, blocking until there is something."""
         with self._lock:
             while True:
                 batch, writer = self._take(self._q.sync_q, _SYNC)
                 if batch:
                     break
                 self._readable.wait()
-        _ring(writer)
+        resolve_soon(writer)
         return batch
 
     # -- async face (coroutines on the queue's loop) ------------------------------------
 
     def try_put(self, item: T) -> bool:
-        """Put ``item`` if there is room; False if the queue is full.
-
-        Raises:
-            QueueShutDown: the queue was shut down.
-        """
+        """Put ``item`` if there is room; False if the queue is full."""
         with self._lock:
             done, reader = self._put(item, self._q.async_q, _ASYNC)
         _resolve(reader)
         return done
 
     async def aput(self, item: T) -> None:
-        """Put ``item``, waiting while the queue is full.
-
-        Raises:
-            QueueShutDown: the queue was shut down (before or while waiting).
-        """
+        """Put ``item``, waiting while the queue is full."""
         while True:
             with self._lock:
                 done, reader = self._put(item, self._q.async_q, _ASYNC)
@@ -172,22 +153,14 @@ class SeamQueue(Generic[T]):
             await self._park(fut)
 
     def get_batch_nowait(self) -> list[T]:
-        """Everything queued, possibly ``[]``; see ``eof``.
-
-        Raises:
-            QueueShutDown: the queue was shut down and nothing is left to read.
-        """
+        """Everything queued, possibly ``[]``; see ``eof``."""
         with self._lock:
             batch, writer = self._take(self._q.async_q, _ASYNC)
         _resolve(writer)
         return batch
 
     async def aget_batch(self) -> list[T]:
-        """Everything queued, waiting until there is something; ``[]`` after ``interrupt()``.
-
-        Raises:
-            QueueShutDown: the queue was shut down and nothing is left to read.
-        """
+        """Everything queued, waiting until there is something; ``[]`` after ``interrupt()``."""
         while True:
             with self._lock:
                 interrupted, self._interrupted = self._interrupted, False
@@ -216,9 +189,10 @@ class SeamQueue(Generic[T]):
             await self._park(fut)
 
     async def aclose(self) -> None:
-        """Shut down at once and close the janus queue (as janus asks: ``aclose()``)."""
+        """Shut down at once and close the janus queue, as janus asks (its ``aclose()``
+        is ``shutdown(immediate=True)``, made here under our lock, then ``wait_closed()``)."""
         self.shutdown(immediate=True)
-        await self._q.aclose()
+        await self._q.wait_closed()
 
     # -- both ---------------------------------------------------------------------------
 
@@ -237,13 +211,13 @@ class SeamQueue(Generic[T]):
             self._writable.notify_all()
             reader, self._reader = self._reader, None
             writer, self._writer = self._writer, None
-        _ring(reader)  # from any thread, the loop's own included
-        _ring(writer)
+        resolve_soon(reader)  # from any thread, the loop's own included
+        resolve_soon(writer)
 
     # -- internals (the lock is held) ---------------------------------------------------
 
     def _put(self, item: T, face: BaseQueue[list[T]],
-             exc: tuple[type[Exception], ...]) -> tuple[bool, Wait | None]:
+             exc: _Errors) -> tuple[bool, Wait | None]:
         """Join the open batch or open one; (False, None) if full; else the reader to wake."""
         batch = self._open
         if batch is not None and self._items < self._maxsize:
@@ -252,9 +226,9 @@ class SeamQueue(Generic[T]):
             return True, None
         try:
             face.put_nowait(batch := [item])  # Full: the one batch is queued, and full
-        except exc[0]:
+        except exc.full:
             return False, None
-        except exc[2]:
+        except exc.shut:
             raise QueueShutDown from None
         self._open = batch
         self._items += 1
@@ -263,13 +237,13 @@ class SeamQueue(Generic[T]):
         return True, reader
 
     def _take(self, face: BaseQueue[list[T]],
-              exc: tuple[type[Exception], ...]) -> tuple[list[T], Wait | None]:
+              exc: _Errors) -> tuple[list[T], Wait | None]:
         """The queued batch (``[]`` if none) and the async writer to wake."""
         try:
             batch = face.get_nowait()
-        except exc[1]:
+        except exc.empty:
             return [], None
-        except exc[2]:
+        except exc.shut:
             raise QueueShutDown from None
         self._open = None
         self._items -= len(batch)

@@ -91,7 +91,8 @@ def test_a1_nowait_calls_never_wait_and_schedule_nothing_on_the_loop() -> None:
 
 
 def test_a3_shutdown_drains_then_raises_and_immediate_drops() -> None:
-    """After shutdown() gets take what is queued, then raise; immediate=True drops it."""
+    """After shutdown() gets take what is queued, then raise, and a put raises ShutDown
+    (full or not); immediate=True drops what is queued."""
 
     async def main() -> None:
         eof: janus.Queue[int] = janus.Queue(4)
@@ -110,6 +111,16 @@ def test_a3_shutdown_drains_then_raises_and_immediate_drops() -> None:
             eof.async_q.get_nowait()
         assert eof.async_q.qsize() == 0
         await eof.aclose()
+
+        full: janus.Queue[int] = janus.Queue(1)
+        full.sync_q.put_nowait(1)
+        full.shutdown()  # an EOF on a full queue: a put is told "ended", never "full"
+        with pytest.raises(janus.SyncQueueShutDown):
+            full.sync_q.put_nowait(2)
+        with pytest.raises(janus.AsyncQueueShutDown):
+            full.async_q.put_nowait(2)
+        assert full.async_q.get_nowait() == 1
+        await full.aclose()
 
         stop: janus.Queue[int] = janus.Queue(4)
         stop.async_q.put_nowait(1)
