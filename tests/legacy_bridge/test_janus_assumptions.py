@@ -6,6 +6,7 @@ Each test pins one assumption of that module's design block (A1-A3) against the 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import subprocess
@@ -211,3 +212,30 @@ def test_a2_janus_under_gevent_with_a_native_loop_thread() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok"), done.stdout
     assert not done.stderr.strip(), done.stderr[-3000:]
+
+
+def test_janus_is_used_in_one_module_through_public_names_only() -> None:
+    """Only _janus_queue.py imports janus; it subclasses nothing of it and reads no ``_``
+    member of a janus object (the queue ``self._q`` and its two faces)."""
+    importers, private = [], []
+    for path in sorted((REPO / "legacy_bridge").glob("*.py")) + sorted(
+            (REPO / "migration").glob("*.py")) + sorted((REPO / "async_core").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [
+                    node.module or ""]
+                if any(n == "janus" or n.startswith("janus.") for n in names):
+                    importers.append(path.name)
+            if path.name != "_janus_queue.py":
+                continue
+            if isinstance(node, ast.ClassDef) and node.bases:
+                private += [f"class {node.name}({ast.unparse(b)})" for b in node.bases
+                            if "Generic" not in ast.unparse(b) and "NamedTuple" not in
+                            ast.unparse(b) and "Exception" not in ast.unparse(b)]
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                owner = ast.unparse(node.value)
+                if owner.startswith("self._q") or owner.startswith("janus"):
+                    private.append(ast.unparse(node))
+    assert importers == ["_janus_queue.py"]
+    assert private == []
