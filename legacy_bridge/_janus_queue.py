@@ -94,15 +94,16 @@ class SeamQueue(Generic[T]):
     """
 
     __slots__ = ("_ended", "_interrupted", "_items", "_lock", "_maxsize", "_open", "_q",
-                 "_readable", "_reader", "_writable", "_writer", "eof")
+                 "_reader", "_waiting", "_writer", "eof")
 
     def __init__(self, glue: ThreadGlue, maxsize: int) -> None:
         self._q: Queue[list[T]] = Queue(1)  # at most one batch: see the design block
         self._maxsize, self._items = maxsize, 0
         self._open: list[T] | None = None  # the batch janus holds, while nobody took it
         self._lock = glue.allocate_lock()
-        self._readable = HybridCondition(self._lock, glue)  # a sync reader waits here
-        self._writable = HybridCondition(self._lock, glue)  # a sync writer waits here
+        # A sync reader waits here while nothing is queued, a sync writer while the queue
+        # is full: never both at once, so the other side's notify() is always for it.
+        self._waiting = HybridCondition(self._lock, glue)
         self._reader: Wait | None = None  # the async reader's wait
         self._writer: Wait | None = None  # the async writer's wait
         self._interrupted = self._ended = False
@@ -117,7 +118,7 @@ class SeamQueue(Generic[T]):
                 done, reader = self._put(item, self._q.sync_q, _SYNC)
                 if done:
                     break
-                self._writable.wait()
+                self._waiting.wait()
         resolve_soon(reader)
 
     def get_batch(self) -> list[T]:
@@ -127,7 +128,7 @@ class SeamQueue(Generic[T]):
                 batch, writer = self._take(self._q.sync_q, _SYNC)
                 if batch:
                     break
-                self._readable.wait()
+                self._waiting.wait()
         resolve_soon(writer)
         return batch
 
@@ -207,8 +208,7 @@ class SeamQueue(Generic[T]):
             self._open, self._ended = None, True  # no put joins a batch now: janus' raises
             if immediate:
                 self._items = 0
-            self._readable.notify_all()
-            self._writable.notify_all()
+            self._waiting.notify_all()
             reader, self._reader = self._reader, None
             writer, self._writer = self._writer, None
         resolve_soon(reader)  # from any thread, the loop's own included
@@ -232,7 +232,7 @@ class SeamQueue(Generic[T]):
             raise QueueShutDown from None
         self._open = batch
         self._items += 1
-        self._readable.notify()
+        self._waiting.notify()
         reader, self._reader = self._reader, None
         return True, reader
 
@@ -248,7 +248,7 @@ class SeamQueue(Generic[T]):
         self._open = None
         self._items -= len(batch)
         self.eof = self._ended  # ended before this take: that was everything
-        self._writable.notify()
+        self._waiting.notify()
         writer, self._writer = self._writer, None
         return batch, writer
 
