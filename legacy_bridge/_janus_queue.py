@@ -8,7 +8,8 @@
 #   a new one; a get takes the whole batch. So janus holds one batch at most (Full from
 #   janus means "the batch is queued"), and the item bound (maxsize) is counted here. A
 #   put that joins a batch is one list append, and a reader that fell behind takes all
-#   in one hop (one janus call per item halved unpaced throughput: bench_legacy.py).
+#   in one hop (a janus call per item cost up to half the unpaced throughput, in two
+#   bench_legacy.py runs).
 # - Every wait is ours; nothing ever waits inside janus. A caller that must wait (full,
 #   empty, or the writer waiting for the reader to take all) parks under this queue's
 #   native lock: a thread or greenlet on a HybridCondition (_glue), a coroutine on a
