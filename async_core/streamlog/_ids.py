@@ -47,6 +47,20 @@ class EventId:
         if not (0 <= self.major <= MAX_NUMBER and 0 <= self.minor <= MAX_NUMBER):
             raise ValueError("id numbers must be within 0..2**53-1")
 
+    @classmethod
+    def made(cls, epoch: str, major: int, minor: int) -> EventId:
+        """An id the log makes itself (its own epoch, its own counter): not re-checked.
+
+        ``EventId(...)`` validates the epoch and range of every id (about 0.5 µs of the
+        memory log's per-entry ``append``, measured); a client's cursor still goes
+        through ``decode_cursor`` and the checked constructor.
+        """
+        eid = object.__new__(cls)
+        object.__setattr__(eid, "epoch", epoch)
+        object.__setattr__(eid, "major", major)
+        object.__setattr__(eid, "minor", minor)
+        return eid
+
     @property
     def position(self) -> tuple[int, int]:
         """The comparable position within the epoch."""

@@ -87,7 +87,7 @@ class MemoryLog:
         return st
 
     def _add(self, st: _Stream, event: str, data: Mapping[str, Any]) -> EventId:
-        eid = EventId(st.buffer.epoch, next(st.seq), 0)
+        eid = EventId.made(st.buffer.epoch, next(st.seq), 0)
         st.buffer.add(Entry(eid, event, dict(data)))
         if event in TERMINAL_EVENTS:
             st.status = "done" if event == "done" else "error"
