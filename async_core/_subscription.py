@@ -21,22 +21,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from . import _metrics as metrics
+from ._lifecycle import Lifecycle
 from ._logtee import from_entry
 from ._records import Outcome, StreamInfo
 from ._settings import StreamPolicy
 from ._tasks import cancel_and_wait
 from .streamlog import EventId, ReadItem, Reset, StreamLog, encode_id
-from .wire import Encoder, encode_ndjson, encode_sse
+from .wire import Encoder, Error, encode_ndjson, encode_sse
 
 if TYPE_CHECKING:
     from ._logtee import LogTee
     from ._runs import Run
 
 _END = object()
+_SHUTDOWN = "the server is shutting down; resume from the last event id elsewhere"
 
 
 class Subscription:
@@ -53,6 +56,9 @@ class Subscription:
         tee: the run's log handle, for the first reader of a detached run: a stream
             that failed before its first byte is answered as an HTTP error.
         resume: count this read in ``streambridge_resumes_total``.
+        lifecycle: the server's drain: a reader still following when the grace is
+            over ends with an in-band ``error`` ``shutdown`` (retryable: resume
+            elsewhere from the last id); it counts as a running stream meanwhile.
     """
 
     meta = None  # what StreamService.body reads of a session; never buffered here
@@ -60,10 +66,12 @@ class Subscription:
     def __init__(self, stream_log: StreamLog, *, cursor: EventId | None, tenant: str | None,
                  encoder: Encoder, policy: StreamPolicy, info: StreamInfo,
                  run: Run | None = None, tee: LogTee | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, lifecycle: Lifecycle | None = None) -> None:
         self._log, self._cursor, self._tenant = stream_log, cursor, tenant
         self.encoder, self.policy, self.info = encoder, policy, info
         self._run, self._tee, self._resume = run, tee, resume
+        self._lifecycle = lifecycle
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._stop: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._reset = False
         self._finished = False
@@ -81,6 +89,10 @@ class Subscription:
         items = self._log.read(sid, self._cursor, tenant=self._tenant)
         pending: asyncio.Task[Any] | None = None
         wait, sent = min(pol.heartbeat, pol.header_hold), False
+        last_id = None if self._cursor is None else encode_id(sid, self._cursor)
+        if self._lifecycle is not None:
+            self._lifecycle.register(self)
+            self.wake()  # already draining: the deadline applies at once
         try:
             while True:
                 if pending is None:
@@ -88,6 +100,8 @@ class Subscription:
                 done, _ = await asyncio.wait((pending, self._stop), timeout=wait,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if self._stop.done():
+                    if self._stop.result() is Outcome.SHUTDOWN and sent:
+                        yield encoder.encode(Error(0, "shutdown", _SHUTDOWN, True), last_id)
                     return
                 if pending not in done:  # nothing new for a while: a heartbeat
                     wait = pol.heartbeat
@@ -109,16 +123,35 @@ class Subscription:
                 if (not sent and item.terminal and self._tee is not None
                         and self._tee.failure is not None):
                     raise self._tee.failure  # nothing reached the client: plain HTTP
-                frame = encoder.encode(from_entry(item), encode_id(sid, item.id))
+                last_id = encode_id(sid, item.id)
+                frame = encoder.encode(from_entry(item), last_id)
                 if frame:
                     sent = True
                     yield frame
                 if item.terminal:
                     return
         finally:
+            self._leave()
             if pending is not None:
                 await cancel_and_wait(pending)
             await items.aclose()  # type: ignore[attr-defined]
+
+    def wake(self) -> None:
+        """The server started draining (the lifecycle calls this): end at its deadline."""
+        lifecycle = self._lifecycle
+        if lifecycle is None or lifecycle.drain_deadline == math.inf:
+            return
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+        self._drain_timer = asyncio.get_running_loop().call_at(
+            lifecycle.drain_deadline, self.abort, Outcome.SHUTDOWN)
+
+    def _leave(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if self._lifecycle is not None:
+            self._lifecycle.unregister(self)
 
     def _reset_frame(self, reset: Reset) -> bytes:
         body = {"reason": reset.reason, "conversation_id": self.info.conversation_id}
@@ -139,6 +172,7 @@ class Subscription:
             return
         self._finished = True
         self.abort(reason)
+        self._leave()
         if self._resume:
             metrics.resumed(self.info.path, "reset" if self._reset else "ok")
         if self._run is not None:

@@ -234,7 +234,8 @@ class StreamService:
         run = self.runs.detach(session, tee, grace)
         return Subscription(self.log, cursor=None, tenant=None, encoder=session.encoder,
                             policy=session.policy, info=info,
-                            run=None if call.background else run, tee=tee)
+                            run=None if call.background else run, tee=tee,
+                            lifecycle=self.lifecycle)
 
     async def subscribe(self, stream_id: str, cursor: str | None, fmt: Format,
                         principal: Principal = ANONYMOUS) -> Subscription:
@@ -252,7 +253,7 @@ class StreamService:
         run = self.runs.detached.get(stream_id)
         return Subscription(self.log, cursor=after, tenant=principal.tenant,
                             encoder=make_encoder(fmt, meta), policy=self.settings.policy,
-                            info=info, run=run, resume=True)
+                            info=info, run=run, resume=True, lifecycle=self.lifecycle)
 
     async def cancel(self, stream_id: str, principal: Principal = ANONYMOUS) -> dict[str, Any]:
         """Stop ``stream_id`` wherever it runs (``POST /v1/streams/{id}/cancel``); idempotent.
