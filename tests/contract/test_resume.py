@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -299,25 +298,3 @@ def test_with_no_reader_back_the_stream_stops_after_the_grace(grace_srv: Server)
     end = sse_events(resume(grace_srv, sid).text.splitlines())[-1]
     assert end["event"] == "error" and end["data"]["code"] == "client_disconnected"
 
-
-def test_a_reader_gets_an_in_band_shutdown_when_the_server_drains(
-        make_server: Callable[..., Server]) -> None:
-    """SIGTERM while a resume follows a running stream: the reader ends with ``error``
-    ``shutdown`` (retryable, with an id to resume from), and the server exits."""
-    server = make_server(drain_grace=0.5)
-    sid, seen = cut(server, body(2000, 10, on_disconnect="continue"), 2)
-    lines: list[str] = []
-    with httpx.stream("GET", server.url(f"/v1/streams/{sid}"), timeout=15,
-                      headers={"Last-Event-ID": seen[-1]["id"]}) as r:
-        it = r.iter_lines()
-        for line in it:
-            lines.append(line)
-            if line.startswith("event: delta"):
-                break
-        server.signal(signal.SIGTERM)
-        lines += list(it)
-    end = sse_events(lines)[-1]
-    assert end["event"] == "error" and end["data"]["code"] == "shutdown"
-    assert end["data"]["retryable"] is True
-    assert end["id"].split("-")[0] == seen[0]["id"].split("-")[0]
-    server.wait(timeout=20)
