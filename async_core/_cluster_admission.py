@@ -350,10 +350,3 @@ def _both(first: Release, second: Release) -> Release:
             second()
 
     return release
-
-
-def make_admission(settings: Settings, lifecycle: Lifecycle) -> Admission | ClusterAdmission:
-    """The admission the settings name: leases in Redis with ``redis_url``, else per process."""
-    if settings.log.redis_url:
-        return ClusterAdmission(settings, lifecycle)
-    return Admission(settings, lifecycle)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _metrics as metrics
-from ._cluster_admission import make_admission
+from ._admission import Admission
 from ._engine import StreamSession
 from ._lifecycle import Lifecycle
 from ._logtee import LogTee
@@ -42,6 +42,7 @@ from .streamlog import open_log as open_stream_log
 from .wire import Event, Format, StreamMeta, buffered_body, make_encoder
 
 if TYPE_CHECKING:
+    from ._cluster_admission import ClusterAdmission
     from .store import Persistence
 
 log = logging.getLogger("streambridge.service")
@@ -75,7 +76,7 @@ class StreamService:
         self.registry = registry or default_registry(settings)
         self.sync_runner = sync_runner
         self.lifecycle = lifecycle or Lifecycle(settings.drain_grace)
-        self.admission = make_admission(settings, self.lifecycle)
+        self.admission = _admission(settings, self.lifecycle)
         self.hooks: list[FinishHook] = [metrics.observe, *hooks]
         self.api_keys = ApiKeys.from_settings(settings)
         # With Redis a key's rate and concurrency are the cluster admission's.
@@ -366,3 +367,15 @@ def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
             second()
 
     return release
+
+
+def _admission(settings: Settings, lifecycle: Lifecycle) -> Admission | ClusterAdmission:
+    """The admission the settings name: leases in Redis with ``redis_url``, else per process.
+
+    The Redis one is imported only then: the embedded default loads no Redis client.
+    """
+    if settings.log.redis_url:
+        from ._cluster_admission import ClusterAdmission
+
+        return ClusterAdmission(settings, lifecycle)
+    return Admission(settings, lifecycle)
