@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,52 @@ from async_core.wire import NDJSONDecoder, SSEDecoder, SSEMessage
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 
 
+class HybridPin:
+    """The branch a test on ``hybrid-50`` claims, and the conversation ids that land there.
+
+    Without a conversation id the hybrid front makes a random one, so its bucket, and the
+    branch, would change from run to run (issue 12 item 7). On ``hybrid-50`` the
+    conftest fixture ``hybrid_branch`` sets ``branch`` for each test (chosen from the
+    test's name, so both branches are covered); ``chat_body``, ``stream`` and
+    ``RawStream`` then give every native chat body without an id a fresh one of that
+    branch, and ``stream`` records the ``X-Stream-Path`` those requests were served on.
+    """
+
+    def __init__(self) -> None:
+        self.branch: str | None = None
+        self.served: list[str] = []  # X-Stream-Path of the pinned streams, in order
+        self.made: set[str] = set()
+        self._prefix = uuid.uuid4().hex[:8]  # ids unique per run: servers are shared
+        self._count = 0
+
+    def conversation_id(self) -> str:
+        """A new conversation id whose sticky bucket is on ``branch`` under hybrid-50."""
+        from tests.servers import served_path
+
+        while True:
+            self._count += 1
+            cid = f"pin-{self._prefix}-{self._count}"
+            if served_path("hybrid-50", cid) == self.branch:
+                self.made.add(cid)
+                return cid
+
+    def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``body`` with a conversation id of the pinned branch, if it is a native chat
+        body without one and a branch is pinned (else ``body`` unchanged)."""
+        out = dict(body)
+        if (self.branch and ("messages" in out or "message" in out)
+                and "model" not in out and "conversation_id" not in out):
+            out["conversation_id"] = self.conversation_id()
+        return out
+
+
+PIN = HybridPin()
+
+
 def chat_body(agent: str = "demo", **options: Any) -> dict[str, Any]:
-    """A native chat body for ``agent`` with ``options``."""
-    return {**CHAT, "agent": agent, "options": options}
+    """A native chat body for ``agent`` with ``options`` (on hybrid-50: of the pinned
+    branch, see ``HybridPin``)."""
+    return PIN.apply({**CHAT, "agent": agent, "options": options})
 
 
 @dataclass
@@ -54,10 +98,14 @@ class Streamed:
 def stream(url: str, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None,
            timeout: float = 30.0) -> Streamed:
     """POST ``body`` and read the whole streamed response, decoding SSE or NDJSON."""
-    with httpx.stream("POST", url, json=body, headers=headers, timeout=timeout) as r:
+    pinned = PIN.apply(body) if "x-conversation-id" not in {
+        k.lower() for k in (headers or {})} else dict(body)
+    with httpx.stream("POST", url, json=pinned, headers=headers, timeout=timeout) as r:
         raw = b"".join(r.iter_raw())
         ctype = r.headers.get("content-type", "")
         result = Streamed(r.status_code, r.headers, raw)
+    if pinned.get("conversation_id") in PIN.made and "x-stream-path" in r.headers:
+        PIN.served.append(r.headers["x-stream-path"])
     if ctype.startswith("text/event-stream"):
         result.events = SSEDecoder().feed(raw)
     elif ctype.startswith("application/x-ndjson"):
@@ -80,7 +128,7 @@ class RawStream:
 
     def __init__(self, port: int, path: str, body: Mapping[str, Any],
                  headers: Mapping[str, str] | None = None, rcvbuf: int | None = None) -> None:
-        payload = json.dumps(body).encode()
+        payload = json.dumps(PIN.apply(body)).encode()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         OPEN_RAW.append(self)
         if rcvbuf:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from tests.clients import OPEN_RAW
+from tests.clients import OPEN_RAW, PIN
+from tests.pool import ServerPool, settings_env
 from tests.servers import PATH_ARGS, Server
+
+# The pools alive now (the session's, the current module's): the per-test log check reads them.
+_POOLS: list[ServerPool] = []
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +34,35 @@ def no_leaked_threads() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def shared_server_logs_clean() -> Iterator[None]:
+    """Fail a test during which a shared server logged a traceback or a leaked task."""
+    yield
+    problems = [line for pool in _POOLS for line in pool.new_problems()]
+    assert not problems, "a shared server logged:\n" + "\n".join(problems)
+
+
+@pytest.fixture(autouse=True)
+def hybrid_branch(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The branch a test on ``hybrid-50`` claims (None on every other path).
+
+    Chosen from the test's name (half the tests each way, the same in every run); the
+    test's chat bodies get conversation ids whose sticky bucket is on that branch
+    (``tests.clients.HybridPin``), and the test fails if a pinned stream was served on
+    the other branch.
+    """
+    branch = None
+    if "path_id" in request.fixturenames and request.getfixturevalue("path_id") == "hybrid-50":
+        name = request.node.nodeid.replace("hybrid-50", "")
+        branch = ("legacy", "async")[zlib.crc32(name.encode()) % 2]
+        request.node.user_properties.append(("hybrid_branch", branch))
+    PIN.branch, PIN.served = branch, []
+    yield branch
+    PIN.branch = None
+    wrong = [path for path in PIN.served if branch and path != branch]
+    assert not wrong, f"hybrid-50 test claims {branch}, streams served on {wrong}"
+
+
+@pytest.fixture(autouse=True)
 def close_raw_clients() -> Iterator[None]:
     """Close raw-socket clients a test left open (a failing assertion skips its close())."""
     yield
@@ -42,13 +76,49 @@ def path_id(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def _pool(keep_paths: int | None) -> Iterator[ServerPool]:
+    pool = ServerPool(keep_paths)
+    _POOLS.append(pool)
+    yield pool
+    _POOLS.remove(pool)
+    problems = pool.close()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture(scope="session")
+def session_pool() -> Iterator[ServerPool]:
+    """Servers on default test settings, one per path, shared by the whole session."""
+    yield from _pool(None)
+
+
 @pytest.fixture(scope="module")
-def server(path_id: str) -> Iterator[Server]:
-    """A server of the current path on default test settings, shared by a module."""
-    srv = Server(path_id)
-    yield srv
-    srv.stop()
-    assert not srv.problems(), "\n".join(srv.problems())
+def module_pool() -> Iterator[ServerPool]:
+    """Servers with a module's own settings, shared by its tests, one path at a time."""
+    yield from _pool(1)
+
+
+@pytest.fixture(scope="module")
+def server(path_id: str, session_pool: ServerPool) -> Server:
+    """A server of the current path on default test settings, shared by the session.
+
+    Do not assume a fresh process: compare metrics with their value before the test,
+    or use ``make_server`` for a server of the test's own.
+    """
+    return session_pool.get(path_id)
+
+
+@pytest.fixture
+def shared_server(path_id: str, module_pool: ServerPool) -> Callable[..., Server]:
+    """A server of the current path with settings, shared by the module's tests that ask
+    for the same ones: ``shared_server(idle_timeout=0.3)``.
+
+    Use it when the test leaves the server as it found it (no SIGTERM, metrics compared
+    with their value before the test); otherwise use ``make_server``.
+    """
+    def get(args: list[str] | None = None, **settings: Any) -> Server:
+        return module_pool.get(path_id, settings_env(settings), args)
+
+    return get
 
 
 @pytest.fixture
@@ -57,13 +127,14 @@ def make_server(path_id: str) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def make(args: list[str] | None = None, **settings: Any) -> Server:
-        env = {f"STREAMBRIDGE_{k.upper()}": str(v) for k, v in settings.items()}
-        srv = Server(path_id, env, args)
+        srv = Server(path_id, settings_env(settings), args)
         started.append(srv)
         return srv
 
     yield make
     problems = []
+    for srv in started:  # SIGTERM them all first: they drain together
+        srv.terminate()
     for srv in started:
         srv.stop()
         problems += srv.problems()

@@ -92,6 +92,7 @@ class Server:
     def __init__(self, path_id: str, env: Mapping[str, str] | None = None,
                  args: list[str] | None = None) -> None:
         self.path_id = path_id
+        self._terminated = False
         self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             prefix=f"sb-{path_id}-", suffix=".log", delete=False)
         full_env = {**os.environ, **BASE_ENV, **PATH_ENV.get(path_id, {}), **(env or {})}
@@ -162,10 +163,17 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, wait, then SIGKILL if needed; return the exit status."""
-        try:
+    def terminate(self) -> None:
+        """Send SIGTERM once (a second one makes uvicorn skip its graceful shutdown)."""
+        if not self._terminated:
+            self._terminated = True
             self.signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (unless ``terminate`` sent it), wait, then SIGKILL if needed; return
+        the exit status."""
+        try:
+            self.terminate()
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
@@ -175,5 +183,10 @@ class Server:
 
     def problems(self) -> list[str]:
         """Return log lines that no correct run prints (leaked tasks, tracebacks)."""
-        return [line for line in self.log().splitlines()
+        return self.bad_lines(self.log())
+
+    @staticmethod
+    def bad_lines(text: str) -> list[str]:
+        """The lines of ``text`` that are one of ``BAD_LOG_LINES``."""
+        return [line for line in text.splitlines()
                 if any(bad in line for bad in BAD_LOG_LINES)]

@@ -41,6 +41,8 @@ def test_rate_limit_gives_429_with_retry_after(make_server: Callable[..., Server
 
 def test_active_streams_gauge_follows_open_streams(server: Server) -> None:
     """streambridge_active_streams counts a running stream and drops when it ends."""
+    # the server is shared: an earlier test's stream may still be ending
+    wait_for(lambda: metric(server.base_url, "streambridge_active_streams") == 0)
     client = RawStream(server.port, "/v1/chat", chat_body(tokens=1000, interval_ms=20))
     client.read_until(b"event: delta", 1)
     wait_for(lambda: metric(server.base_url, "streambridge_active_streams") == 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clients import RawStream, chat_body, metric, wait_for
+from tests.clients import PIN, RawStream, chat_body, metric, wait_for
 from tests.contract._loops import path_id_on_both_loops  # noqa: F401 - fixture
 from tests.probe_agents import read_probe
 from tests.servers import Server
@@ -53,18 +53,21 @@ OUTCOME_REQUESTS: dict[str, dict[str, object]] = {
 
 
 @pytest.mark.parametrize("outcome", [*OUTCOME_REQUESTS, "client_disconnected"])
-def test_slot_is_released_on_every_outcome(make_server: Callable[..., Server],
+def test_slot_is_released_on_every_outcome(shared_server: Callable[..., Server],
                                            outcome: str) -> None:
     """With max_streams=1, the next request gets 200 after each kind of ending."""
-    srv = make_server(max_streams=1, admission_timeout=0.2, idle_timeout=0.3,
-                      first_chunk_timeout=0.3, retries=0)
+    srv = shared_server(max_streams=1, admission_timeout=0.2, idle_timeout=0.3,
+                        first_chunk_timeout=0.3, retries=0)
+    before = metric(srv.base_url, "streambridge_streams_total", outcome=outcome)
     if outcome == "client_disconnected":
         client = RawStream(srv.port, "/v1/chat", chat_body(tokens=1000, interval_ms=20))
         client.read_until(b"event: delta", 3)
         client.close()
     else:
-        httpx.post(srv.url("/v1/chat"), json=OUTCOME_REQUESTS[outcome], timeout=10).read()
-    wait_for(lambda: metric(srv.base_url, "streambridge_streams_total", outcome=outcome) == 1)
+        httpx.post(srv.url("/v1/chat"), json=PIN.apply(OUTCOME_REQUESTS[outcome]),
+                   timeout=10).read()
+    wait_for(lambda: metric(srv.base_url, "streambridge_streams_total",
+                            outcome=outcome) == before + 1)
     r = httpx.post(srv.url("/v1/chat"), json=chat_body(tokens=2, interval_ms=1), timeout=10)
     assert r.status_code == 200
     assert "event: done" in r.text

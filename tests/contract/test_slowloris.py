@@ -103,9 +103,10 @@ def _assert_all_closed_in_time(attack: Trickler) -> None:
 
 
 @pytest.fixture
-def srv(make_server: Callable[..., Server]) -> Server:
-    """A server with a short read timeout and few gthread threads."""
-    return make_server(request_read_timeout=READ_TIMEOUT, threads=THREADS)
+def srv(shared_server: Callable[..., Server]) -> Server:
+    """A server with a short read timeout and few gthread threads (the module's tests
+    share it: each attack ends with its connections closed)."""
+    return shared_server(request_read_timeout=READ_TIMEOUT, threads=THREADS)
 
 
 def test_trickled_headers_are_cut_and_the_server_stays_available(srv: Server) -> None:

@@ -19,12 +19,17 @@ CASES = {
 }
 
 
+# One server per path for the three timeouts and the never-pausing agent.
+TIMEOUTS = {"first_chunk_timeout": 0.4, "idle_timeout": 0.4, "total_timeout": 0.6,
+            "retries": 0}
+
+
 @pytest.mark.parametrize("code", list(CASES))
-def test_timeout_ends_with_its_error_event_and_metric(make_server: Callable[..., Server],
+def test_timeout_ends_with_its_error_event_and_metric(shared_server: Callable[..., Server],
                                                       code: str) -> None:
     """The stream ends with event error {code}, retryable as documented, counted once."""
-    srv = make_server(first_chunk_timeout=0.4, idle_timeout=0.4, total_timeout=0.6,
-                      retries=0)
+    srv = shared_server(**TIMEOUTS)
+    before = metric(srv.base_url, "streambridge_streams_total", outcome=code)
     started = time.monotonic()
     r = stream(srv.url("/v1/chat"), CASES[code])
     assert time.monotonic() - started < 1.8
@@ -33,7 +38,8 @@ def test_timeout_ends_with_its_error_event_and_metric(make_server: Callable[...,
     assert "done" not in r.kinds()
     error = json.loads(r.events[-1].data)
     assert error["code"] == code
-    wait_for(lambda: metric(srv.base_url, "streambridge_streams_total", outcome=code) == 1)
+    wait_for(lambda: metric(srv.base_url, "streambridge_streams_total",
+                            outcome=code) == before + 1)
 
 
 def test_heartbeats_do_not_reset_the_idle_timeout(make_server: Callable[..., Server]) -> None:
@@ -59,9 +65,11 @@ def test_send_timeout_ends_a_stream_whose_client_stopped_reading(
 
 
 def test_total_timeout_ends_a_stream_whose_agent_never_pauses(
-        make_server: Callable[..., Server]) -> None:
+        shared_server: Callable[..., Server]) -> None:
     """An agent that never awaits or sleeps still ends at the total timeout, in-band, once."""
-    srv = make_server(total_timeout=1.0, retries=0)
+    srv = shared_server(**TIMEOUTS)
+    total = TIMEOUTS["total_timeout"]
+    before = metric(srv.base_url, "streambridge_streams_total", outcome="total_timeout")
     started = time.monotonic()
     r = stream(srv.url("/v1/chat"), chat_body("probe", tokens=50_000_000, interval_ms=0),
                timeout=20)
@@ -71,6 +79,6 @@ def test_total_timeout_ends_a_stream_whose_agent_never_pauses(
     assert r.kinds()[-1] == "error", r.kinds()[-3:]
     assert "done" not in r.kinds()
     assert json.loads(r.events[-1].data)["code"] == "total_timeout"
-    assert elapsed < 1.0 + 1.5, f"ended after {elapsed:.2f} s"
+    assert elapsed < total + 1.5, f"ended after {elapsed:.2f} s"
     wait_for(lambda: metric(srv.base_url, "streambridge_streams_total",
-                            outcome="total_timeout") == 1)
+                            outcome="total_timeout") == before + 1)
