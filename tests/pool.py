@@ -68,10 +68,8 @@ class ServerPool:
         found = self._stop_problems
         self._stop_problems = []
         for key, srv in self._servers.items():
-            text = srv.log()
-            found += [f"[{srv.path_id}] {line}" for line in
-                      Server.bad_lines(text[self._checked[key]:])]
-            self._checked[key] = len(text)
+            text, self._checked[key] = srv.log_since(self._checked[key])
+            found += [f"[{srv.path_id}] {line}" for line in Server.bad_lines(text)]
         return found
 
     def close(self) -> list[str]:
@@ -94,5 +92,5 @@ class ServerPool:
     def _stop(self, key: Key) -> None:
         srv = self._servers.pop(key)
         srv.stop()
-        self._stop_problems += [f"[{srv.path_id}] {line}" for line in
-                                Server.bad_lines(srv.log()[self._checked.pop(key):])]
+        text = srv.log_since(self._checked.pop(key), whole_lines=False)[0]
+        self._stop_problems += [f"[{srv.path_id}] {line}" for line in Server.bad_lines(text)]

@@ -89,10 +89,11 @@ class Server:
         args: extra command-line arguments.
     """
 
+    _terminated = False  # set by terminate() (a class default: subclasses skip __init__)
+
     def __init__(self, path_id: str, env: Mapping[str, str] | None = None,
                  args: list[str] | None = None) -> None:
         self.path_id = path_id
-        self._terminated = False
         self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             prefix=f"sb-{path_id}-", suffix=".log", delete=False)
         full_env = {**os.environ, **BASE_ENV, **PATH_ENV.get(path_id, {}), **(env or {})}
@@ -121,6 +122,17 @@ class Server:
     def log(self) -> str:
         """Return everything the server printed so far."""
         return Path(self.log_file.name).read_text(encoding="utf-8", errors="replace")
+
+    def log_since(self, offset: int, *, whole_lines: bool = True) -> tuple[str, int]:
+        """Return what the server printed from byte ``offset`` on (up to its last whole
+        line unless ``whole_lines`` is false) and the offset after it: a shared server's
+        log grows all session long, so its checks read only what is new."""
+        with open(self.log_file.name, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        if whole_lines:
+            data = data[:data.rfind(b"\n") + 1]
+        return data.decode("utf-8", errors="replace"), offset + len(data)
 
     def _wait_port(self, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout

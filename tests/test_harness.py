@@ -40,7 +40,7 @@ def test_a_pool_stops_the_servers_of_a_path_it_left(pool: ServerPool) -> None:
     assert pool.new_problems() == []
 
 
-@pytest.mark.parametrize("branch", ["legacy", "async"])
+@pytest.mark.parametrize("branch", ["legacy", "async"], ids=["legacy_branch", "async_branch"])
 def test_pinned_hybrid_50_bodies_are_served_on_their_branch(branch: str) -> None:
     """Every pinned conversation id lands on the claimed branch of a real hybrid-50 front."""
     srv = Server("hybrid-50")
