@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -16,6 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from async_core.wire import NDJSONDecoder, SSEDecoder, SSEMessage
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
+
+# One client for the helpers here and in tests.servers: a new httpx client costs about
+# 18 ms of CPU (its SSL context), and the helpers make thousands of requests a run (a
+# wait_for() on a metric polls every 20 ms). No keep-alive: each request still opens
+# a connection of its own, as a new client's would, and no cookie is kept between requests.
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0),
+                    cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])))
 
 
 class HybridPin:
@@ -100,7 +108,7 @@ def stream(url: str, body: Mapping[str, Any], *, headers: Mapping[str, str] | No
     """POST ``body`` and read the whole streamed response, decoding SSE or NDJSON."""
     pinned = PIN.apply(body) if "x-conversation-id" not in {
         k.lower() for k in (headers or {})} else dict(body)
-    with httpx.stream("POST", url, json=pinned, headers=headers, timeout=timeout) as r:
+    with HTTP.stream("POST", url, json=pinned, headers=headers, timeout=timeout) as r:
         raw = b"".join(r.iter_raw())
         ctype = r.headers.get("content-type", "")
         result = Streamed(r.status_code, r.headers, raw)
@@ -173,7 +181,7 @@ class RawStream:
 
 def metric(base_url: str, name: str, **labels: str) -> float:
     """Return the sum of samples of ``name`` whose labels include ``labels``."""
-    text = httpx.get(base_url + "/metrics", timeout=10).text
+    text = HTTP.get(base_url + "/metrics", timeout=10).text
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.clients import HTTP
+
 REPO = Path(__file__).resolve().parent.parent
 _LISTEN = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
 BAD_LOG_LINES = ("Task was destroyed but it is pending", "Exception in ASGI application",
@@ -150,7 +152,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url("/healthz"), timeout=1.0).status_code == 200:
+                if HTTP.get(self.url("/healthz"), timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
