@@ -54,7 +54,9 @@ def test_active_streams_gauge_follows_open_streams(server: Server) -> None:
 def test_a_stream_that_fails_before_its_first_byte_frees_its_slot_at_once(
         make_server: Callable[..., Server], send_timeout: int) -> None:
     """max_streams=1: after an agent failure answered as HTTP 502, the next stream gets 200."""
-    srv = make_server(max_streams=1, admission_timeout=0, retries=0, send_timeout=send_timeout)
+    # header_hold: the failure must be answered before a loaded machine commits headers
+    srv = make_server(max_streams=1, admission_timeout=0, retries=0, send_timeout=send_timeout,
+                      header_hold=5)
     for _ in range(2):
         failed = httpx.post(srv.url("/v1/chat"), json=chat_body(tokens=5, fail_before_first=10),
                             timeout=10)
