@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 from bench_engine import HOST, Server, StreamClient, thread_switches
 
-LISTEN = re.compile(rb"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
+LISTEN = re.compile(rb"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+) \(")
 START_TIMEOUT = 30.0
 
 

@@ -115,7 +115,7 @@ class Server:
         log_dir: where its combined stdout/stderr goes.
     """
 
-    LISTEN = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+    LISTEN = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+) \(")
 
     def __init__(self, name: str, log_dir: Path) -> None:
         self.name = name

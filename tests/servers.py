@@ -21,7 +21,7 @@ import httpx
 from tests.clients import HTTP
 
 REPO = Path(__file__).resolve().parent.parent
-_LISTEN = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
+_LISTEN = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+) \(")
 BAD_LOG_LINES = ("Task was destroyed but it is pending", "Exception in ASGI application",
                  "Traceback (most recent call last)", "Error in streambridge")
 

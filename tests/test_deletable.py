@@ -182,7 +182,7 @@ def test_the_async_contract_tests_pass_from_the_copy(stripped: Stripped) -> None
 def _port(proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        m = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", log.read_text())
+        m = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+) \(", log.read_text())
         if m:
             return m.group(1)
         time.sleep(0.05)

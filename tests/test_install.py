@@ -93,7 +93,7 @@ def test_serve_async_streams_and_drains_without_extras(bare_venv: Path,
         deadline = time.monotonic() + 60
         port = None
         while port is None and time.monotonic() < deadline and proc.poll() is None:
-            m = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", log.read_text())
+            m = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+) \(", log.read_text())
             port = m.group(1) if m else None
             time.sleep(0.05)
         assert port is not None, log.read_text()

@@ -44,7 +44,7 @@ PATH_ENV: dict[str, dict[str, str]] = {
     "hybrid-legacy": {"STREAMBRIDGE_FLAGS_MODE": "legacy"},
     "hybrid-async": {"STREAMBRIDGE_FLAGS_MODE": "async"},
 }
-_LISTEN = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
+_LISTEN = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+) \(")
 
 
 def available_paths(served: Collection[str]) -> list[str]:

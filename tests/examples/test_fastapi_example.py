@@ -29,7 +29,7 @@ from tests.fake_upstream import FakeUpstream, fake
 from tests.servers import REPO
 
 EXAMPLE = REPO / "examples" / "fastapi_app"
-_LISTEN = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+_LISTEN = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+) \(")
 
 
 def readme_command() -> str:
