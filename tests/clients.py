@@ -203,6 +203,21 @@ def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> An
         time.sleep(interval)
 
 
+def wait_healthy(base_url: str, timeout: float = 30.0) -> None:
+    """Wait until ``base_url/healthz`` answers 200.
+
+    uvicorn prints its "running on" line when it binds, before the lifespan has run and
+    before it listens: a request sent on seeing that line may be refused (found in CI).
+    """
+    def healthy() -> bool:
+        try:
+            return HTTP.get(base_url + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout=timeout, interval=0.05)
+
+
 def exchange(port: int, data: bytes, *, half_close: bool = False,
              timeout: float = 10.0) -> bytes:
     """Send raw ``data``, then read until the server closes or a status line and headers
