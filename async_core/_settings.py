@@ -156,7 +156,7 @@ class Settings:
     sync_agents: bool = False
     agent_form: str = ""
     agents: str = ""
-    database_url: str = ""
+    database_url: str = field(default="", repr=False)  # may hold a password: never logged
     database_path: str = "var/streambridge.sqlite3"
     checkpoint_interval: float = 0.25
     checkpoint_tokens: int = 64

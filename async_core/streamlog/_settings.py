@@ -36,7 +36,7 @@ class LogSettings:
             the blocking reader has one more of its own.
     """
 
-    redis_url: str = ""
+    redis_url: str = dataclasses.field(default="", repr=False)  # may hold a password
     log_maxlen: int = 5000
     log_retention: float = 600.0
     lease_ttl: float = 10.0
