@@ -242,7 +242,9 @@ def test_metrics_count_the_users_endpoint(example: ExampleServer) -> None:
         r = stream(example.url("/chat"), {"prompt": fake(tokens=2), "thread": conversation},
                    headers=ALICE)
         assert r.kinds()[-1] == "done"
-        assert metric(example.base_url, "streambridge_streams_total", **labels) == before + 1
+        # The stream is counted when it finishes, just after its last byte has gone out.
+        wait_for(lambda labels=labels, want=before + 1: metric(
+            example.base_url, "streambridge_streams_total", **labels) == want)
 
 
 @pytest.mark.parametrize("path_id", ["gthread", "hybrid-50"])
