@@ -22,6 +22,17 @@ from .exceptions import Overloaded, RateLimited, ShuttingDown
 Release = Callable[[], None]
 
 
+def both_releases(first: Release, second: Release) -> Release:
+    """One release that runs ``first`` and then ``second``, even if ``first`` raises."""
+    def release() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return release
+
+
 class Admission:
     """Decides whether a request may start, and holds its slot.
 

@@ -33,7 +33,7 @@ import math
 from redis.exceptions import RedisError
 
 from . import _metrics as metrics
-from ._admission import Admission, Release
+from ._admission import Admission, Release, both_releases
 from ._leases import SlotLeases, Verdict, members
 from ._lifecycle import Lifecycle
 from ._settings import Settings
@@ -122,7 +122,7 @@ class ClusterAdmission:
             if not self.degraded:
                 try:
                     weight = 1 if buffered else self._weights.get(agent, 1)
-                    return _both(await self._lease(scopes, weight, rates), local)
+                    return both_releases(await self._lease(scopes, weight, rates), local)
                 except _UNREACHABLE as exc:
                     self._engage(exc)
             if self._mode == "local":
@@ -130,7 +130,7 @@ class ClusterAdmission:
                 self._local_key_rate.acquire(Principal("", key))
                 if not buffered:
                     local = await self._local.take(agent)
-            return _both(self._degraded_admit(key), local)
+            return both_releases(self._degraded_admit(key), local)
         except BaseException:
             local()
             raise
@@ -341,12 +341,3 @@ def _share(limit: int, workers: int) -> int:
 def _noop() -> None:
     pass
 
-
-def _both(first: Release, second: Release) -> Release:
-    def release() -> None:
-        try:
-            first()
-        finally:
-            second()
-
-    return release

@@ -12,11 +12,11 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _metrics as metrics
-from ._admission import Admission
+from ._admission import Admission, both_releases
 from ._engine import StreamSession
 from ._lifecycle import Lifecycle
 from ._logtee import LogTee
@@ -208,7 +208,7 @@ class StreamService:
             if isinstance(error, (Overloaded, RateLimited)):
                 metrics.rejected(self.path, agent.name, call.format)
             raise
-        release = _both(slot_release, key_release)
+        release = both_releases(slot_release, key_release)
         meta = StreamMeta(stream_id=stream_id, conversation_id=call.conversation_id,
                           model=agent.name, created=time.time(),
                           include_usage=call.include_usage)
@@ -358,15 +358,6 @@ def _log_down(error: BaseException) -> Overloaded:
                     type(error).__name__, error)
     return Overloaded("the stream log is unavailable; retry shortly", retry_after=1.0)
 
-
-def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def release() -> None:
-        try:
-            first()
-        finally:
-            second()
-
-    return release
 
 
 def _admission(settings: Settings, lifecycle: Lifecycle) -> Admission | ClusterAdmission:
