@@ -191,6 +191,10 @@ _GEVENT_SCRIPT = textwrap.dedent("""
     gevent.spawn(agent)
     reader = gevent.spawn(body)
     out = reader.get(timeout=60)
+    for _ in range(10000):  # the body ends at the last frame; the engine closes just after
+        if state["loop_hub"] != "unset":
+            break
+        gevent.sleep(0.001)
     state["done"] = True
     tick.join()
     assert out == list(range(N)), (len(out), out[:5])
