@@ -18,7 +18,7 @@ from ._metrics import render as render_metrics
 from ._page import PAGE_CONTENT_TYPE, cors_headers, render_page
 from ._records import FinishHook, Outcome, Streamable, StreamInfo, StreamRecord
 from ._registry import default_registry
-from ._settings import Settings, StreamPolicy
+from ._settings import Settings, StreamPolicy, load_settings
 from ._sockets import bound_send_buffer
 from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner
 from ._tasks import cancel_and_wait
@@ -77,6 +77,7 @@ __all__ = [
     "create_app_from_env",
     "default_registry",
     "install_sigterm_drain",
+    "load_settings",
     "parse_chat",
     "render_metrics",
     "render_page",

@@ -1,8 +1,12 @@
 """Configuration: the stream policy and the server settings, loaded in one place.
 
-Every setting has an environment variable ``STREAMBRIDGE_<NAME>``; ``Settings.from_env``
-is the only code that reads the environment. Durations are seconds (fractions
-allowed); ``0`` disables a timeout or limit where the table in README.md says so.
+Every setting has an environment variable ``STREAMBRIDGE_<NAME>``; this module is the
+only code that reads the environment: ``Settings.from_env`` for the server, and
+``load_settings(kind)`` for any other frozen value object of settings (the providers',
+the hybrid front's, the flag file's), parsed by the same rules with the same errors.
+Durations are seconds (fractions allowed); ``0`` disables a timeout or limit where
+the table in README.md says so. The few other places that touch ``os.environ`` say
+why they must, and ``tests/test_architecture.py`` fails on any new one.
 """
 
 from __future__ import annotations
@@ -10,14 +14,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .streamlog._settings import LogSettings  # the module: the package imports back
 
 PathName = Literal["async", "legacy", "hybrid"]
+AgentForm = Literal["sync", "async"]  # which form of an agent runs: the one word for it
+AGENT_FORMS: tuple[AgentForm, ...] = ("sync", "async")
 
+T = TypeVar("T")
 ENV_PREFIX = "STREAMBRIDGE_"
 ON_DISCONNECT = ("cancel", "continue")
 
@@ -84,10 +91,9 @@ class Settings:
             body before its connection is closed (slowloris); ``0`` unbounded.
         max_messages: most messages accepted in one request.
         default_agent: the agent used when a request names none.
-        sync_agents: on the async path, prefer an agent's sync implementation
-            (the older spelling of ``agent_form=sync``).
         agent_form: which form of an agent runs when it has both: ``sync``, ``async``,
-            or empty for the path's own (legacy: sync; async: async). ``sync`` on the
+            or None for the path's own (legacy: sync; async: async). The loader also
+            reads the older spelling ``STREAMBRIDGE_SYNC_AGENTS=1`` as ``sync``. ``sync`` on the
             async path needs a sync runner (``async_core.cli.create_async_app``
             finds one when legacy_bridge is installed); ``async`` on the
             legacy path runs async agents on the worker's loop thread.
@@ -153,8 +159,7 @@ class Settings:
     request_read_timeout: float = 10.0
     max_messages: int = 1000
     default_agent: str = "demo"
-    sync_agents: bool = False
-    agent_form: str = ""
+    agent_form: AgentForm | None = None
     agents: str = ""
     database_url: str = field(default="", repr=False)  # may hold a password: never logged
     database_path: str = "var/streambridge.sqlite3"
@@ -185,6 +190,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check_numbers(self)
+        if self.agent_form is not None and self.agent_form not in AGENT_FORMS:
+            raise ValueError(f"{ENV_PREFIX}AGENT_FORM must be sync or async, "
+                             f"got {self.agent_form!r}")
         if self.on_disconnect not in ON_DISCONNECT:
             raise ValueError(f"{ENV_PREFIX}ON_DISCONNECT must be cancel or continue, "
                              f"got {self.on_disconnect!r}")
@@ -230,17 +238,44 @@ class Settings:
         nested = {"policy": StreamPolicy, "log": LogSettings}
         parts: dict[str, Any] = {}
         for name, kind in nested.items():  # flat variables, one nested value object each
-            kw: dict[str, Any] = {}
-            for f in dataclasses.fields(kind):
-                _read(env, f.name, f.type, kw)
             names = {f.name for f in dataclasses.fields(kind)}
-            kw.update({k: overrides.pop(k) for k in list(overrides) if k in names})
-            parts[name] = overrides.pop(name, None) or kind(**kw)
-        top_kw: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in nested:
-                _read(env, f.name, f.type, top_kw)
+            kw = {k: overrides.pop(k) for k in list(overrides) if k in names}
+            parts[name] = overrides.pop(name, None) or load_settings(kind, env, **kw)
+        top_kw = _read_fields(env, cls, skip=nested)
+        older: dict[str, Any] = {}  # STREAMBRIDGE_SYNC_AGENTS: agent_form's older spelling
+        _read(env, "sync_agents", "bool", older)
+        if older.get("sync_agents") and "agent_form" not in top_kw:
+            top_kw["agent_form"] = "sync"
         return cls(**parts, **{**top_kw, **overrides})
+
+
+def load_settings(kind: type[T], environ: Mapping[str, str] | None = None,
+                  **overrides: Any) -> T:
+    """Build ``kind``, a dataclass of settings, from its ``STREAMBRIDGE_<FIELD>`` variables.
+
+    Each field named ``name`` is read from ``STREAMBRIDGE_<NAME>`` (unset or blank: the
+    field's default) and parsed by its annotation (``float``, ``int``, ``bool``, else
+    the stripped text); ``kind`` validates the values itself (``__post_init__``).
+
+    Args:
+        kind: the settings class (frozen, keyword-only, in the ``Settings`` style).
+        environ: the mapping to read (default: ``os.environ``).
+        **overrides: field values that win over the environment.
+
+    Raises:
+        ValueError: a variable does not parse, naming it; or ``kind`` refuses a value.
+    """
+    env = os.environ if environ is None else environ
+    return kind(**{**_read_fields(env, kind), **overrides})
+
+
+def _read_fields(env: Mapping[str, str], kind: type, skip: Collection[str] = ()
+                 ) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(kind):
+        if f.name not in skip:
+            _read(env, f.name, f.type, out)
+    return out
 
 
 def _check_numbers(obj: Any) -> None:

@@ -13,6 +13,7 @@ import hmac
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _metrics as metrics
@@ -23,7 +24,7 @@ from ._logtee import LogTee
 from ._records import FinishHook, Streamable, StreamInfo
 from ._registry import default_registry
 from ._runs import Runs
-from ._settings import PathName, Settings
+from ._settings import AgentForm, PathName, Settings
 from ._sources import SyncRunner
 from ._subscription import Subscription
 from .agents import AgentRegistry, AgentRequest
@@ -51,8 +52,30 @@ LOG_CREATE_BOUND = 1.0  # seconds a new stream waits for the log (a Redis outage
 CANCEL_WAIT = 2.0  # seconds a cancel answered here waits for the run's outcome
 
 
+@dataclass(slots=True)
+class _Parts:
+    """What every service of one process shares, whichever path it labels: the drain,
+    the admission (slots and rates), the finish hooks, the API keys and their limits,
+    the background runs, the stream log and the store (these two set by ``start``)."""
+
+    lifecycle: Lifecycle
+    admission: Admission | ClusterAdmission
+    hooks: list[FinishHook]
+    api_keys: ApiKeys
+    key_limits: KeyLimits
+    runs: Runs
+    log: StreamLog
+    persistence: Persistence | None = None
+
+
 class StreamService:
     """Turns a ``ChatCall`` into an admitted, running ``StreamSession``.
+
+    What a service holds is path-agnostic (``_Parts``: admission, drain, store, log,
+    runs, key limits); what it adds is one path's view: the label, the agents and
+    their form. A second path of the same process composes with the first through
+    ``shares``: the hybrid front's Flask branch shares its native branch's parts, so
+    limits, readiness and the drain are per process, whichever branch serves.
 
     Args:
         settings: policy and limits.
@@ -61,41 +84,60 @@ class StreamService:
         sync_runner: the bridge that runs sync agents; None means async forms only.
         hooks: extra finish hooks, called once per stream after the metrics.
         lifecycle: the drain state shared with the server (one per process).
-        prefer_sync: the path's default form: run an agent's sync form when it has
-            one (the legacy path passes True). ``settings.agent_form`` wins over it;
-            with neither, ``settings.sync_agents`` decides.
+        form: the path's default agent form: which form of an agent with both runs
+            (the legacy path passes ``sync``). ``settings.agent_form`` wins over it;
+            with neither, ``async``.
+        shares: another service of this process whose parts this one uses (its
+            ``hooks`` and ``lifecycle`` then; pass neither). That service opens and
+            closes them: ``start`` and ``aclose`` of this one do nothing.
+
+    Raises:
+        ValueError: ``hooks`` or ``lifecycle`` given together with ``shares``.
     """
 
     def __init__(self, settings: Settings, *, path: PathName,
                  registry: AgentRegistry | None = None,
                  sync_runner: SyncRunner | None = None,
                  hooks: Sequence[FinishHook] = (),
-                 lifecycle: Lifecycle | None = None, prefer_sync: bool | None = None) -> None:
+                 lifecycle: Lifecycle | None = None, form: AgentForm | None = None,
+                 shares: StreamService | None = None) -> None:
         self.settings = settings
         self.path = path
         self.registry = registry or default_registry(settings)
         self.sync_runner = sync_runner
-        self.lifecycle = lifecycle or Lifecycle(settings.drain_grace)
-        self.admission = _admission(settings, self.lifecycle)
-        self.hooks: list[FinishHook] = [metrics.observe, *hooks]
-        self.api_keys = ApiKeys.from_settings(settings)
-        # With Redis a key's rate and concurrency are the cluster admission's.
-        cluster = bool(settings.log.redis_url)
-        self.key_limits = KeyLimits(0 if cluster else settings.key_rate_limit,
-                                    0 if cluster else settings.key_max_streams)
-        self.persistence: Persistence | None = None
-        # The stream log (memory until start() opens the configured one) and this
-        # process' runs: shared references, so the hybrid front's relabelled copy of
-        # the service sees the same streams.
-        self.log: StreamLog = MemoryLog(settings.log)
-        self.runs = Runs(path, settings.max_background, settings.log.lease_renew)
-        if settings.agent_form not in ("", "sync", "async"):
-            raise ValueError(f"STREAMBRIDGE_AGENT_FORM must be sync or async, "
-                             f"got {settings.agent_form!r}")
-        if settings.agent_form:
-            self.prefer_sync = settings.agent_form == "sync"
+        self.form: AgentForm = settings.agent_form or form or "async"
+        self._owner = shares is None
+        parts: _Parts
+        if shares is not None:
+            if hooks or lifecycle is not None:
+                raise ValueError("a service that shares another's parts takes its hooks "
+                                 "and lifecycle too")
+            parts = shares._parts
         else:
-            self.prefer_sync = settings.sync_agents if prefer_sync is None else prefer_sync
+            lifecycle = lifecycle or Lifecycle(settings.drain_grace)
+            # With Redis a key's rate and concurrency are the cluster admission's.
+            cluster = bool(settings.log.redis_url)
+            parts = _Parts(
+                lifecycle=lifecycle, admission=_admission(settings, lifecycle),
+                hooks=[metrics.observe, *hooks], api_keys=ApiKeys.from_settings(settings),
+                key_limits=KeyLimits(0 if cluster else settings.key_rate_limit,
+                                     0 if cluster else settings.key_max_streams),
+                runs=Runs(path, settings.max_background, settings.log.lease_renew),
+                # memory until start() opens the configured log
+                log=MemoryLog(settings.log))
+        self._parts: _Parts = parts
+        self.lifecycle, self.admission, self.hooks = parts.lifecycle, parts.admission, parts.hooks
+        self.api_keys, self.key_limits, self.runs = parts.api_keys, parts.key_limits, parts.runs
+
+    @property
+    def log(self) -> StreamLog:
+        """The stream log (memory until ``start`` opens the configured one)."""
+        return self._parts.log
+
+    @property
+    def persistence(self) -> Persistence | None:
+        """The transcript store, once ``start`` opened it (None: off or not yet)."""
+        return self._parts.persistence
 
     async def start(self) -> None:
         """Open the store on the running loop (the loop that runs the streams).
@@ -105,20 +147,25 @@ class StreamService:
         """
         from .store import Persistence  # SQLAlchemy loads only where a server starts
 
-        self.log = await open_stream_log(self.settings.log)  # LogUnavailable names the URL
+        if not self._owner:
+            return
+        parts = self._parts
+        parts.log = await open_stream_log(self.settings.log)  # LogUnavailable names the URL
         await self.admission.start()
         try:
-            self.persistence = await Persistence.open(self.settings)
+            parts.persistence = await Persistence.open(self.settings)
         except BaseException:
             await self.admission.aclose()
             raise
-        if self.persistence is not None:
-            self.hooks.append(self.persistence.finish)
+        if parts.persistence is not None:
+            self.hooks.append(parts.persistence.finish)
 
     async def aclose(self) -> None:
         """Flush pending transcripts, close the store and the log (graceful shutdown)."""
+        if not self._owner:
+            return
         await self.runs.aclose(self.settings.policy.send_timeout or 5.0)
-        persistence, self.persistence = self.persistence, None
+        persistence, self._parts.persistence = self._parts.persistence, None
         if persistence is not None:
             await persistence.aclose()
         await self.log.aclose()
@@ -167,7 +214,7 @@ class StreamService:
         """
         agent = self.registry.get(call.agent)
         options = agent.check_options(call.options)
-        use_sync = agent.async_fn is None or (self.prefer_sync and agent.sync_fn is not None)
+        use_sync = agent.async_fn is None or (self.form == "sync" and agent.sync_fn is not None)
         if use_sync and self.sync_runner is None:
             raise StreamBridgeError(f"agent {agent.name!r} needs a sync runner, and this "
                                     "server has none (serve it through legacy_bridge)")

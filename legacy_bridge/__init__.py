@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from async_core import Settings
 
-    from ._bridge import Bridge, bridges
+    from ._bridge import LOOP_BRIDGE, Bridge, bridges
     from ._endpoints import ROUTE_HOOK, Endpoint
     from ._flask import StreamBridge, error_response
     from ._frames import WSGIBody
@@ -26,11 +26,12 @@ if TYPE_CHECKING:
     from ._serve import serve
     from .app import create_app
 
-__all__ = ["Bridge", "Endpoint", "JanusRunner", "ROUTE_HOOK", "StreamBridge", "ThreadGlue",
-           "WSGIBody", "bridges", "create_app", "error_response", "janus_runner", "serve"]
+__all__ = ["Bridge", "Endpoint", "JanusRunner", "LOOP_BRIDGE", "ROUTE_HOOK", "StreamBridge",
+           "ThreadGlue", "WSGIBody", "bridges", "create_app", "error_response", "janus_runner",
+           "serve"]
 
 _WHERE = {"StreamBridge": "_flask", "error_response": "_flask", "Bridge": "_bridge",
-          "Endpoint": "_endpoints", "ROUTE_HOOK": "_endpoints",
+          "LOOP_BRIDGE": "_bridge", "Endpoint": "_endpoints", "ROUTE_HOOK": "_endpoints",
           "JanusRunner": "_seam", "WSGIBody": "_frames", "ThreadGlue": "_glue",
           "bridges": "_bridge", "create_app": "app", "serve": "_serve"}
 

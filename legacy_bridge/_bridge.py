@@ -1,10 +1,19 @@
-"""The per-process bridge: one event loop in one native thread, and the WSGI side's handle on it.
+"""The per-process bridge: the WSGI side's handle on the loop the engine runs on.
 
-A ``Bridge`` is created anywhere (nothing starts before ``start()``): gunicorn's
-``post_worker_init`` starts it after fork, or the first request does (checked by pid,
-so ``preload_app`` is safe), and ``worker_exit`` stops it. The stream service
-(admission, sessions, metrics, store) lives on its loop. Every queue hop it uses is
-in ``_seam.py`` and ``_frames.py``; see the design block in ``_seam.py``.
+The loop a bridge runs on is one of two, chosen when it is made:
+
+- its own (``Bridge(settings)``): one event loop in one native thread, created anywhere
+  (nothing starts before ``start()``): gunicorn's ``post_worker_init`` starts it after
+  fork, or the first request does (checked by pid, so ``preload_app`` is safe), and
+  ``worker_exit`` stops it. The bridge builds its stream service on that loop;
+- a loop that already runs (``Bridge.on_running_loop(service, glue)``): an ASGI server's,
+  with a service built and started on it by its owner (the hybrid front). Nothing
+  starts or stops a thread; ``aclose`` ends its streams on that loop.
+
+A WSGI server that runs the loop itself hands its bridge to the Flask extension in
+each request's environ (``LOOP_BRIDGE``), so the app's own bridge stays untouched.
+Every queue hop a bridge uses is in ``_seam.py`` and ``_frames.py``; see the design
+block in ``_seam.py``.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from ._seam import JanusRunner
 
 log = logging.getLogger("streambridge.legacy")
 T = TypeVar("T")
+LOOP_BRIDGE = "streambridge.bridge"  # environ key: the bridge of the server's own loop
 _BRIDGES: weakref.WeakSet[Bridge] = weakref.WeakSet()
 
 
@@ -65,14 +75,41 @@ class Bridge:
         self._pumps: set[asyncio.Task[None]] = set()
         self._start_lock = threading.Lock()
         self._start_error: BaseException | None = None
+        self._own_thread = True
         _BRIDGES.add(self)
+
+    @classmethod
+    def on_running_loop(cls, service: StreamService, glue: ThreadGlue) -> Bridge:
+        """A bridge on the loop that runs now, streaming for ``service`` (built on it).
+
+        Call it on that loop (an ASGI server's lifespan start-up). The bridge starts no
+        thread and owns neither the loop nor the service: its owner closes the service;
+        ``aclose`` ends the bridge's streams and waits for its sync agents. It is not
+        in ``bridges()`` (the gunicorn hooks of the legacy path do not stop it).
+
+        Args:
+            service: the started stream service its streams are admitted by.
+            glue: runs the sync agents (the same ``ThreadGlue`` as ``service``'s runner).
+        """
+        bridge = cls(service.settings, path=service.path)
+        _BRIDGES.discard(bridge)
+        bridge._own_thread = False
+        bridge._loop, bridge._glue, bridge._service = asyncio.get_running_loop(), glue, service
+        bridge._pid = os.getpid()
+        return bridge
 
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start this process's loop thread (idempotent; restarts after a fork)."""
+        """Start this process's loop thread (idempotent; restarts after a fork).
+
+        Raises:
+            RuntimeError: a bridge on a running loop used in a forked child.
+        """
         if self._pid == os.getpid():
             return
+        if not self._own_thread:
+            raise RuntimeError("a bridge on a running loop cannot follow a fork")
         with self._start_lock:  # nothing in here blocks or switches greenlets
             if self._pid == os.getpid():
                 return
@@ -115,7 +152,7 @@ class Bridge:
             self._service = StreamService(
                 self.settings, path=self.path,
                 registry=self._registry,  # type: ignore[arg-type]
-                sync_runner=JanusRunner(self._glue), hooks=self._hooks, prefer_sync=True)
+                sync_runner=JanusRunner(self._glue), hooks=self._hooks, form="sync")
             if self._glue.gevent:
                 native_sqlite_threads(self._glue)
             await self._service.start()  # the store's engine belongs to this loop
@@ -125,10 +162,29 @@ class Bridge:
             return
         self._ready.set()
         await self._stop_requested.wait()
-        self._service.lifecycle.begin_drain(0.0)  # whatever still runs ends now, in-band
-        if self._pumps:
-            await asyncio.wait(self._pumps, timeout=self.settings.policy.send_timeout or 5.0)
+        await self._end_streams(self.settings.policy.send_timeout or 5.0)
         await self._service.aclose()  # every final transcript is flushed before exit
+
+    async def _end_streams(self, grace: float) -> None:
+        """End whatever still streams (in-band, now) and wait up to ``grace`` for the pumps."""
+        assert self._service is not None
+        self._service.lifecycle.begin_drain(0.0)
+        if self._pumps:
+            await asyncio.wait(set(self._pumps), timeout=grace)
+
+    async def aclose(self, grace: float) -> bool:
+        """On the bridge's loop: end its streams and wait for its sync agents.
+
+        For a bridge on a running loop (``on_running_loop``), at its owner's shutdown;
+        a bridge with its own thread is stopped with ``stop`` instead.
+
+        Returns:
+            True when every sync agent finished within ``min(2 s, grace)``.
+        """
+        if self._service is None or self._glue is None:
+            return True
+        await self._end_streams(grace)
+        return await asyncio.to_thread(self._glue.join_agents, min(2.0, grace))
 
     def on_loop(self, fn: Callable[..., object], *args: Any) -> None:
         """Schedule ``fn(*args)`` on the loop from any thread (no-op once it closed)."""
@@ -167,8 +223,12 @@ class Bridge:
         return self.call(self._service.lifecycle.wait_drained, within)
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the loop thread: end streams, close queues and loop, wait for agents."""
-        if self._pid != os.getpid() or self._loop is None or self._glue is None:
+        """Stop the loop thread: end streams, close queues and loop, wait for agents.
+
+        A bridge on a running loop has no thread to stop (True): see ``aclose``.
+        """
+        if (not self._own_thread or self._pid != os.getpid() or self._loop is None
+                or self._glue is None):
             return True
         self.on_loop(lambda: self._stop_requested.set())
         stopped = self._stopped.wait(timeout)

@@ -38,7 +38,7 @@ from async_core.exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
 from async_core.protocol import ROUTES, ChatCall, Route, drain_limit, parse_resume
 from async_core.wire import error_body
 
-from ._bridge import Bridge
+from ._bridge import LOOP_BRIDGE, Bridge
 from ._endpoints import Endpoint, ToRequest, endpoint_view, read_json_object
 
 F = TypeVar("F", bound=ToRequest)
@@ -73,6 +73,9 @@ class StreamBridge:
 
     Attributes:
         registry: the agents this extension streams (the hybrid front serves them too).
+        bridge: this extension's own bridge (a loop thread per worker process). A
+            server that runs the loop itself (the hybrid front) passes its bridge in
+            each request's environ instead (``LOOP_BRIDGE``); this one then never starts.
         endpoints: the declared streaming endpoints, by Flask endpoint name.
     """
 
@@ -141,10 +144,11 @@ class StreamBridge:
         view = endpoint_view(declared, self.settings.max_body_bytes, self.stream)
         app.add_url_rule(declared.path, declared.name, view, methods=["POST"])
 
-    def serve_through(self, bridge: Bridge) -> None:
-        """Stream through ``bridge`` instead of this extension's own (the hybrid front's
-        bridge on its server loop); call it before the first request."""
-        self.bridge = bridge
+    def _bridge(self) -> Bridge:
+        """The bridge of this request: the server's (``LOOP_BRIDGE``: a server that runs
+        the loop itself, the hybrid front), else this extension's own."""
+        bridge: Bridge | None = request.environ.get(LOOP_BRIDGE)
+        return self.bridge if bridge is None else bridge
 
     def stream(self, agent: str, body: Mapping[str, Any] | None = None, *,
                route: Route = "native") -> Response:
@@ -165,7 +169,7 @@ class StreamBridge:
 
     def respond(self, call: ChatCall) -> Response:
         """Admit ``call`` and answer it: a streamed body, one JSON body, or ``202``."""
-        bridge = self.bridge
+        bridge = self._bridge()
         service = bridge.service
         session: StreamSession | Streamable = bridge.call(service.open, call,
                                                           self._principal())
@@ -182,7 +186,7 @@ class StreamBridge:
 
     def _streamed(self, session: Streamable, headers: dict[str, str]) -> Response:
         """The streamed response of ``session`` (a session or a log subscription)."""
-        bridge = self.bridge
+        bridge = self._bridge()
         body = bridge.stream(session)
         # WSGI learns of a disconnect only at a failed write, and some servers never do
         # (a2wsgi#48). A server that does hears it offers this hook: body.close() then
@@ -206,7 +210,7 @@ class StreamBridge:
 
     def _resume(self, stream_id: str) -> Response:
         """``GET /v1/streams/<id>``: replay the stream's log from the cursor, then follow."""
-        bridge = self.bridge
+        bridge = self._bridge()
         caller = bridge.service.api_keys.authenticate(STREAMS,
                                                       request.headers.get("Authorization"))
         cursor, fmt = parse_resume({k.lower(): v for k, v in request.headers.items()},
@@ -218,7 +222,7 @@ class StreamBridge:
 
     def _cancel(self, stream_id: str) -> Response:
         """``POST /v1/streams/<id>/cancel``: stop the stream wherever it runs."""
-        bridge = self.bridge
+        bridge = self._bridge()
         caller = bridge.service.api_keys.authenticate(STREAMS,
                                                       request.headers.get("Authorization"))
         return _json(bridge.call(bridge.service.cancel, stream_id, caller),
@@ -226,7 +230,7 @@ class StreamBridge:
 
     def _principal(self) -> Principal:
         # The same sans-IO check as the Starlette app (async_core.auth).
-        return self.bridge.service.api_keys.authenticate(
+        return self._bridge().service.api_keys.authenticate(
             request.path, request.headers.get("Authorization"))
 
     def _parse(self, route: Route, body: bytes) -> ChatCall:
@@ -263,7 +267,7 @@ class StreamBridge:
 
         @bp.get("/v1/conversations/<conversation_id>")
         def conversation(conversation_id: str) -> Response:
-            bridge = self.bridge
+            bridge = self._bridge()
             return _json(bridge.call(bridge.service.conversation, conversation_id,
                                      self._principal()))
 
@@ -277,13 +281,13 @@ class StreamBridge:
 
         @bp.get("/readyz")
         def readyz() -> Response:
-            lifecycle = self.bridge.service.lifecycle
+            lifecycle = self._bridge().service.lifecycle
             return _json({"ready": lifecycle.ready, "active_streams": lifecycle.active},
                          200 if lifecycle.ready else 503)
 
         @bp.get("/v1/limits")
         def limits() -> Response:
-            bridge = self.bridge
+            bridge = self._bridge()
             return _json(bridge.call(bridge.service.limits,
                                      request.headers.get("X-Operator-Key")))
 

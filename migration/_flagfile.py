@@ -25,23 +25,52 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from .flags import FlagConfig, parse_mode
+from async_core import load_settings
+
+from .flags import OLDER_AGENT_KEYS, OLDER_KEYS, FlagConfig, parse_mode, upgrade_keys
 
 log = logging.getLogger("streambridge.flags")
 
 ENV_FILE = "STREAMBRIDGE_FLAGS_FILE"
-ENV_MODE = "STREAMBRIDGE_FLAGS_MODE"
-ENV_OPERATOR_KEY = "STREAMBRIDGE_FLAGS_OPERATOR_KEY"
 Signature = tuple[int, int, int] | None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FlagSettings:
+    """Where the flags come from, read once by ``async_core.load_settings``.
+
+    Attributes:
+        flags_file: the flag file (``STREAMBRIDGE_FLAGS_FILE``); empty: none.
+        flags_mode: the mode when the file sets none (``STREAMBRIDGE_FLAGS_MODE``).
+        flags_operator_key: the key that unlocks ``X-Stream-Path-Override``
+            (``STREAMBRIDGE_FLAGS_OPERATOR_KEY``).
+    """
+
+    flags_file: str = ""
+    flags_mode: str = "legacy"
+    flags_operator_key: str = field(default="", repr=False)  # a secret: never logged
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> FlagSettings:
+        """Read the ``STREAMBRIDGE_FLAGS_*`` variables (default: ``os.environ``)."""
+        return load_settings(cls, environ)
+
+
 def base_config(environ: Mapping[str, str] | None = None) -> FlagConfig:
-    """The configuration from the environment alone (what the file's keys override)."""
-    env = os.environ if environ is None else environ
-    return FlagConfig(mode=env.get(ENV_MODE, "").strip() or "legacy",
-                      operator_key=env.get(ENV_OPERATOR_KEY, "").strip())
+    """The configuration from the environment alone (what the file's keys override).
+
+    Raises:
+        ValueError: ``STREAMBRIDGE_FLAGS_MODE`` is not a mode.
+    """
+    settings = FlagSettings.from_env(environ)
+    try:
+        mode = parse_mode(settings.flags_mode)
+    except ValueError as error:
+        raise ValueError(f"STREAMBRIDGE_FLAGS_MODE: {error}") from None
+    return FlagConfig(mode=mode, operator_key=settings.flags_operator_key)
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -172,16 +201,18 @@ def apply_settings(data: dict[str, Any], assignments: list[str],
                    unset: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` assignments and ``--unset`` keys to a flag file's data.
 
-    Keys: ``mode``, ``sticky``, ``tenant_header``, ``salt``, ``legacy_impl``,
-    ``async_impl``, ``operator_key``, ``agents.<name>.mode``, ``agents.<name>.impl``;
-    ``--unset`` also takes ``agents.<name>`` (the whole override).
+    Keys: ``mode``, ``sticky``, ``tenant_header``, ``salt``, ``legacy_form``,
+    ``async_form``, ``operator_key``, ``agents.<name>.mode``, ``agents.<name>.form``;
+    ``--unset`` also takes ``agents.<name>`` (the whole override). The older keys
+    (``legacy_impl``, ``async_impl``, ``agents.<name>.impl``) are read as the new ones,
+    in ``data`` and in the arguments; what is written has the new keys only.
 
     Raises:
         ValueError: a malformed assignment.
     """
-    out = json.loads(json.dumps(data))  # a deep copy of plain data
+    out = upgrade_keys(json.loads(json.dumps(data)))  # a deep copy of plain data
     agents: dict[str, dict[str, Any]] = out.setdefault("agents", {})
-    for key in unset:
+    for key in map(_current_key, unset):
         parts = key.split(".")
         if parts[0] == "agents" and len(parts) in (2, 3):
             flag = agents.get(parts[1], {})
@@ -195,11 +226,12 @@ def apply_settings(data: dict[str, Any], assignments: list[str],
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"expected key=value, got {item!r}")
+        key = _current_key(key)
         parts = key.split(".")
         typed: Any = parse_mode(value) if parts[-1] == "mode" else value
         if parts[0] == "agents":
-            if len(parts) != 3 or parts[2] not in ("mode", "impl"):
-                raise ValueError(f"expected agents.<name>.mode or agents.<name>.impl: {key!r}")
+            if len(parts) != 3 or parts[2] not in ("mode", "form"):
+                raise ValueError(f"expected agents.<name>.mode or agents.<name>.form: {key!r}")
             agents.setdefault(parts[1], {})[parts[2]] = typed
         else:
             out[key] = typed
@@ -209,6 +241,17 @@ def apply_settings(data: dict[str, Any], assignments: list[str],
     return out
 
 
+def _current_key(key: str) -> str:
+    """``key`` in the current spelling (``legacy_impl`` → ``legacy_form``, ``agents.x.impl``
+    → ``agents.x.form``)."""
+    parts = key.split(".")
+    if len(parts) == 1:
+        return OLDER_KEYS.get(key, key)
+    if parts[0] == "agents" and len(parts) == 3:
+        return ".".join([*parts[:2], OLDER_AGENT_KEYS.get(parts[2], parts[2])])
+    return key
+
+
 def add_parser(sub: Any) -> None:
     """Add ``flags show`` and ``flags set`` to the ``streambridge`` parser."""
     flags = sub.add_parser("flags", help="show or change the migration flag file")
@@ -216,12 +259,12 @@ def add_parser(sub: Any) -> None:
     for name, text in (("show", "print the flags in force (the operator key redacted)"),
                        ("set", "change settings and write the file atomically")):
         p = actions.add_parser(name, help=text)
-        p.add_argument("--file", default=os.environ.get(ENV_FILE),
+        p.add_argument("--file", default=None,
                        help=f"the flag file, .json or .toml (default: ${ENV_FILE})")
         if name == "set":
             p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                            help="e.g. mode=25 sticky=tenant agents.research.mode=legacy "
-                                "agents.research.impl=sync")
+                                "agents.research.form=sync")
             p.add_argument("--unset", action="append", default=[], metavar="KEY",
                            help="remove a setting, e.g. agents.research")
 
@@ -230,7 +273,7 @@ def run(args: Any) -> int:
     """Run ``flags show`` / ``flags set``; returns the exit status."""
     import sys
 
-    path: str | None = args.file
+    path: str | None = args.file or FlagSettings.from_env().flags_file or None
     if args.flags_command == "show":
         try:
             config = (FlagConfig.from_dict(read_file(path), base_config()) if path

@@ -1,7 +1,5 @@
 """The two branches of the hybrid front, built to share one loop and one admission.
 
-- ``LoopBridge``: the legacy seam (``legacy_bridge._seam.Bridge``) attached to the
-  ASGI server's running loop instead of a loop thread of its own.
 - ``FlaggedRegistry``: the agent registry each branch's service sees; it narrows an
   agent to the form (sync or async) the flag picks for that branch.
 - ``expose_disconnect``: the WSGI shim that hands the front's hooks to the Flask
@@ -16,57 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from async_core import Agent, AgentRegistry, Settings, StreamService
-from legacy_bridge import ROUTE_HOOK, Bridge, ThreadGlue, WSGIBody
+from async_core import Agent, AgentRegistry, Settings
+from legacy_bridge import LOOP_BRIDGE, ROUTE_HOOK, WSGIBody
 
 from ._flagfile import FlagStore
 from ._hybrid_body import LOOP_BODY
-from .flags import Path, impl_for
+from .flags import Path, form_for
 
 ON_DISCONNECT = "streambridge.on_disconnect"
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class LoopBridge(Bridge):
-    """The legacy seam on the ASGI server's loop: same janus queues, no loop thread.
-
-    WSGI threads (a2wsgi's pool) call into it exactly as gunicorn's threads call a
-    plain ``Bridge``; only the loop differs. ``attach`` must run on that loop (the
-    front's lifespan start-up) before the first request.
-    """
-
-    def attach(self, service: StreamService, glue: ThreadGlue) -> None:
-        """Adopt the running loop, ``service`` (built on it) and ``glue`` (agents)."""
-        self._loop = asyncio.get_running_loop()
-        self._glue, self._service, self._pumps = glue, service, set()
-        self._pid = os.getpid()
-
-    def start(self) -> None:
-        """Nothing to start: the server's loop runs already (see ``attach``)."""
-        if self._pid != os.getpid():
-            raise RuntimeError("LoopBridge used before attach() on the server's loop")
-
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Not used: ``aclose`` runs on the loop at the front's lifespan shutdown."""
-        return True
-
-    async def aclose(self, grace: float) -> bool:
-        """End what still streams (in-band), wait for the pumps and the agent threads."""
-        if self._service is None or self._glue is None:
-            return True
-        self._service.lifecycle.begin_drain(0.0)
-        if self._pumps:
-            await asyncio.wait(set(self._pumps), timeout=grace)
-        return await asyncio.to_thread(self._glue.join_agents, min(2.0, grace))
-
-    @property
-    def pumps(self) -> int:
-        """Legacy-branch streams being pumped to WSGI threads now."""
-        return len(self._pumps)
 
 
 class FlaggedRegistry(AgentRegistry):
@@ -99,13 +58,13 @@ class FlaggedRegistry(AgentRegistry):
     def get(self, name: str) -> Agent:
         """The agent called ``name`` with only the flagged form (if it has that form)."""
         agent = self.base.get(name)
-        impl = impl_for(self.store.current(), name, self.path)
+        form = form_for(self.store.current(), name, self.path)
         if agent.sync_fn is None or agent.async_fn is None:
             return agent
-        key = (id(agent), impl)
+        key = (id(agent), form)
         narrowed = self._narrowed.get(key)
         if narrowed is None:
-            drop = "async_fn" if impl == "sync" else "sync_fn"
+            drop = "async_fn" if form == "sync" else "sync_fn"
             narrowed = self._narrowed[key] = dataclasses.replace(agent, **{drop: None})
         return narrowed
 
@@ -121,14 +80,14 @@ def with_path_header(message: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def expose_disconnect(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """WSGI shim: copy the front's hooks (disconnect, route) from the ASGI scope to the
-    environ, and hand a streambridge stream body to the front (``LOOP_BODY``): a2wsgi
+    """WSGI shim: copy the front's bridge and hooks (disconnect, route) from the ASGI
+    scope to the environ, and hand a streambridge stream body to the front (``LOOP_BODY``): a2wsgi
     then gets the first frame only and frees the thread; the front writes the rest."""
 
     def shim(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         scope = environ.get("asgi.scope")  # a2wsgi keeps the scope in the environ
         if scope is not None:
-            for key in (ON_DISCONNECT, ROUTE_HOOK):
+            for key in (LOOP_BRIDGE, ON_DISCONNECT, ROUTE_HOOK):
                 if key in scope:
                     environ[key] = scope[key]
         # a2wsgi's wsgi.input ends with the ASGI body; without this flag werkzeug reads a
@@ -219,14 +178,11 @@ async def run_lifespan(app: Callable[..., Awaitable[None]]
     return shutdown
 
 
-def wsgi_threads(settings: Settings, environ: dict[str, str] | None = None) -> int:
-    """Threads of the Flask branch: one per stream slot and buffered slot, plus 16.
-
-    ``STREAMBRIDGE_HYBRID_THREADS`` overrides it. Admission (503) is then what
-    refuses streams, not a2wsgi's pool (10 threads by default, and silent).
+def wsgi_threads(settings: Settings, threads: int = 0) -> int:
+    """Threads of the Flask branch: ``threads`` (``STREAMBRIDGE_HYBRID_THREADS``) when
+    set, else one per stream slot and buffered slot, plus 16. Admission (503) is then
+    what refuses streams, not a2wsgi's pool (10 threads by default, and silent).
     """
-    env = os.environ if environ is None else environ
-    raw = env.get("STREAMBRIDGE_HYBRID_THREADS", "").strip()
-    if raw:
-        return max(1, int(raw))
+    if threads:
+        return threads
     return (settings.max_streams or 1024) + settings.max_buffered + 16

@@ -6,7 +6,11 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from async_core import load_settings
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -14,6 +18,35 @@ if TYPE_CHECKING:
 # The user's Flask app behind the front (``module:attribute``): --app sets it for the
 # workers, and a plain gunicorn command sets it in the environment.
 APP_ENV = "STREAMBRIDGE_APP"
+THREADS_ENV = "STREAMBRIDGE_HYBRID_THREADS"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FrontSettings:
+    """The hybrid front's own settings, read once by ``async_core.load_settings``.
+
+    Attributes:
+        app: the user's Flask app behind the front, ``module:attribute`` or
+            ``module:factory()`` (``STREAMBRIDGE_APP``); empty: the reference app.
+        hybrid_threads: WSGI threads of the Flask branch (``STREAMBRIDGE_HYBRID_THREADS``);
+            0: one per stream slot and buffered slot, plus 16.
+    """
+
+    app: str = ""
+    hybrid_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hybrid_threads < 0:
+            raise ValueError(f"{THREADS_ENV} must be >= 0, got {self.hybrid_threads}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> FrontSettings:
+        """Read ``STREAMBRIDGE_APP`` and ``STREAMBRIDGE_HYBRID_THREADS`` (default: ``os.environ``).
+
+        Raises:
+            ValueError: a value does not parse, naming the variable.
+        """
+        return load_settings(cls, environ)
 
 
 def load_app(spec: str) -> Flask:
@@ -84,7 +117,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         app: the user's Flask app, ``module:attribute`` (``STREAMBRIDGE_APP``).
     """
     if threads is not None:
-        os.environ["STREAMBRIDGE_HYBRID_THREADS"] = str(threads)
+        os.environ[THREADS_ENV] = str(threads)
     if flags_file is not None:
         os.environ["STREAMBRIDGE_FLAGS_FILE"] = os.path.abspath(flags_file)
     if app is not None:

@@ -20,9 +20,12 @@ Precedence, first match wins:
    processes and restarts, so a conversation never flips while the flag holds.
    Raising the percentage only moves buckets from legacy to async.
 
-The agent's form (``impl``) is the per-agent ``impl`` when set, else the path's
-default: ``legacy_impl`` (``sync``) or ``async_impl`` (``async``). An agent with
-only one form runs that form whatever the flag says.
+The agent's form (``form``: ``sync`` or ``async``, the word ``Settings.agent_form``
+uses too) is the per-agent ``form`` when set, else the path's default:
+``legacy_form`` (``sync``) or ``async_form`` (``async``). An agent with only one form
+runs that form whatever the flag says. Flag files written before issue 12 spell these
+``impl``, ``legacy_impl`` and ``async_impl``: ``upgrade_keys`` reads them as the new
+keys (and ``flags set`` writes the new ones).
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 Path = Literal["legacy", "async"]
-Impl = Literal["sync", "async"]
+AgentForm = Literal["sync", "async"]  # the values of async_core's Settings.agent_form
 Sticky = Literal["conversation", "tenant"]
 Mode = Path | int  # "legacy", "async", or the percentage (0..100) of buckets on async
 Reason = Literal["header", "agent", "mode", "bucket", "no_key"]
 
 PATHS: tuple[Path, ...] = ("legacy", "async")
-IMPLS: tuple[Impl, ...] = ("sync", "async")
+FORMS: tuple[AgentForm, ...] = ("sync", "async")
+# The keys flag files spelled before issue 12 (read, never written).
+OLDER_KEYS = {"legacy_impl": "legacy_form", "async_impl": "async_form"}
+OLDER_AGENT_KEYS = {"impl": "form"}
 BUCKETS = 100
 
 
@@ -74,17 +80,17 @@ class AgentFlag:
 
     Attributes:
         mode: this agent's own mode (``legacy``, ``async`` or a percentage).
-        impl: the form of the agent that runs on either path (``sync`` or ``async``).
+        form: the form of the agent that runs on either path (``sync`` or ``async``).
     """
 
     mode: Mode | None = None
-    impl: Impl | None = None
+    form: AgentForm | None = None
 
     def __post_init__(self) -> None:
         if self.mode is not None:
             object.__setattr__(self, "mode", parse_mode(self.mode))
-        if self.impl is not None:
-            _check(self.impl, IMPLS, "impl")
+        if self.form is not None:
+            _check(self.form, FORMS, "form")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -96,8 +102,8 @@ class FlagConfig:
         sticky: bucket by ``conversation`` id or by ``tenant``.
         tenant_header: the request header naming the tenant.
         salt: mixed into the bucket hash (changing it reshuffles every bucket).
-        legacy_impl: the agent form run on the legacy path by default.
-        async_impl: the agent form run on the async path by default.
+        legacy_form: the agent form run on the legacy path by default.
+        async_form: the agent form run on the async path by default.
         agents: per-agent overrides by agent name.
         operator_key: the key that unlocks ``X-Stream-Path-Override`` ("" disables it).
     """
@@ -106,16 +112,16 @@ class FlagConfig:
     sticky: Sticky = "conversation"
     tenant_header: str = "x-tenant-id"
     salt: str = ""
-    legacy_impl: Impl = "sync"
-    async_impl: Impl = "async"
+    legacy_form: AgentForm = "sync"
+    async_form: AgentForm = "async"
     agents: Mapping[str, AgentFlag] = field(default_factory=dict)
     operator_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_mode(self.mode))
         _check(self.sticky, ("conversation", "tenant"), "sticky")
-        _check(self.legacy_impl, IMPLS, "legacy_impl")
-        _check(self.async_impl, IMPLS, "async_impl")
+        _check(self.legacy_form, FORMS, "legacy_form")
+        _check(self.async_form, FORMS, "async_form")
         object.__setattr__(self, "tenant_header", self.tenant_header.strip().lower())
         agents = {}
         for name, flag in dict(self.agents).items():
@@ -129,6 +135,7 @@ class FlagConfig:
         Raises:
             ValueError: an unknown key or a bad value, naming it.
         """
+        data = upgrade_keys(data)
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
@@ -141,12 +148,12 @@ class FlagConfig:
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         """The config as plain data (for ``flags show`` and the file writer)."""
-        agents = {name: {k: v for k, v in (("mode", f.mode), ("impl", f.impl)) if v is not None}
+        agents = {name: {k: v for k, v in (("mode", f.mode), ("form", f.form)) if v is not None}
                   for name, f in sorted(self.agents.items())}
         key = ("<set>" if self.operator_key else "") if redact else self.operator_key
         return {"mode": self.mode, "sticky": self.sticky, "tenant_header": self.tenant_header,
-                "salt": self.salt, "legacy_impl": self.legacy_impl,
-                "async_impl": self.async_impl, "agents": agents, "operator_key": key}
+                "salt": self.salt, "legacy_form": self.legacy_form,
+                "async_form": self.async_form, "agents": agents, "operator_key": key}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +183,7 @@ class Decision:
 
     Attributes:
         path: ``legacy`` or ``async``.
-        impl: ``sync`` or ``async`` (the preferred form; see the module doc).
+        form: ``sync`` or ``async`` (the preferred agent form; see the module doc).
         reason: what decided: ``header``, ``agent`` (a per-agent or per-endpoint mode), ``mode``
             (fixed global mode), ``bucket`` (percentage), ``no_key`` (percentage but
             no sticky key: the request stays on legacy).
@@ -185,7 +192,7 @@ class Decision:
     """
 
     path: Path
-    impl: Impl
+    form: AgentForm
     reason: Reason
     bucket: int | None = None
     override_refused: bool = False
@@ -197,12 +204,39 @@ def bucket_of(key: str, salt: str = "") -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 
-def impl_for(config: FlagConfig, agent: str, path: Path) -> Impl:
+def form_for(config: FlagConfig, agent: str, path: Path) -> AgentForm:
     """The agent form ``config`` prefers for ``agent`` served on ``path``."""
     flag = config.agents.get(agent)
-    if flag is not None and flag.impl is not None:
-        return flag.impl
-    return config.legacy_impl if path == "legacy" else config.async_impl
+    if flag is not None and flag.form is not None:
+        return flag.form
+    return config.legacy_form if path == "legacy" else config.async_form
+
+
+def upgrade_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A flag file's data with the older keys (``legacy_impl``, ``async_impl``,
+    ``agents.<name>.impl``) renamed to the current ones; everything else as it is.
+
+    Raises:
+        ValueError: a key is given in both spellings.
+    """
+    out = _renamed(data, OLDER_KEYS, "")
+    agents = out.get("agents")
+    if isinstance(agents, Mapping):
+        out["agents"] = {name: _renamed(flag, OLDER_AGENT_KEYS, f"agents.{name}.")
+                         if isinstance(flag, Mapping) else flag
+                         for name, flag in agents.items()}
+    return out
+
+
+def _renamed(data: Mapping[str, Any], names: Mapping[str, str], where: str) -> dict[str, Any]:
+    out = dict(data)
+    for old, new in names.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"{where}{old} is the older spelling of {where}{new}: "
+                                 "give one of them")
+            out[new] = out.pop(old)
+    return out
 
 
 def key_ok(config: FlagConfig, presented: str) -> bool:
@@ -230,7 +264,7 @@ def decide(config: FlagConfig, request: RouteRequest) -> Decision:
     if override:
         if override in PATHS and key_ok(config, request.presented_key):
             path: Path = override  # type: ignore[assignment]
-            return Decision(path, impl_for(config, request.agent, path), "header")
+            return Decision(path, form_for(config, request.agent, path), "header")
         refused = True
     own = _own_mode(config, request)
     mode = own if own is not None else config.mode
@@ -248,4 +282,4 @@ def decide(config: FlagConfig, request: RouteRequest) -> Decision:
         else:
             bucket = bucket_of(key, config.salt)
             path, reason = ("async" if bucket < int(mode) else "legacy"), "bucket"
-    return Decision(path, impl_for(config, request.agent, path), reason, bucket, refused)
+    return Decision(path, form_for(config, request.agent, path), reason, bucket, refused)

@@ -20,7 +20,9 @@
 #   placeholder is dropped, the WSGI thread is released and the native app serves the
 #   request as a native POST /v1/chat (same admission, disconnects, drain, metrics).
 # - One loop: gunicorn's uvicorn worker already runs a loop, so the legacy branch does not
-#   start the Bridge's loop thread: LoopBridge attaches the same seam to this loop. A Flask
+#   start a Bridge's loop thread: the front builds a Bridge on this loop
+#   (Bridge.on_running_loop) and hands it to the Flask extension in each request's environ
+#   (LOOP_BRIDGE); the extension's own bridge is never started. A Flask
 #   view (in an a2wsgi thread) blocks on bridge.call() while the loop opens the session,
 #   and reads the first frame through the Bridge's janus queue (headers leave with it,
 #   as in production legacy). The janus queue is created in the WSGI thread, and janus
@@ -29,10 +31,11 @@
 #   the shim hands it to the front (LOOP_BODY) and gives a2wsgi the first frame only:
 #   the thread is free, and _hybrid_body.write_body sends the other frames from the
 #   loop (the queue's async side), so a chunk no longer crosses to a thread and back.
-#   The legacy branch's service is a relabelled shallow copy of the native one, so both
-#   share one Lifecycle, Admission, store and key limits (asyncio semaphores can only be
+#   The legacy branch's service shares the native one's parts (StreamService(shares=...)):
+#   one Lifecycle, Admission, store, log and key limits (asyncio semaphores can only be
 #   shared on one loop): max_streams, the rate limit, readiness and the drain are per
-#   process, whichever branch serves; sync agents of both run on one bounded ThreadGlue.
+#   process, whichever branch serves; its own are the label, the agents' flagged form
+#   and the path's default form. Sync agents of both run on one bounded ThreadGlue.
 # - Disconnects: a2wsgi never reads receive() after the body, so it never sees the client
 #   leave (a2wsgi#48) and uvicorn drops writes silently (uvicorn#2276): the WSGI thread
 #   would pump heartbeats to nobody forever. The front owns receive() for Flask-branch
@@ -47,6 +50,9 @@
 #   and buffered slots plus 16, so admission refuses streams first; a request finding every
 #   thread busy waits up to admission_timeout for one, then gets 503 and a log line. A
 #   stream holds its thread only until its first frame; a buffered answer, to its end.
+#   a2wsgi documents its pool size (workers) and send_queue_size, not a close: the front
+#   never queues work in the pool (the semaphore), so at shutdown nothing waits there,
+#   and its idle threads end at interpreter exit (concurrent.futures joins them).
 # - Shutdown: SIGTERM drains the shared lifecycle (both branches' streams end in-band with
 #   error "shutdown") before uvicorn's own handler runs; uvicorn-worker does not pass
 #   gunicorn's graceful timeout to uvicorn (uvicorn#2094), so HybridWorker sets
@@ -54,10 +60,8 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -72,22 +76,21 @@ from async_core import create_app as create_async_app
 from async_core.exceptions import BadRequest, Overloaded, PayloadTooLarge
 from async_core.protocol import ROUTES, drain_limit, load_body, new_id
 from async_core.read_timeout import read_timeout_protocol
-from legacy_bridge import ROUTE_HOOK, JanusRunner, StreamBridge, ThreadGlue
+from legacy_bridge import LOOP_BRIDGE, ROUTE_HOOK, Bridge, JanusRunner, StreamBridge, ThreadGlue
 from legacy_bridge.app import create_app as create_flask_app
 
-from ._flagfile import ENV_FILE, FlagStore
+from ._flagfile import FlagSettings, FlagStore
 from ._hybrid_body import LOOP_BODY, write_body
 from ._hybrid_branches import (
     ON_DISCONNECT,
     FlaggedRegistry,
     Handoff,
-    LoopBridge,
     expose_disconnect,
     run_lifespan,
     with_path_header,
     wsgi_threads,
 )
-from ._hybrid_serve import APP_ENV, load_app
+from ._hybrid_serve import FrontSettings, load_app
 from ._watch import DisconnectWatch, replay
 from .flags import Decision, RouteRequest, decide
 
@@ -98,6 +101,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _NATIVE = next(path for path, route in ROUTES.items() if route == "native")
 _STREAMS = "/v1/streams/"
+# The label (and the log line's key) keep the older name "impl" for the agent form:
+# dashboards and log queries already read them (a renamed label is a new series).
 DECISIONS = Counter("streambridge_flag_decisions_total",
                     "Chat requests routed by the migration flag.", ["path", "impl", "reason"])
 
@@ -108,7 +113,8 @@ class HybridFront:
     Args:
         settings: configuration (default: ``Settings.from_env()``).
         flags: the flag store (default: ``$STREAMBRIDGE_FLAGS_FILE`` over the environment).
-        threads: WSGI threads of the Flask branch (default: ``wsgi_threads``).
+        threads: WSGI threads of the Flask branch (0: ``wsgi_threads``' default; None:
+            ``$STREAMBRIDGE_HYBRID_THREADS``).
         app: the user's Flask app, with a ``StreamBridge`` (default: the reference app).
 
     Raises:
@@ -118,7 +124,7 @@ class HybridFront:
     def __init__(self, settings: Settings | None = None, *, flags: FlagStore | None = None,
                  threads: int | None = None, app: Flask | None = None) -> None:
         self.settings = s = settings or Settings.from_env()
-        self.flags = flags or FlagStore(os.environ.get(ENV_FILE))
+        self.flags = flags or FlagStore(FlagSettings.from_env().flags_file)
         self.flask_app = app if app is not None else create_flask_app(s)
         ext = self.flask_app.extensions.get("streambridge")
         if not isinstance(ext, StreamBridge):
@@ -132,16 +138,20 @@ class HybridFront:
         # where the app serves them (the blueprint), whichever branch ran the stream.
         self.streams = any(r.rule.startswith(_STREAMS) for r in self.flask_app.url_map.iter_rules())
         self.glue = ThreadGlue((s.max_streams or 1024) + s.max_buffered)
-        runner = JanusRunner(self.glue)
+        self._runner = JanusRunner(self.glue)
         self.async_app = create_async_app(
-            s, registry=FlaggedRegistry(registry, self.flags, "async"), sync_runner=runner,
-            path="async", drain_on_sigterm=False)
-        shared: StreamService = self.async_app.state.service
-        self.bridge = LoopBridge(s, path="legacy")
-        self._legacy_registry = FlaggedRegistry(registry, self.flags, "legacy")
-        ext.serve_through(self.bridge)  # the Flask extension streams through the loop's seam
-        self.lifecycle = shared.lifecycle
-        self.threads = threads or wsgi_threads(s)
+            s, registry=FlaggedRegistry(registry, self.flags, "async"),
+            sync_runner=self._runner, path="async", drain_on_sigterm=False)
+        native: StreamService = self.async_app.state.service
+        # The Flask branch: its own label and flagged agents, the native branch's parts.
+        self.legacy_service = StreamService(
+            s, path="legacy", registry=FlaggedRegistry(registry, self.flags, "legacy"),
+            sync_runner=self._runner, form="sync", shares=native)
+        self.bridge: Bridge | None = None  # on the server's loop, from the lifespan start-up
+        self.lifecycle = native.lifecycle
+        if threads is None:
+            threads = FrontSettings.from_env().hybrid_threads
+        self.threads = wsgi_threads(s, threads)
         # send_queue_size: a2wsgi holds up to that many written chunks per stream (each a
         # join of up to 16 frames) between the WSGI thread and uvicorn; its default of 10
         # held ~30 MB for a stalled reader. One keeps backpressure as tight as gthread's.
@@ -233,10 +243,10 @@ class HybridFront:
             tenant=heads.get(config.tenant_header, ""),
             override=heads.get("x-stream-path-override", ""),
             presented_key=heads.get("x-operator-key", ""), endpoint=path))
-        DECISIONS.labels(decision.path, decision.impl, decision.reason).inc()
+        DECISIONS.labels(decision.path, decision.form, decision.reason).inc()
         log.info("flag: %s agent=%s conversation=%s bucket=%s -> path=%s impl=%s (%s%s)",
                  path, agent, conversation, decision.bucket, decision.path,
-                 decision.impl, decision.reason,
+                 decision.form, decision.reason,
                  ", override refused" if decision.override_refused else "")
         return decision
 
@@ -271,7 +281,7 @@ class HybridFront:
             await JSONResponse(error.body(), error.status, error.headers())(scope, receive, send)
             return
         watch, handoff = DisconnectWatch(receive, messages), Handoff()
-        flask_scope = {**scope, ON_DISCONNECT: watch.on_disconnect,
+        flask_scope = {**scope, LOOP_BRIDGE: self.bridge, ON_DISCONNECT: watch.on_disconnect,
                        ROUTE_HOOK: self._route_hook(scope, handoff),
                        LOOP_BODY: handoff.take_stream}
         try:
@@ -315,20 +325,11 @@ class HybridFront:
 
     # -- lifespan -----------------------------------------------------------------
 
-    def _legacy_service(self) -> StreamService:
-        """The native service relabelled ``legacy``: the same admission, lifecycle, hooks,
-        store and key limits (shared references), the legacy path's label and form."""
-        service = copy.copy(self.async_app.state.service)
-        service.path = "legacy"
-        service.prefer_sync = True
-        service.registry = self._legacy_registry
-        return service
-
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
         try:
             self._shutdown_native = await run_lifespan(self.async_app)  # opens the store
-            self.bridge.attach(self._legacy_service(), self.glue)
+            self.bridge = Bridge.on_running_loop(self.legacy_service, self.glue)
             install_sigterm_drain(self.lifecycle)
         except Exception as e:
             log.exception("hybrid front start-up failed")
@@ -339,11 +340,10 @@ class HybridFront:
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
         grace = self.settings.policy.send_timeout or 5.0
-        if not await self.bridge.aclose(grace):
+        if self.bridge is not None and not await self.bridge.aclose(grace):
             log.warning("sync agents still running at shutdown")
         if self._shutdown_native is not None:
             await self._shutdown_native()
-        self.wsgi.executor.shutdown(wait=False, cancel_futures=True)
         await send({"type": "lifespan.shutdown.complete"})
 
 
@@ -363,8 +363,9 @@ def create_app(app: str | None = None) -> HybridFront:
         app: the user's Flask app as ``module:attribute`` (or ``module:factory()``);
             default ``$STREAMBRIDGE_APP``, else the reference app.
     """
-    spec = app or os.environ.get(APP_ENV, "").strip()
-    return HybridFront(app=load_app(spec) if spec else None)
+    front = FrontSettings.from_env()  # parsed once, here
+    spec = app or front.app
+    return HybridFront(app=load_app(spec) if spec else None, threads=front.hybrid_threads)
 
 
 class HybridWorker(UvicornWorker):

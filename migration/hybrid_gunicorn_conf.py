@@ -18,13 +18,39 @@ one below it):
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
-_grace = float(os.environ.get("STREAMBRIDGE_DRAIN_GRACE", "10") or 10)
+# Metrics from every worker: prometheus_client reads this before it is imported, and
+# async_core (imported next) imports it.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streambridge-prom-")
 
-bind = os.environ.get("STREAMBRIDGE_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("STREAMBRIDGE_WORKERS", "1"))
+from async_core import Settings, load_settings  # noqa: E402  (after the metrics directory)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Launch:
+    """gunicorn's own settings for the front (``streambridge serve`` passes flags instead)."""
+
+    bind: str = "127.0.0.1:8000"  # STREAMBRIDGE_BIND
+    workers: int = 1  # STREAMBRIDGE_WORKERS
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"STREAMBRIDGE_WORKERS must be >= 1, got {self.workers}")
+
+
+try:  # a bad value is one line and exit status 2, before gunicorn starts
+    _launch, _grace = load_settings(_Launch), Settings.from_env().drain_grace
+except ValueError as error:
+    print(f"streambridge: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+bind = _launch.bind
+workers = _launch.workers
 worker_class = "migration.hybrid.HybridWorker"
 wsgi_app = "migration.hybrid:create_app()"  # reads STREAMBRIDGE_APP (the user's Flask app)
 graceful_timeout = int(_grace + 6.999)
@@ -32,10 +58,6 @@ timeout = 30
 keepalive = 5
 preload_app = False  # each worker builds its app (and its loop's seam) after fork
 control_socket_disable = True  # gunicorn 27: no control socket under ~/.gunicorn
-
-# Metrics from every worker: prometheus_client reads this before it is imported.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streambridge-prom-")
 
 
 def on_starting(server: Any) -> None:
@@ -45,12 +67,16 @@ def on_starting(server: Any) -> None:
     master), then what ``serve`` refuses: bad settings, API keys, binding beyond
     loopback without keys, the database, the agents (``async_core.store.preflight``).
     """
-    import sys
-
     from async_core.store import preflight
-    from migration._hybrid_serve import APP_ENV, app_problem
+    from migration._flagfile import base_config
+    from migration._hybrid_serve import APP_ENV, FrontSettings, app_problem
 
-    spec = os.environ.get(APP_ENV, "").strip()
+    try:
+        spec = FrontSettings.from_env().app
+        base_config()  # STREAMBRIDGE_FLAGS_MODE
+    except ValueError as error:
+        print(f"streambridge: {error}", file=sys.stderr)
+        sys.exit(2)
     problem = app_problem(spec) if spec else None
     if problem is not None:
         print(f"streambridge: {APP_ENV}: {problem}", file=sys.stderr)

@@ -75,8 +75,8 @@ def test_async_core_public_api_is_pinned() -> None:
         "StateUpdate", "StreamBridgeError", "StreamEngine", "StreamInfo", "StreamPolicy",
         "StreamRecord", "StreamService", "StreamSession", "Streamable", "SyncRunner", "Usage",
         "bound_send_buffer", "cancel_and_wait", "cors_headers", "create_app", "create_app_from_env",
-        "default_registry", "install_sigterm_drain", "parse_chat", "render_metrics",
-        "render_page", "serve",
+        "default_registry", "install_sigterm_drain", "load_settings", "parse_chat",
+        "render_metrics", "render_page", "serve",
     ]
 
 
@@ -84,8 +84,9 @@ def test_async_core_public_api_is_pinned() -> None:
 def test_cross_package_public_apis_are_pinned() -> None:
     """What legacy_bridge and migration reach for in other packages is exported on purpose."""
     assert legacy_bridge.__all__ == [
-        "Bridge", "Endpoint", "JanusRunner", "ROUTE_HOOK", "StreamBridge", "ThreadGlue",
-        "WSGIBody", "bridges", "create_app", "error_response", "janus_runner", "serve",
+        "Bridge", "Endpoint", "JanusRunner", "LOOP_BRIDGE", "ROUTE_HOOK", "StreamBridge",
+        "ThreadGlue", "WSGIBody", "bridges", "create_app", "error_response", "janus_runner",
+        "serve",
     ]
     assert async_core.store.__all__ == [
         "IN_PROGRESS", "Persistence", "Snapshot", "Store", "StoreConfigError",
@@ -287,3 +288,69 @@ def test_the_import_checks_see_what_they_must(tmp_path: Path) -> None:
     assert import_cycles(graph) == ["async_core._x -> async_core._y -> async_core._x"]
     assert import_cycles({"a": {"b"}, "b": {"c", "a"}, "c": {"d"}, "d": {"a"}, "e": {"a"}}
                          ) == ["a -> b -> a  (the group also holds c, d)"]
+
+
+# --- The environment is read in one place (issue 12 item 6) ---
+
+ENV_READER = "async_core/_settings.py"  # Settings.from_env and load_settings
+# Each other module that touches os.environ, and why it must.
+ENV_EXCEPTIONS = {
+    "async_core/_metrics.py": "PROMETHEUS_MULTIPROC_DIR is prometheus_client's own "
+                              "variable: it picks its multiprocess mode at import, and the "
+                              "renderer must pick the same collector",
+    "async_core/_serve.py": "sets PROMETHEUS_MULTIPROC_DIR for uvicorn's worker processes "
+                            "before they import prometheus_client",
+    "async_core/cli/compare.py": "builds the environment of the servers it starts (a child "
+                                 "process' environment, not a setting)",
+    "legacy_bridge/gunicorn_conf.py": "a gunicorn config module: gunicorn's own settings "
+                                      "(bind, workers, threads, worker class) checked with one "
+                                      "line each, and PROMETHEUS_MULTIPROC_DIR set before "
+                                      "prometheus_client is imported in the master",
+    "migration/hybrid_gunicorn_conf.py": "sets PROMETHEUS_MULTIPROC_DIR before async_core "
+                                         "(and so prometheus_client) is imported in the master",
+    "migration/_hybrid_serve.py": "writes the environment gunicorn's workers inherit (serve "
+                                  "--app/--threads/--flags-file, then execv); reads none",
+}
+_ENV_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
+
+
+def environment_uses(root: Path = REPO) -> dict[str, list[int]]:
+    """Lines that touch ``os.environ`` (or ``getenv``...), by file, in the three packages."""
+    found: dict[str, list[int]] = {}
+    for path in _module_files(root).values():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        lines = [node.lineno for node in ast.walk(tree)
+                 if (isinstance(node, ast.Attribute) and node.attr in _ENV_NAMES
+                     and isinstance(node.value, ast.Name) and node.value.id == "os")
+                 or (isinstance(node, ast.ImportFrom) and node.module == "os"
+                     and any(a.name in _ENV_NAMES for a in node.names))]
+        if lines:
+            found[str(path.relative_to(root))] = sorted(lines)
+    return found
+
+
+def test_only_the_settings_loader_reads_the_environment() -> None:
+    """Every environment read outside the loader is a listed exception with its reason,
+    and every listed exception still needs to be one."""
+    uses = environment_uses()
+    unexplained = {f: lines for f, lines in uses.items()
+                   if f != ENV_READER and f not in ENV_EXCEPTIONS}
+    assert not unexplained, ("read settings through async_core.load_settings (or "
+                             f"Settings.from_env), not os.environ: {unexplained}")
+    assert sorted(set(ENV_EXCEPTIONS) - set(uses)) == [], "stale ENV_EXCEPTIONS entries"
+
+
+def test_the_environment_check_sees_what_it_must(tmp_path: Path) -> None:
+    """On a small tree, each spelling of an environment read is found, and nothing else."""
+    files = {
+        "async_core/__init__.py": "import os\nx = os.environ.get('A')\n",
+        "legacy_bridge/__init__.py": "from os import getenv\n",
+        "migration/__init__.py": ("import os\ndef f(environ):\n    return environ.get('A')\n"
+                                  "def g():\n    return os.getenv('B')\n"),
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert environment_uses(tmp_path) == {"async_core/__init__.py": [2],
+                                          "legacy_bridge/__init__.py": [1],
+                                          "migration/__init__.py": [5]}

@@ -89,6 +89,27 @@ def test_a_bad_setting_is_one_line_and_a_non_zero_exit(
     assert_one_line_error(run(PATHS[path], env), expected)
 
 
+# The hybrid front's own settings (async_core.load_settings), on both ways to start it.
+HYBRID_SETTINGS: list[tuple[str, str, dict[str, str], str]] = [
+    ("serve-hybrid", "threads-word", {"STREAMBRIDGE_HYBRID_THREADS": "many"},
+     "STREAMBRIDGE_HYBRID_THREADS='many' is not a valid int"),
+    ("hybrid-gunicorn", "threads-negative", {"STREAMBRIDGE_HYBRID_THREADS": "-2"},
+     "STREAMBRIDGE_HYBRID_THREADS must be >= 0"),
+    ("serve-hybrid", "flags-mode", {"STREAMBRIDGE_FLAGS_MODE": "sometimes"},
+     "STREAMBRIDGE_FLAGS_MODE: mode must be"),
+    ("hybrid-gunicorn", "workers", {"STREAMBRIDGE_WORKERS": "none"},
+     "STREAMBRIDGE_WORKERS='none' is not a valid int"),
+]
+
+
+@pytest.mark.parametrize(("path", "env", "expected"), [h[0:1] + h[2:] for h in HYBRID_SETTINGS],
+                         ids=[f"{h[0]}-{h[1]}" for h in HYBRID_SETTINGS])
+def test_a_bad_hybrid_front_setting_is_one_line_and_a_non_zero_exit(
+        path: str, env: dict[str, str], expected: str) -> None:
+    """The front's settings are parsed once, before gunicorn starts: one line naming them."""
+    assert_one_line_error(run(PATHS[path], env), expected)
+
+
 @pytest.mark.parametrize(("cmd", "env"), [
     (GUNICORN, {"STREAMBRIDGE_WORKER_CLASS": "sync"}),
     ([*GUNICORN[:-1], "--worker-class", "sync", GUNICORN[-1]], {}),

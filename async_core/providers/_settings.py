@@ -7,12 +7,10 @@ own settings. The API key never appears in ``repr`` or in a log line.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
 
-from .._settings import _read as read_setting
+from .._settings import load_settings
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -81,11 +79,7 @@ class ProviderSettings:
             ValueError: a variable does not parse, naming the variable (never its value
                 when it is the API key).
         """
-        env = os.environ if environ is None else environ
-        kw: dict[str, Any] = {}
-        for f in fields(cls):  # the server settings' one reader: same parsing, same errors
-            read_setting(env, f.name, f.type, kw)
-        return cls(**kw)
+        return load_settings(cls, environ)  # the one reader: same parsing, same errors
 
 
 @functools.cache

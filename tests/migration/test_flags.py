@@ -19,7 +19,7 @@ from migration.flags import (
     RouteRequest,
     bucket_of,
     decide,
-    impl_for,
+    form_for,
     parse_mode,
 )
 
@@ -50,7 +50,7 @@ def test_parse_mode_refuses_anything_else(raw: object) -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("sticky", "user"), ("legacy_impl", "threads"), ("async_impl", "gevent")])
+    ("sticky", "user"), ("legacy_form", "threads"), ("async_form", "gevent")])
 def test_config_refuses_bad_values(field: str, value: str) -> None:
     """Every enumerated setting is checked when the config is built."""
     with pytest.raises(ValueError, match=field):
@@ -134,7 +134,7 @@ def test_global_mode(mode: object, conversation: str, path: str, reason: str) ->
     """Fixed modes ignore the key; a percentage sends buckets below it to async."""
     d = decide(FlagConfig(mode=mode), RouteRequest("demo", conversation))  # type: ignore[arg-type]
     assert (d.path, d.reason) == (path, reason)
-    assert d.impl == ("sync" if path == "legacy" else "async")
+    assert d.form == ("sync" if path == "legacy" else "async")
     assert (d.bucket is not None) == (reason == "bucket")
 
 
@@ -180,19 +180,45 @@ def test_per_agent_percentage_buckets_like_the_global_one() -> None:
     assert decide(config, RouteRequest("x", HIGH)).path == "legacy"
 
 
-@pytest.mark.parametrize(("path", "legacy_impl", "async_impl", "agent_impl", "impl"), [
+@pytest.mark.parametrize(("path", "legacy_form", "async_form", "agent_form", "form"), [
     ("legacy", "sync", "async", None, "sync"), ("async", "sync", "async", None, "async"),
     ("legacy", "async", "async", None, "async"), ("async", "sync", "sync", None, "sync"),
     ("legacy", "sync", "async", "async", "async"), ("async", "sync", "async", "sync", "sync")])
 def test_agent_form_follows_path_default_then_agent_override(
-        path: str, legacy_impl: str, async_impl: str, agent_impl: str | None,
-        impl: str) -> None:
-    """impl is the agent's override, else the default of the path that serves it."""
-    config = FlagConfig(mode=path, legacy_impl=legacy_impl,  # type: ignore[arg-type]
-                        async_impl=async_impl,  # type: ignore[arg-type]
-                        agents={"a": AgentFlag(impl=agent_impl)})  # type: ignore[arg-type]
-    assert decide(config, RouteRequest("a", "c")).impl == impl
-    assert impl_for(config, "a", path) == impl  # type: ignore[arg-type]
+        path: str, legacy_form: str, async_form: str, agent_form: str | None,
+        form: str) -> None:
+    """The form is the agent's override, else the default of the path that serves it."""
+    config = FlagConfig(mode=path, legacy_form=legacy_form,  # type: ignore[arg-type]
+                        async_form=async_form,  # type: ignore[arg-type]
+                        agents={"a": AgentFlag(form=agent_form)})  # type: ignore[arg-type]
+    assert decide(config, RouteRequest("a", "c")).form == form
+    assert form_for(config, "a", path) == form  # type: ignore[arg-type]
+
+
+def test_a_flag_file_with_the_older_impl_keys_reads_as_the_form_keys() -> None:
+    """Files written before issue 12 (``impl``, ``legacy_impl``, ``async_impl``) keep working."""
+    old = {"mode": "async", "legacy_impl": "async", "async_impl": "sync",
+           "agents": {"a": {"impl": "async"}, "b": {"mode": "legacy"}}}
+    config = FlagConfig.from_dict(old)
+    assert (config.legacy_form, config.async_form) == ("async", "sync")
+    assert config.agents == {"a": AgentFlag(form="async"), "b": AgentFlag(mode="legacy")}
+    assert decide(config, RouteRequest("a", "c")).form == "async"
+    assert decide(config, RouteRequest("b", "c")).form == "async"  # legacy_form
+    assert "impl" not in json.dumps(config.to_dict())
+    with pytest.raises(ValueError, match="legacy_impl is the older spelling of legacy_form"):
+        FlagConfig.from_dict({"legacy_impl": "sync", "legacy_form": "async"})
+    with pytest.raises(ValueError, match=r"agents\.a\.impl is the older spelling"):
+        FlagConfig.from_dict({"agents": {"a": {"impl": "sync", "form": "sync"}}})
+
+
+def test_flags_set_rewrites_an_older_file_with_the_form_keys() -> None:
+    """``flags set`` reads the older keys (in the file and the arguments), writes the new."""
+    old = {"legacy_impl": "sync", "agents": {"a": {"impl": "sync", "mode": "async"}}}
+    assert apply_settings(old, ["async_impl=sync", "agents.b.impl=async"], []) == {
+        "legacy_form": "sync", "async_form": "sync",
+        "agents": {"a": {"form": "sync", "mode": "async"}, "b": {"form": "async"}}}
+    assert apply_settings(old, [], ["agents.a.impl", "legacy_impl"]) == {
+        "agents": {"a": {"mode": "async"}}}
 
 
 @pytest.mark.parametrize(("configured", "presented", "override", "honoured"), [
@@ -268,7 +294,7 @@ def test_store_falls_back_to_the_base_when_the_file_goes(tmp_path: Path) -> None
 def test_toml_and_json_files_round_trip(tmp_path: Path) -> None:
     """The writer's TOML and JSON read back as the same data."""
     data = {"mode": 25, "sticky": "tenant", "salt": 'a"b',
-            "agents": {"re search": {"mode": "legacy", "impl": "sync"}, "x": {"mode": 40}}}
+            "agents": {"re search": {"mode": "legacy", "form": "sync"}, "x": {"mode": 40}}}
     for name in ("f.toml", "f.json"):
         write_file(str(tmp_path / name), data)
         assert read_file(str(tmp_path / name)) == data
@@ -287,11 +313,11 @@ def test_base_config_reads_the_environment() -> None:
 def test_apply_settings_sets_and_unsets() -> None:
     """key=value assignments, agent overrides and --unset edit the file's data."""
     data = apply_settings({"mode": 5, "agents": {"a": {"mode": "async"}}},
-                          ["mode=30%", "agents.b.impl=sync", "agents.b.mode=legacy"],
+                          ["mode=30%", "agents.b.form=sync", "agents.b.mode=legacy"],
                           ["agents.a"])
-    assert data == {"mode": 30, "agents": {"b": {"impl": "sync", "mode": "legacy"}}}
+    assert data == {"mode": 30, "agents": {"b": {"form": "sync", "mode": "legacy"}}}
     assert apply_settings(data, [], ["agents.b.mode", "mode"]) == {
-        "agents": {"b": {"impl": "sync"}}}
+        "agents": {"b": {"form": "sync"}}}
     for bad in (["mode"], ["agents.b=async"], ["agents.b.colour=red"], ["mode=200"]):
         with pytest.raises(ValueError, match="expected|mode must be"):
             apply_settings({}, bad, [])

@@ -131,21 +131,23 @@ def test_flag_file_changes_apply_without_a_restart(servers: list[Server],
     assert "-> path=async impl=async (mode)" in srv.log()
     assert metric(srv.base_url, "streambridge_flag_decisions_total", path="async",
                   reason="mode") >= 1
-    flags_set("mode=async", "agents.probe.mode=legacy", "agents.demo.impl=sync")
+    flags_set("mode=async", "agents.probe.mode=legacy", "agents.demo.form=sync")
     wait_for(lambda: stream(srv.url("/v1/chat"), chat_body("probe", tokens=1))
              .headers["x-stream-path"] == "legacy", timeout=3, interval=0.1)
 
 
 def test_agent_form_is_flagged_independently_of_the_path(servers: list[Server],
                                                          tmp_path: Path) -> None:
-    """impl=async runs the async form behind Flask; impl=sync the sync form natively."""
+    """form=async runs the async form behind Flask; form=sync the sync form natively (the
+    first file spells it ``impl``, as files written before issue 12 do)."""
     flags = tmp_path / "flags.json"
-    for mode, impl, path in (("legacy", "async", "legacy"), ("async", "sync", "async")):
-        flags.write_text(json.dumps({"mode": mode, "agents": {"probe": {"impl": impl}}}))
+    for key, mode, form, path in (("impl", "legacy", "async", "legacy"),
+                                  ("form", "async", "sync", "async")):
+        flags.write_text(json.dumps({"mode": mode, "agents": {"probe": {key: form}}}))
         srv = start(servers, "hybrid-50", STREAMBRIDGE_FLAGS_FILE=str(flags))
         body = probe_body(tmp_path, "c1", tokens=3, interval_ms=1)
         assert stream(srv.url("/v1/chat"), body).headers["x-stream-path"] == path
-        assert probe_record(body)["form"] == impl
+        assert probe_record(body)["form"] == form
 
 
 def test_override_header_is_honoured_only_with_the_operator_key(servers: list[Server]) -> None:
@@ -259,7 +261,9 @@ def test_worker_sets_uvicorn_graceful_timeout_inside_gunicorns() -> None:
 
 
 def test_legacy_branch_runs_on_the_servers_own_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In process: no loop thread is started, and a Flask-branch stream completes on this loop."""
+    """In process: no loop thread is started, and a Flask-branch stream completes on this
+    loop; the front composes its bridge with the app's extension, which it never alters."""
+    from legacy_bridge import bridges
     from migration._flagfile import FlagStore
     from migration._hybrid_branches import run_lifespan
     from migration.flags import FlagConfig
@@ -267,6 +271,8 @@ def test_legacy_branch_runs_on_the_servers_own_loop(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's SIGTERM handler
     front = HybridFront(flags=FlagStore(None, FlagConfig(mode="legacy")))
+    ext = front.flask_app.extensions["streambridge"]
+    own = ext.bridge
 
     async def main() -> tuple[httpx.Response, bool]:
         shutdown = await run_lifespan(front)  # type: ignore[arg-type]
@@ -284,6 +290,9 @@ def test_legacy_branch_runs_on_the_servers_own_loop(monkeypatch: pytest.MonkeyPa
     assert response.headers["x-stream-path"] == "legacy"
     assert "event: done" in response.text
     assert not [t for t in threading.enumerate() if t.name == "streambridge-loop"]
+    assert ext.bridge is own and own._pid is None  # the extension's own: kept, never started
+    assert front.bridge is not None and front.bridge not in bridges()
+    assert front.legacy_service.lifecycle is front.lifecycle  # one drain for both branches
 
 
 def _user_app() -> tuple[object, list[str]]:
