@@ -13,27 +13,25 @@ import hmac
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _metrics as metrics
-from ._admission import Admission, both_releases
+from ._admission import both_releases
 from ._engine import StreamSession
 from ._lifecycle import Lifecycle
 from ._logtee import LogTee
+from ._parts import ServiceParts, build_parts
 from ._records import FinishHook, Streamable, StreamInfo
 from ._registry import default_registry
-from ._runs import Runs
 from ._settings import AgentForm, PathName, Settings
 from ._sources import SyncRunner
 from ._subscription import Subscription
 from .agents import AgentRegistry, AgentRequest
-from .auth import ANONYMOUS, ApiKeys, KeyLimits, Principal
+from .auth import ANONYMOUS, Principal
 from .exceptions import NotFound, Overloaded, RateLimited, StreamBridgeError, Unauthorized
 from .protocol import ChatCall, new_id
 from .streamlog import (
     Entry,
-    MemoryLog,
     StreamLog,
     StreamNotFound,
     decode_cursor,
@@ -43,7 +41,6 @@ from .streamlog import open_log as open_stream_log
 from .wire import Event, Format, StreamMeta, buffered_body, make_encoder
 
 if TYPE_CHECKING:
-    from ._cluster_admission import ClusterAdmission
     from .store import Persistence
 
 log = logging.getLogger("streambridge.service")
@@ -52,27 +49,11 @@ LOG_CREATE_BOUND = 1.0  # seconds a new stream waits for the log (a Redis outage
 CANCEL_WAIT = 2.0  # seconds a cancel answered here waits for the run's outcome
 
 
-@dataclass(slots=True)
-class _Parts:
-    """What every service of one process shares, whichever path it labels: the drain,
-    the admission (slots and rates), the finish hooks, the API keys and their limits,
-    the background runs, the stream log and the store (these two set by ``start``)."""
-
-    lifecycle: Lifecycle
-    admission: Admission | ClusterAdmission
-    hooks: list[FinishHook]
-    api_keys: ApiKeys
-    key_limits: KeyLimits
-    runs: Runs
-    log: StreamLog
-    persistence: Persistence | None = None
-
-
 class StreamService:
     """Turns a ``ChatCall`` into an admitted, running ``StreamSession``.
 
-    What a service holds is path-agnostic (``_Parts``: admission, drain, store, log,
-    runs, key limits); what it adds is one path's view: the label, the agents and
+    What a service holds is path-agnostic (``ServiceParts``: admission, drain, store,
+    log, runs, key limits); what it adds is one path's view: the label, the agents and
     their form. A second path of the same process composes with the first through
     ``shares``: the hybrid front's Flask branch shares its native branch's parts, so
     limits, readiness and the drain are per process, whichever branch serves.
@@ -107,25 +88,14 @@ class StreamService:
         self.sync_runner = sync_runner
         self.form: AgentForm = settings.agent_form or form or "async"
         self._owner = shares is None
-        parts: _Parts
         if shares is not None:
             if hooks or lifecycle is not None:
                 raise ValueError("a service that shares another's parts takes its hooks "
                                  "and lifecycle too")
             parts = shares._parts
         else:
-            lifecycle = lifecycle or Lifecycle(settings.drain_grace)
-            # With Redis a key's rate and concurrency are the cluster admission's.
-            cluster = bool(settings.log.redis_url)
-            parts = _Parts(
-                lifecycle=lifecycle, admission=_admission(settings, lifecycle),
-                hooks=[metrics.observe, *hooks], api_keys=ApiKeys.from_settings(settings),
-                key_limits=KeyLimits(0 if cluster else settings.key_rate_limit,
-                                     0 if cluster else settings.key_max_streams),
-                runs=Runs(path, settings.max_background, settings.log.lease_renew),
-                # memory until start() opens the configured log
-                log=MemoryLog(settings.log))
-        self._parts: _Parts = parts
+            parts = build_parts(settings, path, lifecycle, hooks)
+        self._parts: ServiceParts = parts
         self.lifecycle, self.admission, self.hooks = parts.lifecycle, parts.admission, parts.hooks
         self.api_keys, self.key_limits, self.runs = parts.api_keys, parts.key_limits, parts.runs
 
@@ -404,16 +374,3 @@ def _log_down(error: BaseException) -> Overloaded:
                     "without it (not resumable), resumes and cancels get 503",
                     type(error).__name__, error)
     return Overloaded("the stream log is unavailable; retry shortly", retry_after=1.0)
-
-
-
-def _admission(settings: Settings, lifecycle: Lifecycle) -> Admission | ClusterAdmission:
-    """The admission the settings name: leases in Redis with ``redis_url``, else per process.
-
-    The Redis one is imported only then: the embedded default loads no Redis client.
-    """
-    if settings.log.redis_url:
-        from ._cluster_admission import ClusterAdmission
-
-        return ClusterAdmission(settings, lifecycle)
-    return Admission(settings, lifecycle)
