@@ -190,6 +190,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check_numbers(self)
+        if self.agent_form == "":  # type: ignore[comparison-overlap]  # the older default
+            object.__setattr__(self, "agent_form", None)
         if self.agent_form is not None and self.agent_form not in AGENT_FORMS:
             raise ValueError(f"{ENV_PREFIX}AGENT_FORM must be sync or async, "
                              f"got {self.agent_form!r}")

@@ -65,6 +65,7 @@ def test_agent_form_is_one_setting_and_reads_its_older_spelling(
         env: dict[str, str], form: str | None) -> None:
     """STREAMBRIDGE_SYNC_AGENTS=1 still means sync; STREAMBRIDGE_AGENT_FORM wins over it."""
     assert Settings.from_env(env).agent_form == form
+    assert Settings(agent_form="").agent_form is None  # type: ignore[arg-type]  # older default
 
 
 def test_the_form_decides_which_form_runs_on_each_path() -> None:
