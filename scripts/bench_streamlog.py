@@ -20,16 +20,26 @@ How it is measured
     - resume: time for a fresh reader to replay a finished 10,000-event stream.
     - CPU per token: ``time.process_time`` over the paced phase divided by the tokens,
       for the memory process, and for the Redis producer and reader processes (their
-      sum over memory is the ratio); Redis server CPU (``INFO cpu``) separately.
+      sum over memory is the ratio); Redis server CPU (``INFO cpu``) separately. Each
+      process' CPU over the phase's wall time says whether the bench client itself is
+      CPU-bound (near 100 %).
+    - where the Redis lag goes: the mean flush (pipeline sent to reply), entries per
+      flush and per ``XREAD``; the memory log's own lag is the bench client's share.
+    - rounds alternate (memory, Redis, memory, Redis, ...: ``--rounds``), so a change
+      of the machine's load hits both; the load average is printed before and after.
+      The event loop is uvloop when importable (what uvicorn picks), else asyncio.
 
-Run: ``.venv/bin/python scripts/bench_streamlog.py [--tokens 200] [--streams 100]``
+Run: ``.venv/bin/python scripts/bench_streamlog.py [--tokens 200] [--streams 100]
+[--rounds 2] [--loop uvloop|asyncio]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -125,21 +135,24 @@ async def reader_main(url: str, sids: list[str]) -> None:
     tasks = [asyncio.create_task(read(sid)) for sid in sids]
     await asyncio.sleep(0.5)
     print("ready", flush=True)
-    cpu = time.process_time()
+    cpu, wall, reads = time.process_time(), time.perf_counter(), log.mux.reads
     await asyncio.gather(*tasks)
-    print(json.dumps({"lags": lags, "cpu": time.process_time() - cpu, "xreads": log.mux.reads}))
+    print(json.dumps({"lags": lags, "cpu": time.process_time() - cpu,
+                      "wall": time.perf_counter() - wall, "xreads": log.mux.reads - reads}))
     await log.aclose()
 
 
 async def run_two_processes(producer: RedisLog, url: str, n: int, tokens: int, pace: float,
-                            tag: str) -> tuple[list[float], float, float, int, list[int]]:
+                            tag: str, loop: str) -> tuple[list[float], float, dict[str, Any],
+                                                          list[int]]:
     """The Redis phase with the reader in its own process (as in a deployment).
 
-    Returns the lags, producer CPU, reader CPU, reader XREADs and its connections."""
+    Returns the lags, producer CPU, the reader's figures (``cpu``, ``wall``,
+    ``xreads``) and its connections."""
     sids = [f"{tag}-{i}" for i in range(n)]
     leases = [await producer.create(sid, tenant="t", conversation_id="c") for sid in sids]
     child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--reader", url, *sids, stdout=asyncio.subprocess.PIPE)
+        sys.executable, __file__, "--reader", loop, url, *sids, stdout=asyncio.subprocess.PIPE)
     assert child.stdout is not None
     assert (await child.stdout.readline()).strip() == b"ready"
     names = [c["name"] for c in redis.Redis.from_url(url).client_list()]
@@ -158,7 +171,7 @@ async def run_two_processes(producer: RedisLog, url: str, n: int, tokens: int, p
     cpu = time.process_time() - cpu
     out = json.loads(await child.stdout.read())
     await child.wait()
-    return out["lags"], cpu, out["cpu"], out["xreads"], conns
+    return out["lags"], cpu, out, conns
 
 
 def server_cpu(url: str) -> float:
@@ -167,50 +180,77 @@ def server_cpu(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def load() -> str:
+    """The machine's load averages (others run tests on it)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def phase(memory: MemoryLog, producer: RedisLog, url: str, n: int,
+                args: argparse.Namespace, rnd: int) -> dict[str, Any]:
+    """One round at n streams: the memory log, then the same through Redis."""
+    pace, tokens = args.pace_ms / 1000, n * args.tokens
+    wall = time.perf_counter()
+    m_lags, m_cpu = await run_streams(memory, memory, n, args.tokens, pace, f"m{n}-{rnd}")
+    m_wall = time.perf_counter() - wall
+    r = redis.Redis.from_url(url)
+    flushes, fsec = producer.flushes, producer.flush_seconds
+    evals = int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    scpu, wall = server_cpu(url), time.perf_counter()
+    r_lags, r_cpu, rd, conns = await run_two_processes(
+        producer, url, n, args.tokens, pace, f"r{n}-{rnd}", args.loop)
+    r_wall = time.perf_counter() - wall
+    flushes, fsec = producer.flushes - flushes, producer.flush_seconds - fsec
+    return {"m": m_lags, "r": r_lags, "figures": {
+        "producer round trips/token": flushes / tokens,
+        "EVALSHA calls/token": (int(r.info("commandstats")["cmdstat_evalsha"]["calls"])
+                                - evals) / tokens,
+        "reader XREADs/token": rd["xreads"] / tokens,
+        "entries/flush": tokens / max(1, flushes),
+        "entries/XREAD": tokens / max(1, rd["xreads"]),
+        "flush (send to reply) mean ms": 1000 * fsec / max(1, flushes),
+        "reader connections (all)": conns[0], "reader blocking connections": conns[1],
+        "CPU µs/token memory": 1e6 * m_cpu / tokens,
+        "CPU µs/token redis producer": 1e6 * r_cpu / tokens,
+        "CPU µs/token redis reader": 1e6 * rd["cpu"] / tokens,
+        "CPU redis (both)/memory": (r_cpu + rd["cpu"]) / m_cpu,
+        "redis-server CPU µs/token": 1e6 * (server_cpu(url) - scpu) / tokens,
+        "CPU % memory process": 100 * m_cpu / m_wall,
+        "CPU % redis producer": 100 * r_cpu / r_wall,
+        "CPU % redis reader": 100 * rd["cpu"] / rd["wall"],
+        "tokens received redis": len(r_lags), "tokens received memory": len(m_lags)}}
+
+
+def lag_rows(m: list[float], r: list[float]) -> dict[str, float]:
+    """Lag percentiles of the memory and Redis reads and the difference."""
+    return {"lag p50 memory ms": pct(m, 50), "lag p99 memory ms": pct(m, 99),
+            "lag p50 redis ms": pct(r, 50), "lag p99 redis ms": pct(r, 99),
+            "added lag p50 ms": pct(r, 50) - pct(m, 50),
+            "added lag p99 ms": pct(r, 99) - pct(m, 99)}
+
+
 async def main() -> None:
     if sys.argv[1:2] == ["--reader"]:
-        await reader_main(sys.argv[2], sys.argv[3:])
+        use_loop(sys.argv[2])
+        await reader_main(sys.argv[3], sys.argv[4:])
         return
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tokens", type=int, default=200, help="tokens per stream")
-    ap.add_argument("--streams", type=int, default=100, help="concurrent streams, big phase")
-    ap.add_argument("--pace-ms", type=float, default=10.0)
-    ap.add_argument("--resume-events", type=int, default=10_000)
-    args = ap.parse_args()
+    args = parse_args()
     proc, url, tmp = start_redis()
     settings = LogSettings(redis_url=url, log_maxlen=max(5000, args.resume_events + 10))
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict[str, Any]] = {"machine": {"load average before": load(),
+                                                   "event loop": args.loop}}
     try:
         memory = MemoryLog(LogSettings(log_maxlen=max(5000, args.resume_events + 10)))
         producer = await RedisLog.open(settings, owner="bench-producer")
         reader = await RedisLog.open(settings, owner="bench-resumer", sweeper=False)
-        r = redis.Redis.from_url(url)
         for n in (1, args.streams):
-            m_lags, m_cpu = await run_streams(memory, memory, n, args.tokens,
-                                              args.pace_ms / 1000, f"m{n}")
-            flushes = producer.flushes
-            evals = int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
-            scpu = server_cpu(url)
-            r_lags, r_cpu, reader_cpu, xreads, conns = await run_two_processes(
-                producer, url, n, args.tokens, args.pace_ms / 1000, f"r{n}")
-            tokens = n * args.tokens
-            evals = int(r.info("commandstats")["cmdstat_evalsha"]["calls"]) - evals
-            rows[f"{n} stream(s)"] = {
-                "lag p50 memory ms": pct(m_lags, 50), "lag p99 memory ms": pct(m_lags, 99),
-                "lag p50 redis ms": pct(r_lags, 50), "lag p99 redis ms": pct(r_lags, 99),
-                "added lag p50 ms": pct(r_lags, 50) - pct(m_lags, 50),
-                "added lag p99 ms": pct(r_lags, 99) - pct(m_lags, 99),
-                "producer round trips/token": (producer.flushes - flushes) / tokens,
-                "reader XREADs/token": xreads / tokens,
-                "EVALSHA calls/token": evals / tokens,
-                "reader connections (all)": conns[0], "reader blocking connections": conns[1],
-                "CPU µs/token memory": 1e6 * m_cpu / tokens,
-                "CPU µs/token redis producer": 1e6 * r_cpu / tokens,
-                "CPU µs/token redis reader": 1e6 * reader_cpu / tokens,
-                "CPU redis (both)/memory": (r_cpu + reader_cpu) / m_cpu,
-                "redis-server CPU µs/token": 1e6 * (server_cpu(url) - scpu) / tokens,
-                "tokens received redis": len(r_lags), "tokens received memory": len(m_lags),
-            }
+            rounds = [await phase(memory, producer, url, n, args, i) for i in range(args.rounds)]
+            for i, rnd in enumerate(rounds):
+                rows[f"{n} stream(s), round {i + 1}"] = lag_rows(rnd["m"], rnd["r"])
+            rows[f"{n} stream(s), all rounds"] = {
+                **lag_rows([x for rnd in rounds for x in rnd["m"]],
+                           [x for rnd in rounds for x in rnd["r"]]),
+                **{k: sum(rnd["figures"][k] for rnd in rounds) / len(rounds)
+                   for k in rounds[0]["figures"]}}
         rows["resume"] = {
             f"memory {args.resume_events} events ms":
                 1000 * await resume(memory, memory, args.resume_events, "resume-m"),
@@ -223,13 +263,36 @@ async def main() -> None:
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
+    rows["machine"]["load average after"] = load()
     print(f"stream log benchmark: {args.tokens} tokens/stream at {args.pace_ms} ms pacing, "
-          f"redis-server {redis.__version__=}".replace("redis.__version__=", "redis-py "))
+          f"{args.rounds} alternating rounds, redis-py {redis.__version__}")
     for name, fig in rows.items():
         print(f"\n## {name}")
         for k, v in fig.items():
-            print(f"  {k:32} {v:10.3f}" if isinstance(v, float) else f"  {k:32} {v:10}")
+            print(f"  {k:32} {v:10.3f}" if isinstance(v, float) else f"  {k:32} {v:>10}")
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line (the loop is installed by ``__main__``)."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--tokens", type=int, default=200, help="tokens per stream")
+    ap.add_argument("--streams", type=int, default=100, help="concurrent streams, big phase")
+    ap.add_argument("--pace-ms", type=float, default=10.0)
+    ap.add_argument("--resume-events", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating memory/Redis rounds")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"),
+                    default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
+    return ap.parse_args()
+
+
+def use_loop(name: str) -> None:
+    """Install uvloop's event loop policy when asked (both processes use the same)."""
+    if name == "uvloop":
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] != ["--reader"]:
+        use_loop(parse_args().loop)
     asyncio.run(main())

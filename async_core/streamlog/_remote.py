@@ -23,7 +23,7 @@ from .exceptions import StreamNotFound
 if TYPE_CHECKING:
     from ._redis import RedisLog
 
-Raw = list[tuple[bytes, dict[bytes, bytes]]]
+Raw = list[tuple[bytes, list[bytes]]]  # (id, [event, JSON data]) as XREAD sends them
 PAGE = 1000
 
 
@@ -32,9 +32,10 @@ def to_entry(eid: EventId, event: str, data: Mapping[str, Any] | bytes) -> Entry
     return Entry(eid, event, json.loads(data) if isinstance(data, bytes) else dict(data))
 
 
-def _entry(epoch: str, native: bytes, fields: dict[bytes, bytes]) -> Entry:
-    ((event, data),) = fields.items()
-    return to_entry(EventId(epoch, *parse_native(native)), event.decode(), data)
+def _entry(epoch: str, position: tuple[int, int], flat: list[bytes]) -> Entry:
+    """An entry read from Redis: ``flat`` is ``[event, JSON data]``; its id, made by the
+    owner, is not re-validated (``EventId.made``)."""
+    return Entry(EventId.made(epoch, *position), flat[0].decode(), json.loads(flat[1]))
 
 
 class Remote:
@@ -103,27 +104,29 @@ class Remote:
         try:
             if parse_native(hub) > parse_native(pos) and self.epoch is not None:
                 for native, fields in await self._log.xrange_after(self.stream_id, pos, hub):
-                    entry = _entry(self.epoch, native, fields)
+                    entry = _entry(self.epoch, parse_native(native), _flat(fields))
                     yield entry
                     if entry.terminal:
                         return
                     pos = native
+            seen = parse_native(pos)
             while True:
                 item = await q.get()
                 if item is None:
                     yield Reset("epoch")
-                    pos = b"0-0"
+                    seen = (0, 0)
                     continue
                 epoch, entries = item
                 assert epoch is not None
-                for native, fields in entries:
-                    if parse_native(native) <= parse_native(pos):
+                for native, flat in entries:
+                    position = parse_native(native)
+                    if position <= seen:
                         continue
-                    entry = _entry(epoch, native, fields)
+                    entry = _entry(epoch, position, flat)
                     yield entry
                     if entry.terminal:
                         return
-                    pos = native
+                    seen = position
         finally:
             self._subs.discard(q)
             if not self._subs:
@@ -149,8 +152,7 @@ async def replay_and_follow(log: RedisLog, k: tuple[str, str, str, str], stream_
         pos = cursor.native.encode()
     while True:  # replay, page by page
         for native, flat in page:
-            entry = to_entry(EventId(epoch, *parse_native(native)),
-                             flat[0].decode(), flat[1])
+            entry = _entry(epoch, parse_native(native), flat)
             yield entry
             if entry.terminal:
                 return

@@ -61,7 +61,8 @@ return token
 # written by an earlier try of the same batch and are skipped (retries are idempotent).
 _APPEND_FN = """
 local function append(KEYS, ARGV, items)
-  local epoch = redis.call('HGET', KEYS[2], 'epoch')
+  local m = redis.call('HMGET', KEYS[2], 'epoch', 'last')  -- one call, not two
+  local epoch = m[1]
   local recreated = 0
   if not epoch then
     epoch = ARGV[2]
@@ -75,7 +76,7 @@ local function append(KEYS, ARGV, items)
     epoch = ARGV[2]
     redis.call('HSET', KEYS[2], 'epoch', epoch)
   end
-  local last = redis.call('HGET', KEYS[2], 'last')
+  local last = m[2] or '0-0'
   local lmaj, lmin = string.match(last, '(%d+)-(%d+)')
   lmaj, lmin = tonumber(lmaj), tonumber(lmin)
   local i = 1
