@@ -129,6 +129,7 @@ class StreamService:
             raise
         if parts.persistence is not None:
             self.hooks.append(parts.persistence.finish)
+            parts.log.on_swept = parts.persistence.swept  # a dead host's transcripts too
 
     async def aclose(self) -> None:
         """Flush pending transcripts, close the store and the log (graceful shutdown)."""
@@ -136,6 +137,7 @@ class StreamService:
             return
         await self.runs.aclose(self.settings.policy.send_timeout or 5.0)
         persistence, self._parts.persistence = self._parts.persistence, None
+        self.log.on_swept = None
         if persistence is not None:
             await persistence.aclose()
         await self.log.aclose()

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._records import Outcome, StreamInfo, StreamRecord
@@ -63,6 +64,7 @@ class Persistence:
         self.writer = TranscriptWriter(self.store, self.worker.wake if self.worker else None)
         self._streams: dict[str, tuple[str, Messages]] = {}
         self._writer_id = process_token()
+        self._marking: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, settings: Settings) -> Persistence | None:
@@ -102,10 +104,37 @@ class Persistence:
 
     async def aclose(self, grace: float = 10.0) -> None:
         """Flush every pending transcript, stop the webhook worker, dispose the engine."""
+        if self._marking:
+            await asyncio.wait(self._marking, timeout=grace)
         await self.writer.aclose(grace)
         if self.worker is not None:
             await self.worker.aclose()
         await self.engine.dispose()
+
+    def swept(self, stream_ids: list[str]) -> None:
+        """The stream log's ``on_swept``: mark swept streams' transcripts ``interrupted``.
+
+        A sweeper in any process ends the streams of a dead owner (another host, when
+        the log is Redis); with one database shared by every host, the transcript is
+        marked here from its last checkpoint instead of when the dead owner's store
+        starts again (which may be never). Runs in a task of its own: the sweeper's
+        heartbeat (which also renews this process' leases) never waits for the
+        database; a failure is one log line (the owner's restart still recovers it).
+        """
+        task = asyncio.get_running_loop().create_task(self._interrupt(stream_ids))
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
+
+    async def _interrupt(self, stream_ids: list[str]) -> None:
+        try:
+            marked = await self.store.interrupt(stream_ids)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("could not mark the transcripts of %d swept stream(s) interrupted: %s",
+                        len(stream_ids), exc)
+            return
+        if marked:
+            log.warning("marked the transcripts of %d swept stream(s) interrupted (%d rows)",
+                        len(stream_ids), marked)
 
     # -- the service's hooks --------------------------------------------------------
 

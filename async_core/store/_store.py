@@ -178,6 +178,23 @@ class Store:
                 outcome="interrupted", reason="crashed", writer=None, updated_at=time.time()))
             return result.rowcount
 
+    async def interrupt(self, stream_ids: Sequence[str]) -> int:
+        """Mark the checkpoints of ``stream_ids`` ``interrupted``; return how many rows.
+
+        For streams a sweeper ended in the shared stream log because their owner died,
+        whatever host it ran on: the transcript keeps its last checkpoint's text. A
+        final transcript is never touched (only ``in_progress`` rows change), so a
+        late final write of a frozen owner is refused as its log appends were.
+        """
+        if not stream_ids:
+            return 0
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(turns).where(
+                turns.c.outcome == IN_PROGRESS, turns.c.stream_id.in_(list(stream_ids)))
+                .values(outcome="interrupted", reason="crashed", writer=None,
+                        updated_at=time.time()))
+            return result.rowcount
+
     # -- webhook delivery -----------------------------------------------------------
 
     async def register_endpoints(self, urls: Sequence[str]) -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,7 @@ class MemoryLog:
     def __init__(self, settings: LogSettings | None = None, *, owner: str = "local") -> None:
         self.settings = settings or LogSettings()
         self.owner = owner
+        self.on_swept: Callable[[list[str]], None] | None = None
         self._streams: dict[str, _Stream] = {}
         self._tokens = itertools.count(1)
 
@@ -157,6 +158,8 @@ class MemoryLog:
                     st.lease.lost = True
                 self._add(st, "error", INTERRUPTED)
                 ended.append(sid)
+        if ended and self.on_swept is not None:
+            self.on_swept(ended)
         return ended
 
     async def aclose(self) -> None:

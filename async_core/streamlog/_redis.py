@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -88,6 +88,7 @@ class RedisLog:
         self._sweeper = sweeper
         self._renewing = heartbeat
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_swept: Callable[[list[str]], None] | None = None
         self.flushes = 0  # pipelines sent by the writer (round trips)
         self.flush_seconds = 0.0  # their total duration, send to reply (the benchmark's)
 
@@ -377,6 +378,8 @@ class RedisLog:
                 gone.append(sid)
         if gone:
             await self.client.zrem(S.RUNNING, *gone)
+        if ended and self.on_swept is not None:
+            self.on_swept(ended)
         return ended
 
     async def aclose(self) -> None:

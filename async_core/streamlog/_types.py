@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -119,7 +119,14 @@ class StreamLog(Protocol):
     Both backends (``memory``, ``redis``) implement exactly this. Appends are
     synchronous and never wait for the backend (they are coalesced and written by one
     writer task per process); the terminal entry is awaited.
+
+    Attributes:
+        on_swept: called (synchronously, never awaited) with the streams each sweep
+            ended, e.g. to mark their stored transcripts ``interrupted`` in a database
+            every host shares (``Persistence.swept``); ``None``: nobody listens.
     """
+
+    on_swept: Callable[[list[str]], None] | None
 
     async def create(self, stream_id: str, *, tenant: str, conversation_id: str) -> Lease:
         """Create a running stream owned by this process and return its lease.
