@@ -13,7 +13,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,22 +52,24 @@ class StreamSample:
         return [b - x for x, b in zip(a, a[1:], strict=False)]
 
 
-async def read_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], *,
-                      path: str, epoch: float) -> StreamSample:
-    """POST ``body`` to ``url`` and time every delta of the SSE reply.
+async def read_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any] | None, *,
+                      path: str, epoch: float, t0: float | None = None) -> StreamSample:
+    """POST ``body`` to ``url`` (GET when ``body`` is None) and time every delta of the SSE reply.
 
     Args:
         client: the HTTP client (its pool is reused between batches, as browsers do).
-        url: the chat URL.
+        url: the chat URL (or a stream's ``GET /v1/streams/{id}``).
         body: the native chat body.
         path: the path id, recorded on the sample.
         epoch: ``perf_counter`` at the start of the run.
+        t0: when the user's request was sent, if earlier than this one (a background
+            run's ``POST``: its arrivals count from there).
     """
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if t0 is None else t0
     sample = StreamSample(path=path, started=t0 - epoch)
     decoder = SSEDecoder()
     try:
-        async with client.stream("POST", url, json=body,
+        async with client.stream("POST" if body is not None else "GET", url, json=body,
                                  headers={"Accept": "text/event-stream"}) as r:
             if r.status_code != 200:
                 sample.error = f"HTTP {r.status_code}"
@@ -111,16 +113,21 @@ class ProcessTree:
 
     Args:
         pid: the server's main process (the CLI execs gunicorn, so the PID stays).
+        more: the other processes of a row that needs several (a second server, a
+            Celery worker), measured with it.
     """
 
-    def __init__(self, pid: int) -> None:
-        self.root = psutil.Process(pid)
+    def __init__(self, pid: int, *more: int) -> None:
+        self.roots = [psutil.Process(p) for p in (pid, *more)]  # a row of several processes
 
     def _procs(self) -> list[psutil.Process]:
-        try:
-            return [self.root, *self.root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        procs = []
+        for root in self.roots:
+            try:
+                procs += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+        return procs
 
     def cpu(self) -> float:
         """Total user + system CPU seconds of the tree so far."""
@@ -144,13 +151,20 @@ class ProcessTree:
         return total
 
 
+Reader = Callable[..., Coroutine[Any, Any, StreamSample]]  # read_stream's signature
+
+
 async def run_batch(tree: ProcessTree, client: httpx.AsyncClient, url: str,
                     body: dict[str, Any], *, path: str, epoch: float, concurrency: int,
-                    sample_every: float = 0.02) -> tuple[list[StreamSample], Cost]:
-    """Run ``concurrency`` streams at once against one server and measure its cost."""
+                    sample_every: float = 0.02, read: Reader = read_stream
+                    ) -> tuple[list[StreamSample], Cost]:
+    """Run ``concurrency`` streams at once against one server and measure its cost.
+
+    ``read`` reads one stream (``read_stream``, or a row's own way: ``_rows``).
+    """
     cpu0, rss0 = tree.cpu(), tree.rss()
     peak = rss0
-    tasks = [asyncio.create_task(read_stream(client, url, body, path=path, epoch=epoch))
+    tasks = [asyncio.create_task(read(client, url, body, path=path, epoch=epoch))
              for _ in range(concurrency)]
     pending: set[asyncio.Task[StreamSample]] = set(tasks)
     while pending:

@@ -15,6 +15,7 @@ import asyncio
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,13 @@ def available_paths(served: Collection[str]) -> list[str]:
     return [p for p, args in PATH_ARGS.items() if args[1] in served]
 
 
+def extra_rows(served: Collection[str]) -> list[str]:
+    """The rows of ``_rows`` (background, Redis log, Celery): asked for by ``--paths``."""
+    from ._rows import ROWS
+
+    return list(ROWS) if "async" in served else []
+
+
 @dataclass(frozen=True, kw_only=True)
 class Workload:
     """What every path is asked to do.
@@ -65,6 +73,7 @@ class Workload:
         duration: if set, keep running rounds until this many seconds have passed.
         agent: the agent to stream from.
         env: extra ``STREAMBRIDGE_*`` settings for every server.
+        redis_url: the Redis of the rows that need one (``_rows``); None: start one.
     """
 
     paths: Sequence[str]
@@ -75,6 +84,7 @@ class Workload:
     duration: float | None = None
     agent: str = "demo"
     env: Mapping[str, str] = field(default_factory=dict)
+    redis_url: str | None = None
 
     def body(self) -> dict[str, object]:
         """The chat request every stream sends."""
@@ -96,18 +106,23 @@ class ServedPath:
     """A ``streambridge serve`` subprocess for one path.
 
     Args:
-        path: a ``PATH_ARGS`` id.
+        path: a ``PATH_ARGS`` id (or a ``_rows`` row id, with ``cmd``).
         env: extra environment.
+        cmd: the command, when it is not ``serve`` of ``path`` (a row's process).
+        http: whether it serves HTTP (ready at ``/healthz``) or is ready by its log
+            (a Celery worker's `` ready.``).
     """
 
-    def __init__(self, path: str, env: Mapping[str, str]) -> None:
+    def __init__(self, path: str, env: Mapping[str, str], cmd: list[str] | None = None,
+                 *, http: bool = True) -> None:
         self.path = path
+        self.http = http
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             prefix=f"sb-compare-{path}-", suffix=".log", delete=False)
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMBRIDGE_DRAIN_GRACE": "1",
                     **PATH_ENV.get(path, {}), **env}
-        cmd = [sys.executable, "-m", "async_core.cli", "serve", *PATH_ARGS[path],
-               "--port", "0"]  # the default log level prints the port we parse
+        cmd = cmd or [sys.executable, "-m", "async_core.cli", "serve", *PATH_ARGS[path],
+                      "--port", "0"]  # the default log level prints the port we parse
         self.proc = subprocess.Popen(cmd, env=full_env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.base_url = ""
@@ -116,6 +131,8 @@ class ServedPath:
         """Poll the log for the port, then ``/healthz`` for readiness (no fixed sleep)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if not self.http and " ready." in Path(self.log.name).read_text(errors="replace"):
+                return
             if not self.base_url:
                 m = _LISTEN.search(Path(self.log.name).read_text(errors="replace"))
                 if m:
@@ -148,8 +165,10 @@ class ServedPath:
             Path(self.log.name).unlink(missing_ok=True)
 
 
-async def _drive(workload: Workload, servers: dict[str, ServedPath]) -> list[PathResult]:
-    from ._latency import ProcessTree, run_batch
+async def _drive(workload: Workload, servers: dict[str, list[ServedPath]]
+                 ) -> list[PathResult]:
+    from ._latency import ProcessTree, read_stream, run_batch
+    from ._rows import ROWS, reader
 
     results = {p: PathResult(p) for p in workload.paths}
     body = workload.body()
@@ -157,12 +176,15 @@ async def _drive(workload: Workload, servers: dict[str, ServedPath]) -> list[Pat
                           max_keepalive_connections=workload.concurrency)
     clients = {p: httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120, connect=10))
                for p in workload.paths}
-    trees = {p: ProcessTree(servers[p].proc.pid) for p in workload.paths}
+    trees = {p: ProcessTree(*(s.proc.pid for s in servers[p])) for p in workload.paths}
+    urls = {p: servers[p][0].base_url + "/v1/chat" for p in workload.paths}
+    reads = {p: reader(p, [s.base_url for s in servers[p] if s.http]) if p in ROWS
+             else read_stream for p in workload.paths}
     try:
         epoch = time.perf_counter()
         for p in workload.paths:  # warm-up: first-request costs are not what we compare
-            await run_batch(trees[p], clients[p], servers[p].base_url + "/v1/chat", body,
-                            path=p, epoch=epoch, concurrency=workload.concurrency)
+            await run_batch(trees[p], clients[p], urls[p], body, path=p, epoch=epoch,
+                            concurrency=workload.concurrency, read=reads[p])
         epoch = time.perf_counter()
         n = 0
         while n < workload.rounds or (workload.duration is not None
@@ -172,8 +194,8 @@ async def _drive(workload: Workload, servers: dict[str, ServedPath]) -> list[Pat
             for p in order:
                 t = time.perf_counter()
                 samples, cost = await run_batch(
-                    trees[p], clients[p], servers[p].base_url + "/v1/chat", body,
-                    path=p, epoch=epoch, concurrency=workload.concurrency)
+                    trees[p], clients[p], urls[p], body, path=p, epoch=epoch,
+                    concurrency=workload.concurrency, read=reads[p])
                 results[p].batch_seconds += time.perf_counter() - t
                 results[p].samples += samples
                 results[p].costs.append(cost)
@@ -193,18 +215,36 @@ def run(workload: Workload) -> list[PathResult]:
     Raises:
         ValueError: an unknown path id.
         RuntimeError: a server did not start.
+        RedisUnavailable: a row needs Redis and there is none (a one-line reason).
     """
-    unknown = [p for p in workload.paths if p not in PATH_ARGS]
+    from ._rows import ROWS, check_redis, start_redis
+
+    unknown = [p for p in workload.paths if p not in PATH_ARGS and p not in ROWS]
     if unknown:
-        raise ValueError(f"unknown path(s) {unknown}; known: {list(PATH_ARGS)}")
-    servers = {p: ServedPath(p, workload.env) for p in workload.paths}
+        raise ValueError(f"unknown path(s) {unknown}; known: {[*PATH_ARGS, *ROWS]}")
+    redis_url, redis = workload.redis_url, None
+    if any(ROWS[p][0] for p in workload.paths if p in ROWS):
+        if redis_url:
+            check_redis(redis_url)
+        else:
+            redis, redis_url, redis_dir = start_redis()
+    servers: dict[str, list[ServedPath]] = {}
     try:
-        for srv in servers.values():
+        for p in workload.paths:
+            servers[p] = ([ServedPath(p, {**workload.env, **spawn.env}, spawn.cmd,
+                                      http=spawn.http)
+                           for spawn in ROWS[p][1](redis_url, workload.concurrency)]
+                          if p in ROWS else [ServedPath(p, workload.env)])
+        for srv in (s for group in servers.values() for s in group):
             srv.wait_ready()
         return asyncio.run(_drive(workload, servers))
     finally:
-        for srv in servers.values():
+        for srv in (s for group in servers.values() for s in group):
             srv.stop()
+        if redis is not None:
+            redis.terminate()
+            redis.wait(timeout=10)
+            shutil.rmtree(redis_dir, ignore_errors=True)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -225,6 +265,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="an extra STREAMBRIDGE_* setting for every server (repeatable)")
     p.add_argument("--html", default=None, metavar="FILE",
                    help="also write a self-contained HTML report with charts")
+    p.add_argument("--redis-url", default=None, metavar="URL",
+                   help="the Redis of the async-redis and celery-pubsub rows (default: "
+                   "start a private redis-server)")
 
 
 def main(args: argparse.Namespace, served: Collection[str]) -> int:
@@ -235,7 +278,7 @@ def main(args: argparse.Namespace, served: Collection[str]) -> int:
         served: the ``serve --path`` values this installation has.
     """
     a = vars(args)
-    problem = _check_args(a, available_paths(served))
+    problem = _check_args(a, available_paths(served) + extra_rows(served))
     if problem is not None:
         print(f"streambridge compare: {problem}", file=sys.stderr)
         return 2
@@ -246,8 +289,15 @@ def main(args: argparse.Namespace, served: Collection[str]) -> int:
     env = dict(kv.split("=", 1) for kv in a["env"])
     workload = Workload(paths=paths, concurrency=a["concurrency"], tokens=a["tokens"],
                         interval_ms=a["interval_ms"], rounds=a["rounds"],
-                        duration=a["duration"], agent=a["agent"], env=env)
-    results = run(workload)
+                        duration=a["duration"], agent=a["agent"], env=env,
+                        redis_url=a.get("redis_url"))
+    from ._rows import RedisUnavailable
+
+    try:
+        results = run(workload)
+    except RedisUnavailable as exc:
+        print(f"streambridge compare: {exc}", file=sys.stderr)
+        return 2
     print(_report.table(results, workload))
     if a["html"]:
         Path(a["html"]).write_text(_report.html(results, workload), encoding="utf-8")
@@ -276,4 +326,7 @@ def _check_args(a: dict[str, object], available: list[str]) -> str | None:
                and p.strip() not in available]
     if unknown:
         return f"unknown path(s) {unknown}; available: {', '.join(available)}"
-    return None
+    from ._rows import missing
+
+    lacking = [m for p in str(a["paths"]).split(",") if (m := missing(p.strip()))]
+    return lacking[0] if lacking else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -49,3 +50,32 @@ def test_compare_runs_every_path_interleaved_and_writes_a_self_contained_report(
     page = report.read_text(encoding="utf-8")
     assert page.count("<svg") == 3
     assert "<script" not in page and "<link" not in page and "src=" not in page
+
+
+def _compare(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "async_core.cli", "compare", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=180, check=False, env=env)
+
+
+def test_compare_measures_the_log_background_and_celery_rows_side_by_side() -> None:
+    """One run: async, background, the Redis log read from a second server, and a real
+    Celery worker publishing through Redis pub/sub; its own redis-server; no failures."""
+    proc = _compare("--paths", "async,async-background,async-redis,celery-pubsub",
+                    "--rounds", "1", "--concurrency", "2", "--tokens", "6",
+                    "--interval-ms", "5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    for row in ("async-background", "async-redis", "celery-pubsub"):
+        assert re.match(rf"{row}\s+2\s+0\s+\d+\.\d+ \(\d+\.\d+×\)", lines[row]), proc.stdout
+
+
+def test_compare_without_redis_fails_in_one_line(tmp_path: Path) -> None:
+    """An unreachable --redis-url, or no redis-server to start: one line, exit 2."""
+    proc = _compare("--paths", "async-redis", "--redis-url", "redis://127.0.0.1:9/0")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "redis://127.0.0.1:9/0" in proc.stderr
+    no_redis = {**os.environ, "PATH": str(tmp_path)}  # no redis-server on it
+    proc = _compare("--paths", "celery-pubsub", "--rounds", "1", env=no_redis)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("streambridge compare: redis-server not found"), proc.stderr
+    assert proc.stderr.count("\n") == 1
