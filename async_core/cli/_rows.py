@@ -9,8 +9,9 @@ Each is a real implementation of what the latency table our users quote names
   run is started on the first (background), the second reads it through the Redis
   log (its multiplexed ``XREAD``), as a reconnect to another worker or host would.
 - ``celery-pubsub``: a Celery worker (Redis broker) publishing each token with Redis
-  pub/sub and a gunicorn gthread web handler polling its subscription
-  (``_celery_row``).
+  pub/sub and a gunicorn gthread web handler polling its subscription (``_polled``).
+- ``thread-queue``: a gunicorn gthread handler that runs the generation in a thread
+  feeding a ``queue.Queue`` and polls it (``_polled``).
 
 A row's time to first chunk counts from the user's first request (the ``POST``), and
 its CPU is that of all its processes (Redis itself is not counted). Rows that need
@@ -51,13 +52,18 @@ def _serve(redis_url: str | None) -> Spawn:
                   "--port", "0"], env)
 
 
+def _gthread(app: str, concurrency: int, env: dict[str, str]) -> Spawn:
+    return Spawn([sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads",
+                  str(max(8, concurrency) + 4), "-w", "1", "-b", "127.0.0.1:0",
+                  f"async_core.cli._polled:{app}"], env)
+
+
 def _celery(redis_url: str | None, concurrency: int) -> list[Spawn]:
     assert redis_url
     env = {"STREAMBRIDGE_REDIS_URL": redis_url}
     threads = str(max(8, concurrency) + 4)
-    return [Spawn([sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", threads,
-                   "-w", "1", "-b", "127.0.0.1:0", "async_core.cli._celery_row:web"], env),
-            Spawn([sys.executable, "-m", "celery", "-A", "async_core.cli._celery_row",
+    return [_gthread("web", concurrency, env),
+            Spawn([sys.executable, "-m", "celery", "-A", "async_core.cli._polled",
                    "-b", redis_url.rsplit("/", 1)[0] + "/1", "worker", "--pool", "threads",
                    "--concurrency", threads, "-Q", "sbcompare", "--without-gossip",
                    "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
@@ -69,20 +75,21 @@ ROWS: dict[str, tuple[bool, Callable[[str | None, int], list[Spawn]]]] = {
     "async-background": (False, lambda url, _c: [_serve(None)]),
     "async-redis": (True, lambda url, _c: [_serve(url), _serve(url)]),
     "celery-pubsub": (True, _celery),
+    "thread-queue": (False, lambda _url, c: [_gthread("web_thread", c, {})]),
 }
 
 
 def missing(row: str) -> str | None:
     """What this installation lacks to run ``row`` (None: nothing)."""
-    if row == "celery-pubsub":
+    if row in ("celery-pubsub", "thread-queue"):  # one module, _polled, serves both
         if importlib.util.find_spec("celery") is None:
-            return "the celery-pubsub row needs celery: pip install 'streambridge[compare]'"
+            return f"the {row} row needs celery: pip install 'streambridge[compare]'"
     return None
 
 
 def reader(row: str, bases: list[str]) -> Reader:
     """How one stream of ``row`` is read, given its processes' base URLs."""
-    if row == "celery-pubsub":
+    if row in ("celery-pubsub", "thread-queue"):
         return read_stream
     get_base = bases[-1]  # async-redis: the other server; async-background: the same
 

@@ -58,14 +58,15 @@ def _compare(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 def test_compare_measures_the_log_background_and_celery_rows_side_by_side() -> None:
-    """One run: async, background, the Redis log read from a second server, and a real
-    Celery worker publishing through Redis pub/sub; its own redis-server; no failures."""
-    proc = _compare("--paths", "async,async-background,async-redis,celery-pubsub",
+    """One run: async, background, the Redis log read from a second server, a real Celery
+    worker publishing through Redis pub/sub, a thread feeding a polled queue.Queue; its
+    own redis-server; no failures."""
+    proc = _compare("--paths", "async,async-background,async-redis,celery-pubsub,thread-queue",
                     "--rounds", "1", "--concurrency", "2", "--tokens", "6",
                     "--interval-ms", "5")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
-    for row in ("async-background", "async-redis", "celery-pubsub"):
+    for row in ("async-background", "async-redis", "celery-pubsub", "thread-queue"):
         assert re.match(rf"{row}\s+2\s+0\s+\d+\.\d+ \(\d+\.\d+×\)", lines[row]), proc.stdout
 
 
