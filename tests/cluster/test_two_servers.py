@@ -2,14 +2,17 @@
 
 A is ``legacy-gevent`` with 2 workers, B is ``async``; both real ``streambridge serve``
 processes with ``STREAMBRIDGE_REDIS_URL`` on a private redis-server and short leases
-(``FAST_LEASES``: a killed owner is swept within about 1.2 s). The probe agent streams
-``0 1 2 ...`` so a text tells whether anything was lost or repeated.
+(``FAST_LEASES``: a killed owner is swept within about 1.2 s) and ONE shared SQLite
+store (checkpoints every 50 ms): a killed host's transcripts are marked by the sweeper's
+server. The probe agent streams ``0 1 2 ...`` so a text tells whether anything was lost
+or repeated.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +33,28 @@ SWEEP_BOUND = 1.0 + 0.2 + 2.0  # lease TTL + sweep interval + slack on a loaded 
 
 
 def _env(srv: RedisServer) -> dict[str, str]:
-    return {"STREAMBRIDGE_REDIS_URL": srv.url, **FAST_LEASES}
+    return {"STREAMBRIDGE_REDIS_URL": srv.url, **FAST_LEASES,
+            "STREAMBRIDGE_DATABASE_PATH": str(srv.dir / "shared.sqlite3"),
+            "STREAMBRIDGE_CHECKPOINT_INTERVAL": "0.05", "STREAMBRIDGE_CHECKPOINT_TOKENS": "4"}
+
+
+def _turns(srv: RedisServer, stream_id: str) -> list[tuple[str, str, str, str | None]]:
+    """(role, outcome, content, reason) of a stream's stored rows, from the shared file."""
+    conn = sqlite3.connect(srv.dir / "shared.sqlite3", timeout=10)
+    try:
+        return list(conn.execute("SELECT role, outcome, content, reason FROM turns "
+                                 "WHERE stream_id = ? ORDER BY position", (stream_id,)))
+    finally:
+        conn.close()
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float) -> float:
+    """Poll ``check`` until true; return how long it took (fail past ``timeout``)."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < timeout, f"{what} not within {timeout} s"
+        time.sleep(0.05)
+    return time.monotonic() - t0
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +162,9 @@ def _wait_readable(srv: Server, sid: str, **kw: Any) -> Read:
 
 def test_sigkill_of_a_while_its_streams_run_b_sweeps_them(
         cluster_redis: RedisServer, servers: tuple[Server, Server]) -> None:
-    """SIGKILL a 2-worker A mid-stream: B's sweeper ends every stream `interrupted`."""
+    """SIGKILL a 2-worker A mid-stream: B's sweeper ends every stream `interrupted`, and
+    B marks their transcripts `interrupted` from A's last checkpoint (A never comes back:
+    its own store's recovery at start-up would be too late, or never)."""
     _, b = servers
     doomed = Server("legacy-gevent", _env(cluster_redis), ["--workers", "2"])
     try:
@@ -149,19 +175,33 @@ def test_sigkill_of_a_while_its_streams_run_b_sweeps_them(
             s, resume(b, s, f.last.id))) for sid, f in zip(sids, firsts, strict=True)]
         for t in threads:
             t.start()
-        time.sleep(0.2)
+        _until("a checkpoint of every stream", lambda: all(any(
+            r[:2] == ("assistant", "in_progress") and r[2] for r in _turns(cluster_redis, sid))
+            for sid in sids), 15)
         doomed.kill()
         t0 = time.monotonic()
+        texts = [_turns(cluster_redis, sid)[-1][2] for sid in sids]  # nothing writes now
         for t in threads:
             t.join(15)
         took = time.monotonic() - t0
+        marked = _until("B marking the transcripts", lambda: all(
+            _turns(cluster_redis, sid)[-1][1] == "interrupted" for sid in sids), 10)
     finally:
         doomed.stop()
-    for sid in sids:
+    for sid, text in zip(sids, texts, strict=True):
         read = out[sid]
         assert read.last.event == "error", read.events[-2:]
         assert read.data()["code"] == "interrupted" and read.data()["retryable"] is True
+        rows = _turns(cluster_redis, sid)
+        assert [r[:2] for r in rows] == [("user", "interrupted"), ("assistant", "interrupted")]
+        assert rows[-1][2] == text and rows[-1][3] == "crashed" and text
+        assert probe_text(100_000).startswith(text), text[:80]
+        conv = firsts[sids.index(sid)].headers["x-conversation-id"]
+        turns = httpx.get(b.url(f"/v1/conversations/{conv}"), timeout=10).json()["turns"]
+        assert turns[-1]["outcome"] == "interrupted" and turns[-1]["content"] == text
     assert took < SWEEP_BOUND, took
+    assert took + marked < SWEEP_BOUND + 2.0, (took, marked)  # one write after the sweep
+    assert "marked the transcripts of" in b.log()
 
 
 def test_redis_restart_mid_stream(cluster_redis: RedisServer,
