@@ -31,7 +31,8 @@ LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 log = logging.getLogger("streambridge.streamlog")
 
 
-def _raw(response: Any, **_options: Any) -> Any:
+def raw_reply(response: Any, **_options: Any) -> Any:
+    """A response callback that keeps a reply as Redis sent it."""
     return response
 
 
@@ -131,7 +132,7 @@ class Multiplexer:
                 try:
                     if client is None:
                         client = self._make_client()
-                        client.set_response_callback("XREAD", _raw)
+                        client.set_response_callback("XREAD", raw_reply)
                         self._client_id = int(await client.client_id())
                         if lost:
                             await self._on_reconnect()

@@ -25,7 +25,7 @@ from ._buffer import StreamBuffer
 from ._health import Health
 from ._ids import EventId, new_epoch
 from ._memory import INTERRUPTED
-from ._mux import LOST, Multiplexer
+from ._mux import LOST, Multiplexer, raw_reply
 from ._remote import Remote, replay_and_follow, to_entry
 from ._settings import LogSettings
 from ._types import TERMINAL_EVENTS, CancelResult, Lease, ReadItem, StreamMeta
@@ -72,6 +72,9 @@ class RedisLog:
             timeout=settings.redis_socket_timeout, client_name=f"sb-{self.owner}", **timeouts)
         # Replies are bytes (decode_responses off); redis-py types them as unions.
         self.client: Any = aioredis.Redis(connection_pool=pool)
+        # XRANGE replies as Redis sends them, [id, [event, data]] (as OPEN's page and the
+        # multiplexer's XREAD): redis-py's callback built a dict an entry (resumes).
+        self.client.set_response_callback("XRANGE", raw_reply)
         self.mux = Multiplexer(lambda: aioredis.Redis.from_url(
             settings.redis_url, single_connection_client=True,
             client_name=f"sb-{self.owner}-reader", **timeouts),
@@ -150,9 +153,6 @@ class RedisLog:
         eid = EventId.made(st.buffer.epoch, lease.token, st.seq)
         st.buffer.add(to_entry(eid, event, data))
         st.pending.append((eid.native, event, _compact(data)))
-        if len(st.pending) > self.settings.redis_max_buffered:
-            del st.pending[0]
-            st.force_epoch = True
         if event in TERMINAL_EVENTS:
             st.terminal = "done" if event == "done" else "error"
         self._dirty[lease.stream_id] = st
@@ -183,8 +183,7 @@ class RedisLog:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch = [(st, list(st.pending)) for st in self._dirty.values() if st.pending]
-            self._dirty.clear()
+            batch = self._take()
             if not batch:
                 continue
             try:
@@ -199,6 +198,22 @@ class RedisLog:
             self.health.recover()
             for (st, sent), res in zip(batch, results, strict=True):
                 self._flushed(st, sent, res)
+
+    def _take(self) -> list[tuple[_Owned, list[tuple[str, str, str]]]]:
+        """The next batch: every dirty stream's pending entries (none of them in flight).
+
+        Past ``redis_max_buffered`` entries (Redis is down or slow) the oldest are
+        dropped here, while nothing of the stream is in flight, and the batch changes
+        the log's epoch: its readers reset instead of seeing a gap.
+        """
+        most = self.settings.redis_max_buffered
+        for st in self._dirty.values():
+            if len(st.pending) > most:
+                del st.pending[:len(st.pending) - most]
+                st.force_epoch = True
+        batch = [(st, list(st.pending)) for st in self._dirty.values() if st.pending]
+        self._dirty.clear()
+        return batch
 
     async def _flush(self, batch: list[tuple[_Owned, list[tuple[str, str, str]]]]) -> list[Any]:
         s = self.settings
@@ -319,7 +334,7 @@ class RedisLog:
             yield item
 
     async def xrange_after(self, stream_id: str, after: bytes,
-                           upto: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
+                           upto: bytes) -> list[tuple[bytes, list[bytes]]]:
         """Entries in ``(after, upto]`` of a stream's log (a follower's catch-up)."""
         return list(await self.client.xrange(S.keys(stream_id)[0], b"(" + after, upto))
 
@@ -385,7 +400,7 @@ class RedisLog:
     async def aclose(self) -> None:
         """Flush what Redis can take now, stop the tasks, close the connections."""
         if self._dirty and not self.health.degraded:
-            batch = [(st, list(st.pending)) for st in self._dirty.values() if st.pending]
+            batch = self._take()
             try:
                 for (st, sent), res in zip(batch, await self._flush(batch), strict=True):
                     self._flushed(st, sent, res)

@@ -103,8 +103,8 @@ class Remote:
         self._subs.add(q)
         try:
             if parse_native(hub) > parse_native(pos) and self.epoch is not None:
-                for native, fields in await self._log.xrange_after(self.stream_id, pos, hub):
-                    entry = _entry(self.epoch, parse_native(native), _flat(fields))
+                for native, flat in await self._log.xrange_after(self.stream_id, pos, hub):
+                    entry = _entry(self.epoch, parse_native(native), flat)
                     yield entry
                     if entry.terminal:
                         return
@@ -159,13 +159,8 @@ async def replay_and_follow(log: RedisLog, k: tuple[str, str, str, str], stream_
             pos = native
         if len(page) < PAGE:
             break
-        page = [[n, _flat(f)] for n, f in await log.client.xrange(
-            k[0], b"(" + pos, "+", count=PAGE)]
+        page = await log.client.xrange(k[0], b"(" + pos, "+", count=PAGE)
     if res[0][2] != b"running":  # ended, and the cursor was at its terminal entry
         return
     async for item in log.remote(stream_id, epoch).follow(pos):
         yield item
-
-
-def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
-    return [x for item in fields.items() for x in item]

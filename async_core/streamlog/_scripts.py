@@ -72,9 +72,11 @@ local function append(KEYS, ARGV, items)
     redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[7])
   elseif redis.call('GET', KEYS[3]) ~= ARGV[1] then
     return {'stale', epoch}
-  elseif ARGV[9] == '1' then
+  elseif ARGV[9] == '1' then  -- entries were dropped: a new log, so readers reset
     epoch = ARGV[2]
-    redis.call('HSET', KEYS[2], 'epoch', epoch)
+    redis.call('HSET', KEYS[2], 'epoch', epoch, 'last', '0-0')
+    redis.call('DEL', KEYS[1])
+    m[2] = false
   end
   local last = m[2] or '0-0'
   local lmaj, lmin = string.match(last, '(%d+)-(%d+)')

@@ -162,9 +162,10 @@ def _wait_readable(srv: Server, sid: str, **kw: Any) -> Read:
 
 def test_sigkill_of_a_while_its_streams_run_b_sweeps_them(
         cluster_redis: RedisServer, servers: tuple[Server, Server]) -> None:
-    """SIGKILL a 2-worker A mid-stream: B's sweeper ends every stream `interrupted`, and
-    B marks their transcripts `interrupted` from A's last checkpoint (A never comes back:
-    its own store's recovery at start-up would be too late, or never)."""
+    """SIGKILL a 2-worker A mid-stream: a live server's sweeper (B's, or the module's
+    legacy server's) ends every stream `interrupted`, and marks their transcripts
+    `interrupted` from the killed server's last checkpoint in the shared store (it never
+    comes back: its own store's recovery at start-up would be too late, or never)."""
     _, b = servers
     doomed = Server("legacy-gevent", _env(cluster_redis), ["--workers", "2"])
     try:
@@ -201,7 +202,8 @@ def test_sigkill_of_a_while_its_streams_run_b_sweeps_them(
         assert turns[-1]["outcome"] == "interrupted" and turns[-1]["content"] == text
     assert took < SWEEP_BOUND, took
     assert took + marked < SWEEP_BOUND + 2.0, (took, marked)  # one write after the sweep
-    assert "marked the transcripts of" in b.log()
+    # whichever live server swept them (A's workers sweep too) said so
+    assert any("marked the transcripts of" in srv.log() for srv in servers)
 
 
 def test_redis_restart_mid_stream(cluster_redis: RedisServer,

@@ -365,3 +365,41 @@ async def _until(predicate: Callable[[], bool], message: str, timeout: float = 5
     while not predicate():
         assert time.monotonic() < deadline, message
         await asyncio.sleep(0.02)
+
+
+async def test_a_burst_during_a_flush_is_written_whole(make_log: Any) -> None:
+    """`redis_max_buffered` counts what waits, not what is in flight: 21 entries with a
+    cap of 20, five of them in a flush, are all written in order (the cap used to drop
+    an entry of the flush in flight, then delete one never sent: a silent gap)."""
+    a, b = await make_log(redis_max_buffered=20), await make_log()
+    lease = await a.create("burst", tenant="t", conversation_id="c")
+    for i in range(5):
+        a.append(lease, "delta", {"text": str(i)})
+    await asyncio.sleep(0)  # the writer sends these five; the rest come while in flight
+    for i in range(5, 20):
+        a.append(lease, "delta", {"text": str(i)})
+    await asyncio.wait_for(a.finish(lease, "done", {}), 10)
+    assert texts(await collect(b.read("burst", None))) == [str(i) for i in range(20)] + ["done"]
+
+
+async def test_entries_dropped_past_the_buffer_reset_every_reader(make_log: Any,
+                                                                  redis_url: str) -> None:
+    """Past `redis_max_buffered` entries waiting for Redis (paused here: it keeps its
+    data), the oldest are dropped: a fresh reader, and one with a cursor from before,
+    get a reset (`trimmed`, `epoch`), then every entry after it: never a silent gap."""
+    a, b = await make_log(redis_max_buffered=10), await make_log()
+    lease = await a.create("drop", tenant="t", conversation_id="c")
+    cursor = a.append(lease, "delta", {"text": "0"})
+    for i in range(1, 3):
+        a.append(lease, "delta", {"text": str(i)})
+    await asyncio.sleep(0.2)  # stored
+    redis.Redis.from_url(redis_url).client_pause(400)
+    for i in range(3, 40):
+        a.append(lease, "delta", {"text": str(i)})
+        await asyncio.sleep(0.005)
+    await asyncio.wait_for(a.finish(lease, "done", {}), 10)
+    for start, reason in ((None, "trimmed"), (cursor, "epoch")):
+        items = await collect(b.read("drop", start))
+        assert isinstance(items[0], Reset) and items[0].reason == reason, items[:2]
+        got = texts(items)[1:]
+        assert got[-1] == "done" and got[:-1] == [str(i) for i in range(int(got[0]), 40)], got
