@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from . import _scripts as S
-from ._buffer import StreamBuffer
+from ._batch import Batch, Owned, fill, take
 from ._health import Health
 from ._ids import EventId, new_epoch
 from ._memory import INTERRUPTED
@@ -30,20 +30,6 @@ from ._remote import Remote, replay_and_follow, to_entry
 from ._settings import LogSettings
 from ._types import TERMINAL_EVENTS, CancelResult, Lease, ReadItem, StreamMeta
 from .exceptions import LogUnavailable, StaleOwner, StreamClosed, StreamExists, StreamNotFound
-
-
-class _Owned:
-    """A stream this process owns: its local buffer and what is not yet in Redis."""
-
-    def __init__(self, lease: Lease, tenant: str, conv: str, epoch: str, maxlen: int) -> None:
-        self.lease, self.tenant, self.conv = lease, tenant, conv
-        self.buffer = StreamBuffer(epoch, maxlen)
-        self.seq = 0
-        self.pending: list[tuple[str, str, str]] = []  # (id, event, json data)
-        self.terminal = ""  # status once the terminal entry is appended
-        self.done: asyncio.Future[None] | None = None
-        self.force_epoch = False  # entries were dropped from the retry: readers must reset
-
 
 _check_id = S.check_id
 _compact = json.JSONEncoder(separators=(",", ":")).encode  # built once, not per append
@@ -84,8 +70,8 @@ class RedisLog:
                                            "SWEEP", "CANCEL", "OPEN")}
         # One APPEND_MANY call a flush on a single Redis; one APPEND a stream on a Cluster.
         self.one_call_per_flush = True
-        self._owned: dict[str, _Owned] = {}
-        self._dirty: dict[str, _Owned] = {}
+        self._owned: dict[str, Owned] = {}
+        self._dirty: dict[str, Owned] = {}
         self._remote: dict[str, Remote] = {}
         self._wake = asyncio.Event()
         self._sweeper = sweeper
@@ -138,7 +124,7 @@ class RedisLog:
             raise StreamExists(f"stream {stream_id!r} already exists")
         await self.client.zadd(S.RUNNING, {stream_id: time.time() * 1000 + ttl_ms})
         lease = Lease(stream_id, self.owner, int(token))
-        self._owned[stream_id] = _Owned(lease, tenant, conversation_id, epoch,
+        self._owned[stream_id] = Owned(lease, tenant, conversation_id, epoch,
                                         self.settings.log_maxlen)
         self.mux.follow(k[3].encode(), b"0-0", lambda _entries: lease.cancelled.set())
         return lease
@@ -183,7 +169,7 @@ class RedisLog:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch = self._take()
+            batch = take(self._dirty, self.settings.redis_max_buffered)
             if not batch:
                 continue
             try:
@@ -199,47 +185,12 @@ class RedisLog:
             for (st, sent), res in zip(batch, results, strict=True):
                 self._flushed(st, sent, res)
 
-    def _take(self) -> list[tuple[_Owned, list[tuple[str, str, str]]]]:
-        """The next batch: every dirty stream's pending entries (none of them in flight).
-
-        Past ``redis_max_buffered`` entries (Redis is down or slow) the oldest are
-        dropped here, while nothing of the stream is in flight, and the batch changes
-        the log's epoch: its readers reset instead of seeing a gap.
-        """
-        most = self.settings.redis_max_buffered
-        for st in self._dirty.values():
-            if len(st.pending) > most:
-                del st.pending[:len(st.pending) - most]
-                st.force_epoch = True
-        batch = [(st, list(st.pending)) for st in self._dirty.values() if st.pending]
-        self._dirty.clear()
-        return batch
-
-    async def _flush(self, batch: list[tuple[_Owned, list[tuple[str, str, str]]]]) -> list[Any]:
+    async def _flush(self, batch: Batch) -> list[Any]:
         s = self.settings
         epoch = new_epoch()  # for any stream whose log must be recreated in this flush
         for attempt in (0, 1):
             pipe = self.client.pipeline(transaction=False)
-            groups: list[list[Any]] = []
-            ends = []
-            for st, sent in batch:
-                ends.append(st.terminal if st.pending[-1:] == sent[-1:] else "")
-                if self.one_call_per_flush:
-                    groups.append([st.lease.stream_id, st.lease.fence, st.tenant, st.conv,
-                                   ends[-1], "1" if st.force_epoch else "0", sent])
-                else:
-                    pipe.evalsha(self._sha["APPEND"], 4, *S.keys(st.lease.stream_id),
-                                 *S.append_args(s, fence=st.lease.fence, epoch=epoch,
-                                                tenant=st.tenant, conv=st.conv,
-                                                terminal=ends[-1], force_epoch=st.force_epoch,
-                                                entries=sent))
-            if self.one_call_per_flush:
-                pipe.evalsha(self._sha["APPEND_MANY"], 0, s.log_maxlen,
-                             int(s.log_retention * 1000), int(s.lease_ttl * 1000), epoch,
-                             json.dumps(groups, separators=(",", ":")))
-            for (st, _), end in zip(batch, ends, strict=True):
-                if end:
-                    pipe.zrem(S.RUNNING, st.lease.stream_id)
+            fill(pipe, batch, s, self._sha, one_call=self.one_call_per_flush, epoch=epoch)
             self.flushes += 1
             t0 = time.perf_counter()
             out = await pipe.execute(raise_on_error=False)
@@ -252,7 +203,7 @@ class RedisLog:
             return list(out[:len(batch)])
         return list(out[0]) if isinstance(out[0], list) else [out[0]] * len(batch)
 
-    def _flushed(self, st: _Owned, sent: list[tuple[str, str, str]], res: Any) -> None:
+    def _flushed(self, st: Owned, sent: list[tuple[str, str, str]], res: Any) -> None:
         sid = st.lease.stream_id
         if isinstance(res, Exception) or res[0] == b"stale":
             st.lease.lost = True
@@ -288,6 +239,34 @@ class RedisLog:
         await self.client.zadd(S.RUNNING, {lease.stream_id: time.time() * 1000 + ttl_ms})
         return self._renewed(lease, int(res))
 
+    async def _renew_all(self) -> bool:
+        """Renew every running owned lease in one round trip; whether there were any.
+
+        One pipeline of ``RENEW`` calls and one ``ZADD`` (not two round trips a stream:
+        at 100 streams that was 200 round trips, and as many wake-ups, every
+        ``lease_renew`` seconds).
+        """
+        leases = [st.lease for st in self._owned.values() if not st.terminal]
+        if not leases:
+            return False
+        ttl_ms = int(self.settings.lease_ttl * 1000)
+        for attempt in (0, 1):
+            pipe = self.client.pipeline(transaction=False)
+            for lease in leases:
+                pipe.evalsha(self._sha["RENEW"], 2, *S.keys(lease.stream_id)[2:0:-1],
+                             lease.fence, ttl_ms)
+            deadline = time.time() * 1000 + ttl_ms
+            pipe.zadd(S.RUNNING, {lease.stream_id: deadline for lease in leases})
+            out = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in out):
+                await self._load_scripts()
+                continue
+            break
+        for lease, res in zip(leases, out, strict=False):
+            if isinstance(res, int):
+                self._renewed(lease, res)
+        return True
+
     def _renewed(self, lease: Lease, res: int) -> bool:
         if res == 3:
             lease.cancelled.set()
@@ -303,11 +282,7 @@ class RedisLog:
         while True:
             await asyncio.sleep(s.lease_renew)
             try:
-                reached = False
-                for st in list(self._owned.values()) if self._renewing else ():
-                    if not st.terminal:
-                        await self.renew(st.lease)
-                        reached = True
+                reached = await self._renew_all() if self._renewing else False
                 if self._sweeper and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + s.sweep_interval
                     await self.sweep()
@@ -400,7 +375,7 @@ class RedisLog:
     async def aclose(self) -> None:
         """Flush what Redis can take now, stop the tasks, close the connections."""
         if self._dirty and not self.health.degraded:
-            batch = self._take()
+            batch = take(self._dirty, self.settings.redis_max_buffered)
             try:
                 for (st, sent), res in zip(batch, await self._flush(batch), strict=True):
                     self._flushed(st, sent, res)

@@ -403,3 +403,22 @@ async def test_entries_dropped_past_the_buffer_reset_every_reader(make_log: Any,
         assert isinstance(items[0], Reset) and items[0].reason == reason, items[:2]
         got = texts(items)[1:]
         assert got[-1] == "done" and got[:-1] == [str(i) for i in range(int(got[0]), 40)], got
+
+
+async def test_the_heartbeat_renews_every_lease_in_one_round_trip(make_log: Any,
+                                                                 redis_url: str) -> None:
+    """Three streams outlive their lease TTL three times over (nobody sweeps them), with
+    one ZADD a heartbeat for all of them, not one a stream."""
+    a = await make_log(lease_ttl=0.3, lease_renew=0.05, sweeper=False)
+    sweeper = await make_log(sweep_interval=0.05)
+    leases = [await a.create(f"hb{i}", tenant="t", conversation_id="c") for i in range(3)]
+    zadds = stat(redis_url, "zadd")
+    await asyncio.sleep(1.0)
+    beats = stat(redis_url, "zadd") - zadds
+    assert await sweeper.sweep() == []
+    for lease in leases:
+        meta = await sweeper.meta(lease.stream_id)
+        assert meta is not None and meta.status == "running" and not lease.lost
+    assert 3 <= beats <= 21, beats  # ~20 heartbeats of 50 ms at most, one ZADD each
+    for lease in leases:
+        await a.finish(lease, "done", {})
