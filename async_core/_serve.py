@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -64,7 +65,8 @@ def _run(app: str, *, host: str, port: int, workers: int, log_level: str,
     config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers,
                             log_level=log_level, lifespan="on", loop=loop, timeout_keep_alive=5,
                             http=read_timeout_protocol(settings.request_read_timeout),
-                            timeout_graceful_shutdown=int(SERVER_GRACE_MARGIN + 0.999))
+                            timeout_graceful_shutdown=int(SERVER_GRACE_MARGIN + 0.999),
+                            ws_ping_interval=_finite(settings.policy.heartbeat))
     # What uvicorn.run does, with the listening socket's send buffer bounded first
     # (connections inherit it: a stalled client is caught by the send timeout soon).
     sock = config.bind_socket()
@@ -79,3 +81,8 @@ def _run(app: str, *, host: str, port: int, workers: int, log_level: str,
         server.run(sockets=[sock])
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits
+
+
+def _finite(seconds: float) -> float | None:
+    """``seconds``, or None (off) for infinity: uvicorn's ``ws_ping_interval``."""
+    return seconds if math.isfinite(seconds) else None

@@ -14,6 +14,11 @@ detached one (``on_disconnect=continue``, background, a reconnect grace) goes on
 by the engine's own policy. A client that does not read: once ``SEND_QUEUE``
 messages or ``SEND_QUEUE_BYTES`` of text wait to be sent, the socket is closed with
 1013 (try again later) and its streams end as for a client that left.
+
+Heartbeats: a socket on which nothing was sent for ``STREAMBRIDGE_HEARTBEAT`` seconds
+gets a ``ping`` message (``stream_id`` and ``id`` null) that a browser's ``onmessage``
+sees; protocol pings at the same interval are uvicorn's (``ws_ping_interval``, set by
+the servers), and a pong that does not come within ``ws_ping_timeout`` closes 1011.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +74,7 @@ class _Socket:
         self.tasks: set[asyncio.Task[None]] = set()
         self.overflow = asyncio.Event()
         self.queued = 0  # characters waiting in ``queue``
+        self.sent_at = time.monotonic()  # the last send (the heartbeat's clock)
         self.principal: Principal | None = None
 
     async def serve(self) -> None:
@@ -83,12 +91,17 @@ class _Socket:
         loop = asyncio.get_running_loop()
         waits = [loop.create_task(self._read()), loop.create_task(self._write()),
                  loop.create_task(self.overflow.wait())]
+        heartbeat = self.service.settings.policy.heartbeat
+        if math.isfinite(heartbeat):
+            waits.append(loop.create_task(self._beat(heartbeat)))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (*waits, *self.streams.values(), *self.tasks):
                 await cancel_and_wait(task)
         if self.overflow.is_set():
+            while not self.queue.empty():  # never sent: free it while the close waits
+                self.queue.get_nowait()
             log.info("websocket: a client stopped reading (%d messages queued): closed %d",
                      SEND_QUEUE, CLOSE_SLOW)
             try:
@@ -111,8 +124,20 @@ class _Socket:
                 text = await self.queue.get()
                 self.queued -= len(text)
                 await self.ws.send_text(text)
+                self.sent_at = time.monotonic()
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the client left; the reader sees it too
+
+    async def _beat(self, interval: float) -> None:
+        """Offer a socket-level ``ping`` whenever nothing was sent for ``interval`` s."""
+        while True:
+            idle = time.monotonic() - self.sent_at
+            if idle < interval:
+                await asyncio.sleep(interval - idle)
+                continue
+            if self.queue.empty():  # else the writer is behind: no ping on top
+                self.offer(_PING)
+            await asyncio.sleep(interval)
 
     async def _read(self) -> None:
         limit = self.service.settings.max_body_bytes
@@ -225,6 +250,10 @@ class _Socket:
                 stream.abort(Outcome.CLIENT_DISCONNECTED)
             await frames.aclose()
             await stream.finish(Outcome.CLIENT_DISCONNECTED)
+
+
+_PING = json.dumps({"stream_id": None, "id": None, "event": "ping", "data": None},
+                   separators=(",", ":"))
 
 
 def _message(stream_id: str | None, event: str, data: Any, event_id: str | None = None) -> str:

@@ -386,3 +386,6 @@ class HybridWorker(UvicornWorker):
         self.config.timeout_graceful_shutdown = max(
             1, int(self.cfg.graceful_timeout - settings.drain_grace - 3))
         self.config.http = read_timeout_protocol(settings.request_read_timeout)
+        # /v1/ws: protocol pings at the heartbeat interval (async_core/_ws.py)
+        heartbeat = settings.policy.heartbeat
+        self.config.ws_ping_interval = heartbeat if heartbeat != float("inf") else None
