@@ -4,16 +4,19 @@ A socket is one more reader of the stream log: ``start`` opens a stream as
 ``POST /v1/chat`` does (``StreamService.open``), ``resume`` subscribes to one from a
 cursor as ``GET /v1/streams/{id}`` does (``StreamService.subscribe``), ``cancel``
 is ``POST /v1/streams/{id}/cancel``. Each stream is pumped by a task of its own
-into the socket's bounded send queue as JSON text frames
+to the socket (at once when nothing waits, else into its bounded send queue) as JSON
+text frames
 ``{"stream_id", "id", "event", "data"}``; ``id`` is the same log id as SSE's
 ``id:``, so a client can resume on SSE what it followed here, and the reverse.
 
 When the socket ends, each stream is finished the way an HTTP response ends it
 (``abort`` then ``finish(CLIENT_DISCONNECTED)``): a plain stream is cancelled, a
 detached one (``on_disconnect=continue``, background, a reconnect grace) goes on,
-by the engine's own policy. A client that does not read: once ``SEND_QUEUE``
-messages or ``SEND_QUEUE_BYTES`` of text wait to be sent, the socket is closed with
-1013 (try again later) and its streams end as for a client that left.
+by the engine's own policy. A client that does not read: a pump whose send blocks
+holds its stream back (the engine pauses the agent, as for SSE); once a send has
+waited ``STREAMBRIDGE_SEND_TIMEOUT``, or ``SEND_QUEUE`` messages or
+``SEND_QUEUE_BYTES`` of text wait behind it, the socket is closed with 1013 (try again
+later) and its streams end as for a client that left.
 
 Heartbeats: a socket on which nothing was sent for ``STREAMBRIDGE_HEARTBEAT`` seconds
 gets a ``ping`` message (``stream_id`` and ``id`` null) that a browser's ``onmessage``
@@ -27,6 +30,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -73,6 +77,8 @@ class _Socket:
         self.streams: dict[str, asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.overflow = asyncio.Event()
+        self.sending = asyncio.Lock()  # one send at a time: the writer's or a pump's
+        self.send_began: float | None = None  # when the send in progress began
         self.queued = 0  # characters waiting in ``queue``
         self.sent_at = time.monotonic()  # the last send (the heartbeat's clock)
         self.principal: Principal | None = None
@@ -91,19 +97,21 @@ class _Socket:
         loop = asyncio.get_running_loop()
         waits = [loop.create_task(self._read()), loop.create_task(self._write()),
                  loop.create_task(self.overflow.wait())]
-        heartbeat = self.service.settings.policy.heartbeat
-        if math.isfinite(heartbeat):
-            waits.append(loop.create_task(self._beat(heartbeat)))
+        policy = self.service.settings.policy
+        if math.isfinite(policy.heartbeat):
+            waits.append(loop.create_task(self._beat(policy.heartbeat)))
+        if policy.send_timeout:
+            waits.append(loop.create_task(self._watch(policy.send_timeout)))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (*waits, *self.streams.values(), *self.tasks):
                 await cancel_and_wait(task)
         if self.overflow.is_set():
+            log.info("websocket: a client stopped reading (%d messages queued): closed %d",
+                     self.queue.qsize(), CLOSE_SLOW)
             while not self.queue.empty():  # never sent: free it while the close waits
                 self.queue.get_nowait()
-            log.info("websocket: a client stopped reading (%d messages queued): closed %d",
-                     SEND_QUEUE, CLOSE_SLOW)
             try:
                 async with asyncio.timeout(CLOSE_WAIT):
                     await self.ws.close(CLOSE_SLOW, "slow consumer")
@@ -118,13 +126,39 @@ class _Socket:
         else:
             self.queue.put_nowait(text)
 
+    async def send(self, text: str) -> bool:
+        """Send one message of a stream: at once when nothing waits (a loop step less
+        per token than through the writer), else behind what waits.
+
+        Returns:
+            False if the client left or stopped reading (the socket is ending).
+        """
+        if not self.queue.empty() or self.sending.locked():
+            self.offer(text)
+            return True
+        try:
+            await self._send(text)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return False
+        return True
+
+    async def _send(self, text: str) -> None:
+        # The queue hands its head to the writer, which takes the lock in the same
+        # step, so a pump that finds both free is never ahead of a queued message.
+        async with self.sending:
+            self.send_began = time.monotonic()
+            try:
+                await self.ws.send_text(text)  # blocks while the client does not read
+            finally:
+                self.send_began = None
+            self.sent_at = time.monotonic()
+
     async def _write(self) -> None:
         try:
             while True:
                 text = await self.queue.get()
                 self.queued -= len(text)
-                await self.ws.send_text(text)
-                self.sent_at = time.monotonic()
+                await self._send(text)
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the client left; the reader sees it too
 
@@ -138,6 +172,15 @@ class _Socket:
             if self.queue.empty():  # else the writer is behind: no ping on top
                 self.offer(_PING)
             await asyncio.sleep(interval)
+
+    async def _watch(self, limit: float) -> None:
+        """Close 1013 once a send has waited ``limit`` s (no timer per message)."""
+        while True:
+            await asyncio.sleep(limit / 4)
+            began = self.send_began
+            if began is not None and time.monotonic() - began >= limit:
+                self.overflow.set()
+                return
 
     async def _read(self) -> None:
         limit = self.service.settings.max_body_bytes
@@ -236,11 +279,10 @@ class _Socket:
     async def _pump(self, stream: Streamable) -> None:
         sid, frames, ended = stream.info.stream_id, stream.frames(), False
         try:
+            head = '{"stream_id":' + json.dumps(sid) + ',"id":"'
             async for frame in frames:
-                event = json.loads(frame)
-                name, event_id = event.pop("event"), event.pop("id", None)
-                event.pop("seq", None)
-                self.offer(_message(sid, name, event, event_id))
+                if not await self.send(_relay(sid, head, frame)):
+                    return  # the client left or stopped reading: serve() ends the socket
             ended = True
         except StreamBridgeError as error:  # failed before its first event
             ended = True
@@ -254,6 +296,25 @@ class _Socket:
 
 _PING = json.dumps({"stream_id": None, "id": None, "event": "ping", "data": None},
                    separators=(",", ":"))
+
+
+# A native NDJSON line with its log id: ``{"event":<kind>,"seq":<n>,"id":<id>,...}``
+# (``wire.NativeNDJSONEncoder``, ASCII only). Its members after the id are the
+# message's ``data`` as they are: no decode and re-encode per token.
+_LINE = re.compile(r'\{"event":"([a-z_]+)","seq":\d+,"id":"([^"\\]*)",(.*)\}\n?\Z', re.DOTALL)
+
+
+def _relay(stream_id: str, head: str, frame: bytes) -> str:
+    """The socket message of one NDJSON frame of ``stream_id`` (``head`` its prefix)."""
+    text = frame.decode()
+    found = _LINE.match(text)
+    if found is None:  # no log id (a heartbeat) or an event without members
+        event = json.loads(text)
+        name, event_id = event.pop("event"), event.pop("id", None)
+        event.pop("seq", None)
+        return _message(stream_id, name, event, event_id)
+    kind, event_id, members = found.groups()
+    return f'{head}{event_id}","event":"{kind}","data":{{{members}}}}}'
 
 
 def _message(stream_id: str | None, event: str, data: Any, event_id: str | None = None) -> str:

@@ -96,3 +96,8 @@ def baseline_app() -> Starlette:
 
     return Starlette(routes=[Route("/v1/chat", chat, methods=["POST"]),
                              Route("/healthz", healthz)])
+
+
+# ``STREAMBRIDGE_AGENTS=bench_apps:AGENTS`` (with ``scripts`` on the path): the same agent
+# in a real ``streambridge serve`` process (``scripts/bench_ws.py``).
+AGENTS = [Agent(name=AGENT_NAME, async_fn=bench_agent, validate=bench_options)]

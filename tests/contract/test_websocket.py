@@ -41,9 +41,11 @@ def path_id(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def srv(path_id: str) -> Iterator[Server]:
-    """A server with two tenants' keys and a 64 KiB message (body) limit."""
+    """A server with two tenants' keys, a 64 KiB message (body) limit and a 1 s send
+    timeout (a socket whose send waits that long is closed 1013)."""
     server = Server(path_id, {"STREAMBRIDGE_API_KEYS": KEYS,
-                              "STREAMBRIDGE_MAX_BODY_BYTES": str(LIMIT)})
+                              "STREAMBRIDGE_MAX_BODY_BYTES": str(LIMIT),
+                              "STREAMBRIDGE_SEND_TIMEOUT": "1"})
     yield server
     server.stop()
     assert not server.problems(), "\n".join(server.problems())
@@ -214,9 +216,9 @@ def test_an_api_key_in_the_header_or_in_a_first_auth_message(srv: Server) -> Non
 
 def test_a_client_that_stops_reading_is_closed_1013(srv: Server) -> None:
     """A raw socket (small receive buffer, websockets' sans-IO client) reads nothing for
-    1.5 s while a stream sends 8 KB deltas: more than 1 MiB waits in the server's queue
-    and it closes the socket with 1013; reading again, the client gets the data, then
-    that close frame."""
+    1.5 s while a stream sends 8 KB deltas: the server's send waits more than the 1 s
+    send timeout and it closes the socket with 1013; reading again, the client gets the
+    data, then that close frame."""
     proto = ClientProtocol(parse_uri(ws_url(srv)), max_size=None)
     with pysocket.socket() as sock:
         sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, 65536)
