@@ -7,7 +7,9 @@ from its own origin and from a second origin given in its query string::
 
 The page POSTs with ``Content-Type: text/plain`` (a CORS "simple request": no
 preflight, so the chat routes need no ``OPTIONS`` handler) and reads the SSE body
-with ``fetch()`` and a ``ReadableStream``, since ``EventSource`` cannot POST.
+with ``fetch()`` and a ``ReadableStream``, since ``EventSource`` cannot POST; with
+its transport set to WebSocket (``?transport=ws``) it sends a ``start`` message over
+``/v1/ws`` instead and shows the same events the same way.
 Chat responses carry ``Access-Control-Allow-Origin`` only for loopback origins:
 the page is a local comparison tool, and a production origin never matches.
 Stdlib only; both paths (Starlette and Flask) use it.

@@ -117,3 +117,28 @@ def test_missing_second_origin_is_explained(servers: dict[str, Server], page: Pa
     _send(page, {"tokens": 3, "interval_ms": 0})
     expect(page.locator("#status-async")).to_contain_text("done")
     assert page.text_content("#text-async") == demo_text({"tokens": 3})
+
+
+def test_the_websocket_option_streams_the_same_reply(servers: dict[str, Server],
+                                                     page: Page) -> None:
+    """Transport "WebSocket" (``?transport=ws``): the pane shows the whole reply and
+    numeric figures as over SSE, read from a ``/v1/ws`` socket; switching back to SSE
+    shows the same text again."""
+    srv = servers["async"]
+    seen = len(srv.log())
+    page.goto(srv.url("/") + "?transport=ws")
+    assert page.input_value("#transport") == "ws"
+    _send(page, OPTIONS)
+    over_ws = re.compile(r"^done · .* · over WebSocket$")
+    expect(page.locator("#status-async")).to_have_text(over_ws, timeout=20_000)
+    assert page.text_content("#text-async") == demo_text(OPTIONS)
+    for fig in ("ttfc", "gap50", "gap99"):
+        assert NUMBER.match(page.inner_text(f"#{fig}-async")), fig
+    assert 2 <= int(page.inner_text("#chunks-async")) <= OPTIONS["tokens"]
+    assert '"WebSocket /v1/ws" [accepted]' in srv.log()[seen:]
+    page.select_option("#transport", "sse")
+    expect(page.locator("#send")).to_be_enabled()
+    _send(page, OPTIONS)
+    over_sse = re.compile(r"^done · .* ms$")  # the WebSocket's ends "· over WebSocket"
+    expect(page.locator("#status-async")).to_have_text(over_sse, timeout=20_000)
+    assert page.text_content("#text-async") == demo_text(OPTIONS)
