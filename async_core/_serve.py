@@ -66,7 +66,11 @@ def _run(app: str, *, host: str, port: int, workers: int, log_level: str,
                             log_level=log_level, lifespan="on", loop=loop, timeout_keep_alive=5,
                             http=read_timeout_protocol(settings.request_read_timeout),
                             timeout_graceful_shutdown=int(SERVER_GRACE_MARGIN + 0.999),
-                            ws_ping_interval=_finite(settings.policy.heartbeat))
+                            ws_ping_interval=_finite(settings.policy.heartbeat),
+                            # /v1/ws: token messages are small and SSE is not compressed
+                            # either; per-message deflate cost ~40% more CPU per token
+                            # and ~50 KiB a socket (scripts/bench_ws.py)
+                            ws_per_message_deflate=False)
     # What uvicorn.run does, with the listening socket's send buffer bounded first
     # (connections inherit it: a stalled client is caught by the send timeout soon).
     sock = config.bind_socket()

@@ -389,3 +389,4 @@ class HybridWorker(UvicornWorker):
         # /v1/ws: protocol pings at the heartbeat interval (async_core/_ws.py)
         heartbeat = settings.policy.heartbeat
         self.config.ws_ping_interval = heartbeat if heartbeat != float("inf") else None
+        self.config.ws_per_message_deflate = False  # as async_core/_serve.py, and why

@@ -199,7 +199,7 @@ async def compare(paths: Sequence[str], counts: Sequence[int], tokens: int, pace
         finally:
             server.stop()
     print(f"\n{tokens} tokens per stream at {pace_ms:g} ms, {rounds} rounds, "
-          f"deflate {'on' if deflate else 'off'}; lag in ms, server CPU in us per token\n")
+          f"client offers deflate: {'yes' if deflate else 'no'}; lag in ms, server CPU in us per token\n")
     print("| path | streams | SSE p50 | SSE p99 | WS p50 | WS p99 | WS/SSE p50 | "
           "CPU SSE | CPU WS |")
     print("|---|---|---|---|---|---|---|---|---|")

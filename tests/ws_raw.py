@@ -43,8 +43,13 @@ class RawSocket:
         self._collect()
 
     def flush(self) -> None:
-        """Send what the protocol has to send (requests, messages, pongs)."""
-        self.sock.sendall(b"".join(self.proto.data_to_send()))
+        """Send what the protocol has to send (requests, messages, pongs, a close reply:
+        the server may be gone by then, which is no error)."""
+        try:
+            self.sock.sendall(b"".join(self.proto.data_to_send()))
+        except OSError:
+            if self.proto.close_rcvd is None:
+                raise
 
     def send(self, message: dict[str, Any]) -> None:
         """Send one JSON text message."""
