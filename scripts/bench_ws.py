@@ -8,8 +8,8 @@ What is compared
 
     - ``sse``: ``POST /v1/chat`` read by ``bench_engine.StreamClient`` (raw HTTP/1.1);
     - ``ws``: one ``websockets`` client socket per stream, ``{"type": "start"}``,
-      read until its ``done`` (permessage-deflate as a browser negotiates it, unless
-      ``--no-deflate``).
+      read until its ``done`` (offering permessage-deflate as a browser does, unless
+      ``--no-deflate``; the server declines it).
 
     lag = the client's wall time when a frame is read − the token's production time,
     for every token. Rounds alternate the order of ``sse`` and ``ws`` so background
@@ -199,7 +199,8 @@ async def compare(paths: Sequence[str], counts: Sequence[int], tokens: int, pace
         finally:
             server.stop()
     print(f"\n{tokens} tokens per stream at {pace_ms:g} ms, {rounds} rounds, "
-          f"client offers deflate: {'yes' if deflate else 'no'}; lag in ms, server CPU in us per token\n")
+          f"client offers deflate: {'yes' if deflate else 'no'}; lag in ms, "
+          "server CPU in us per token\n")
     print("| path | streams | SSE p50 | SSE p99 | WS p50 | WS p99 | WS/SSE p50 | "
           "CPU SSE | CPU WS |")
     print("|---|---|---|---|---|---|---|---|---|")
