@@ -32,6 +32,7 @@ import asyncio
 import json
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import Any
 SCRIPTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent)]
 
-import psutil  # noqa: E402
+from _benchlib import TreeServer  # noqa: E402
 from bench_engine import log, open_streams, pct, raise_fd_limit, wait_all  # noqa: E402
 from websockets.client import ClientProtocol  # noqa: E402
 from websockets.extensions.permessage_deflate import (  # noqa: E402
@@ -49,7 +50,7 @@ from websockets.extensions.permessage_deflate import (  # noqa: E402
 from websockets.frames import Frame, Opcode  # noqa: E402
 from websockets.uri import parse_uri  # noqa: E402
 
-from tests.servers import Server  # noqa: E402
+from tests.servers import PATH_ARGS, PATH_ENV  # noqa: E402
 
 STAMP = re.compile(r"\d{10}\.\d{6}")
 TARGET = 1.2
@@ -58,18 +59,12 @@ ENV = {"STREAMBRIDGE_AGENTS": "bench_apps:AGENTS",
        "STREAMBRIDGE_DATABASE_URL": "none", "STREAMBRIDGE_MAX_STREAMS": "2000"}
 
 
-class Tree:
-    """CPU and RSS of a server's whole process tree (gunicorn's master and worker)."""
-
-    def __init__(self, server: Server) -> None:
-        root = psutil.Process(server.proc.pid)
-        self.procs = [root, *root.children(recursive=True)]
-
-    def cpu(self) -> float:
-        return sum(t.user + t.system for t in (p.cpu_times() for p in self.procs))
-
-    def rss(self) -> int:
-        return sum(int(p.memory_info().rss) for p in self.procs)
+def start_server(path: str, log_dir: Path) -> TreeServer:
+    """``streambridge serve`` on ``path`` (a ``tests/servers.py`` path id), started."""
+    cmd = [sys.executable, "-m", "async_core.cli", "serve", *PATH_ARGS[path], "--port", "0"]
+    server = TreeServer(path, cmd, {**PATH_ENV.get(path, {}), **ENV}, log_dir, SCRIPTS.parent)
+    server.start()
+    return server
 
 
 class WsClient(asyncio.Protocol):
@@ -151,32 +146,32 @@ async def ws_streams(port: int, count: int, options: dict[str, Any], deflate: bo
     return clients
 
 
-async def phase(kind: str, server: Server, streams: int, options: dict[str, Any],
+async def phase(kind: str, server: TreeServer, streams: int, options: dict[str, Any],
                 deflate: bool, max_wait: float) -> tuple[list[float], int, float]:
     """Run ``streams`` concurrent streams over ``kind``; (lags, incomplete, CPU s)."""
-    tree = Tree(server)
-    cpu0, client0 = tree.cpu(), time.process_time()
+    cpu0, client0 = server.cpu(), time.process_time()
     if kind == "sse":
         clients = await open_streams(server.port, streams, options, keep_lags=True)
-        await wait_all(clients, server.path_id, max_wait, lambda c: c.closed)
+        await wait_all(clients, server.name, max_wait, lambda c: c.closed)
         lags = [lag for c in clients for lag in c.lags]
         bad = sum(not c.complete or c.tokens != options["tokens"] for c in clients)
     else:
         results = await ws_streams(server.port, streams, options, deflate, max_wait)
         lags = [lag for r in results for lag in r.lags]
         bad = sum(r.dones != 1 or r.tokens != options["tokens"] for r in results)
-    log(f"  client CPU {time.process_time() - client0:.2f} s, server {tree.cpu() - cpu0:.2f} s")
-    return lags, bad, tree.cpu() - cpu0
+    used = server.cpu() - cpu0
+    log(f"  client CPU {time.process_time() - client0:.2f} s, server {used:.2f} s")
+    return lags, bad, used
 
 
 async def compare(paths: Sequence[str], counts: Sequence[int], tokens: int, pace_ms: float,
-                  rounds: int, deflate: bool) -> int:
+                  rounds: int, deflate: bool, log_dir: Path) -> int:
     """SSE against WS on each path at each concurrency; print the table."""
     options = {"tokens": tokens, "interval_ms": pace_ms}
     max_wait = 30 + tokens * pace_ms / 1000 * 3
     rows, missed = [], 0
     for path in paths:
-        server = Server(path, ENV)
+        server = start_server(path, log_dir)
         try:
             for count in counts:
                 pooled: dict[str, list[float]] = {"sse": [], "ws": []}
@@ -211,22 +206,23 @@ async def compare(paths: Sequence[str], counts: Sequence[int], tokens: int, pace
     return 1 if missed else 0
 
 
-async def many_sockets(count: int, tokens: int, pace_ms: float, deflate: bool) -> int:
+async def many_sockets(count: int, tokens: int, pace_ms: float, deflate: bool,
+                       log_dir: Path) -> int:
     """``count`` sockets at once on one async worker: exactly one ``done`` each."""
     options = {"tokens": tokens, "interval_ms": pace_ms}
-    server = Server("async", ENV)
+    server = start_server("async", log_dir)
     try:
-        tree = Tree(server)
-        cpu0, rss0, peak = tree.cpu(), tree.rss(), tree.rss()
+        cpu0, rss0 = server.cpu(), server.rss()
+        peak = rss0
         t0 = time.monotonic()
         bound = 60 + tokens * pace_ms / 1000 * 4
         run = asyncio.ensure_future(ws_streams(server.port, count, options, deflate, bound))
         while not run.done() and time.monotonic() - t0 < bound:
-            peak = max(peak, tree.rss())
+            peak = max(peak, server.rss())
             await asyncio.sleep(0.1)
         results = await asyncio.wait_for(run, 1)
         wall = time.monotonic() - t0
-        cpu = tree.cpu() - cpu0
+        cpu = server.cpu() - cpu0
     finally:
         server.stop()
     dones = [r.dones for r in results]
@@ -254,12 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead: this many concurrent sockets on one async worker")
     args = parser.parse_args(argv)
     raise_fd_limit(4 * max(args.sockets, 1000))
-    if args.sockets:
-        return asyncio.run(many_sockets(args.sockets, args.tokens, args.pace_ms,
-                                        not args.no_deflate))
-    return asyncio.run(compare(args.paths.split(","), [int(n) for n in
-                                                        args.streams.split(",")],
-                               args.tokens, args.pace_ms, args.rounds, not args.no_deflate))
+    with tempfile.TemporaryDirectory(prefix="sb-bench-ws-") as logs:
+        if args.sockets:
+            return asyncio.run(many_sockets(args.sockets, args.tokens, args.pace_ms,
+                                            not args.no_deflate, Path(logs)))
+        counts = [int(n) for n in args.streams.split(",")]
+        return asyncio.run(compare(args.paths.split(","), counts, args.tokens, args.pace_ms,
+                                   args.rounds, not args.no_deflate, Path(logs)))
 
 
 if __name__ == "__main__":
