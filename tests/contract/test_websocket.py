@@ -197,6 +197,18 @@ def test_bad_input_is_named_and_the_socket_and_its_stream_go_on(srv: Server) -> 
     assert rest[-1]["event"] == "done"
 
 
+def test_a_cancel_of_another_tenants_stream_is_not_found_and_it_runs_on(srv: Server) -> None:
+    """ACME's socket names GLOBEX's running stream in a ``cancel``: ``stream_not_found``,
+    as for an unknown id, and GLOBEX's agent runs to its end."""
+    probe = probe_file()
+    globex_sid, _ = cut(srv, body(30, 20, probe, on_disconnect="continue"), 1, bearer(GLOBEX))
+    with socket(srv) as ws:
+        ws.send(json.dumps({"type": "cancel", "stream_id": globex_sid}))
+        got = recv_until(ws, lambda m: m["event"] in ("error", "cancel"))
+    assert got[-1]["event"] == "error" and got[-1]["data"]["code"] == "stream_not_found"
+    assert wait_for(lambda: read_probe(probe), timeout=5)[0]["produced"] == 30
+
+
 def test_an_api_key_in_the_header_or_in_a_first_auth_message(srv: Server) -> None:
     with socket(srv, None) as ws:
         ws.send(json.dumps({"type": "start", **body(3, 1)}))
