@@ -7,6 +7,7 @@ import importlib.util
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from typing import Literal
@@ -75,6 +76,13 @@ def _run(app: str, *, host: str, port: int, workers: int, log_level: str,
     # (connections inherit it: a stalled client is caught by the send timeout soon).
     sock = config.bind_socket()
     bound_send_buffer(sock, settings.socket_send_buffer)
+    # asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP, and uvicorn
+    # binds with proto 0: its connections kept Nagle, so a small write right after
+    # another waited for the client's delayed ACK (~40 ms: a WebSocket's "started"
+    # then its first deltas, scripts/bench_ws.py). gunicorn sets it on its listeners;
+    # connections accepted here inherit it.
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if config.workers > 1:
         from uvicorn.supervisors import Multiprocess
 

@@ -199,6 +199,8 @@ async def compare(paths: Sequence[str], counts: Sequence[int], tokens: int, pace
     for path in paths:
         server = start_server(path, log_dir)
         try:
+            for kind in ("sse", "ws"):  # warm-up: first-use costs are not the transport's
+                await phase(kind, server, 2, {"tokens": 5, "interval_ms": 1}, deflate, max_wait)
             for count in counts:
                 pooled: dict[str, list[float]] = {"sse": [], "ws": []}
                 cpu: dict[str, float] = {"sse": 0.0, "ws": 0.0}

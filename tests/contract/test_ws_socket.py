@@ -87,6 +87,23 @@ def test_an_idle_socket_gets_protocol_pings_and_ping_messages(srv: Server) -> No
         raw.close()
 
 
+def test_the_first_delta_follows_started_without_waiting_for_an_ack(srv: Server) -> None:
+    """``started`` and the first delta are two small writes in a row: with Nagle on (the
+    async path's connections had it: uvicorn binds with proto 0, so asyncio did not set
+    TCP_NODELAY) the second waited ~40 ms for the client's delayed ACK. The best of
+    five streams must see it within 15 ms."""
+    gaps = []
+    with socket(srv, None) as ws:
+        for _ in range(5):
+            ws.send(json.dumps({"type": "start", **body(3, 50)}))
+            recv_until(ws, lambda m: m["event"] == "started")
+            t0 = time.monotonic()
+            sid = recv_until(ws, lambda m: m["event"] == "delta")[-1]["stream_id"]
+            gaps.append(time.monotonic() - t0)
+            recv_until(ws, ended(sid))
+    assert min(gaps) < 0.015, [f"{g * 1000:.1f} ms" for g in gaps]
+
+
 def test_per_message_deflate_is_declined(srv: Server) -> None:
     """The client offers permessage-deflate (as browsers do); the server declines it:
     token messages are small, and it cost ~40% more CPU per token (scripts/bench_ws.py)."""
