@@ -42,7 +42,7 @@ def _decoded(frame: bytes) -> dict[str, Any]:
     return {"stream_id": SID, "id": event_id, "event": name, "data": event}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(events, st.none() | st.sampled_from(["ab12-3-0-7", "ab12-3-10-0", "x"]))
 def test_a_relayed_frame_means_what_the_decoded_frame_means(event: Any,
                                                            event_id: str | None) -> None:
