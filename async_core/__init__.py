@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._engine import StreamSession
+from ._engine import SessionSettings, StreamSession
 from ._lifecycle import Lifecycle, LifecycleState, install_sigterm_drain
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import render as render_metrics
@@ -32,6 +32,7 @@ from .agents import (
     Usage,
 )
 from .exceptions import ConfigError, StreamBridgeError
+from .policy import PolicyMachine, PolicyState
 from .protocol import ChatCall, parse_chat
 from .service import StreamService
 
@@ -58,6 +59,9 @@ __all__ = [
     "METRICS_CONTENT_TYPE",
     "Outcome",
     "PAGE_CONTENT_TYPE",
+    "PolicyMachine",
+    "PolicyState",
+    "SessionSettings",
     "Settings",
     "StateUpdate",
     "StreamBridgeError",

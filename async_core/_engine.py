@@ -9,7 +9,10 @@ legacy frame pump) iterate :meth:`StreamSession.frames`, enforce the send
 timeout, and call :meth:`StreamSession.finish` exactly once with the reason they
 stopped; ``finish`` fixes the one outcome, releases the slot and runs the hooks.
 
-Stream states::
+The policy — deadlines, heartbeats, retries, the commit and the terminal event —
+is the sans-IO ``PolicyMachine`` (``policy.py``); ``events`` is its thin driver.
+
+Stream states (the policy's own are in ``policy.py``)::
 
     CREATED → RUNNING → TERMINATED (terminal event produced) → FINISHED
                   └──────────────→ ABORTED (transport gave up) ─┘
@@ -24,13 +27,15 @@ import math
 import random
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import exceptions as exc
-from ._records import _OUTCOME_OF, FinishHook, Outcome, ProgressHook, StreamInfo, StreamRecord
+from ._records import FinishHook, Outcome, ProgressHook, StreamInfo, StreamRecord
 from ._settings import StreamPolicy
 from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner, agent_failure
 from .agents import Agent, AgentRequest, Finish, StateUpdate, Usage
+from .policy import Heartbeat, PolicyMachine, PolicyState, Retry, Terminate
 from .wire import Delta, Done, Encoder, Error, Event, State, StreamMeta
 
 if TYPE_CHECKING:
@@ -38,46 +43,61 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streambridge.engine")
 INF = math.inf
+ABORTED = PolicyState.ABORTED
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionSettings:
+    """What every session of one service shares: its policy and its wiring.
+
+    Attributes:
+        policy: timeouts, heartbeat, buffer size and retries.
+        hooks: called once with the ``StreamRecord`` when a stream finishes.
+        lifecycle: the server lifecycle (drain deadline and wake-ups), optional.
+        progress: checkpoint hook, called from the producing loop at most every
+            ``progress_every`` = (tokens, seconds), whichever comes first.
+        progress_every: see ``progress``.
+    """
+
+    policy: StreamPolicy = StreamPolicy()
+    hooks: Sequence[FinishHook] = ()
+    lifecycle: Any = None
+    progress: ProgressHook | None = None
+    progress_every: tuple[int, float] = (64, 0.25)
 
 
 class StreamSession:
     """One stream: an agent run, its timers, its events and its single outcome.
 
     Args:
+        settings: the policy and wiring shared by the service's sessions.
         agent: the agent to run.
         request: what to ask it.
-        policy: timeouts, heartbeat, buffer size and retries.
         encoder: frames events for the client's wire format.
         info: ids and labels of the stream.
-        hooks: called once with the ``StreamRecord`` when the stream finishes.
         release: returns the admission slot; called exactly once by ``finish``.
         sync_runner: runs the agent's sync form; None runs its async form.
-        lifecycle: the server lifecycle (drain deadline and wake-ups), optional.
         meta: the stream's wire metadata (ids, model, creation time), optional.
-        progress: checkpoint hook, called from the producing loop at most every
-            ``progress_every`` = (tokens, seconds), whichever comes first.
         tee: the stream's handle on the stream log: ``frames`` appends every event
             there and puts the log's id on the wire (``_logtee.py``).
     """
 
-    def __init__(self, *, agent: Agent, request: AgentRequest, policy: StreamPolicy,
-                 encoder: Encoder, info: StreamInfo, hooks: Sequence[FinishHook] = (),
+    def __init__(self, settings: SessionSettings, *, agent: Agent, request: AgentRequest,
+                 encoder: Encoder, info: StreamInfo,
                  release: Callable[[], None] | None = None,
-                 sync_runner: SyncRunner | None = None, lifecycle: Any = None,
-                 meta: StreamMeta | None = None, progress: ProgressHook | None = None,
-                 progress_every: tuple[int, float] = (64, 0.25), tee: Any = None) -> None:
-        self.agent, self.request, self.policy = agent, request, policy
+                 sync_runner: SyncRunner | None = None, meta: StreamMeta | None = None,
+                 tee: Any = None) -> None:
+        self.agent, self.request, self.policy = agent, request, settings.policy
         self.tee: LogTee | None = tee
         self.meta = meta
         self.encoder, self.info = encoder, info
-        self._hooks, self._release, self._sync_runner = hooks, release, sync_runner
-        self._lifecycle = lifecycle
+        self._hooks, self._release, self._sync_runner = settings.hooks, release, sync_runner
+        self._lifecycle = lifecycle = settings.lifecycle
+        self._machine = PolicyMachine(settings.policy)
         self._source: AgentSource | None = None
         self._seq = 0
         self._tokens = 0
         self._parts: list[str] = []
-        self._committed = False
-        self._cancelled = False
         self._abort: Outcome | None = None
         self._t0_wall = time.time()
         self._t0 = time.monotonic()
@@ -88,8 +108,8 @@ class StreamSession:
         self._error_code: str | None = None
         self._record: StreamRecord | None = None
         self._failure: exc.StreamBridgeError | None = None
-        self._progress, self._progress_every = progress, progress_every
-        self._next_cp = (progress_every[0], self._t0 + progress_every[1])
+        self._progress, self._progress_every = settings.progress, settings.progress_every
+        self._next_cp = (self._progress_every[0], self._t0 + self._progress_every[1])
         if lifecycle is not None:
             lifecycle.register(self)
 
@@ -98,7 +118,7 @@ class StreamSession:
     @property
     def committed(self) -> bool:
         """Whether an event has been handed to the client (no retry after that)."""
-        return self._committed
+        return self._machine.committed
 
     @property
     def outcome(self) -> Outcome | None:
@@ -112,7 +132,7 @@ class StreamSession:
 
     def cancel(self) -> None:
         """Stop the stream server-side: it ends with ``error`` code ``cancelled``."""
-        self._cancelled = True
+        self._machine.cancel()
         self.wake()
 
     def abort(self, reason: Outcome) -> None:
@@ -124,6 +144,7 @@ class StreamSession:
         """
         if self._abort is None:
             self._abort = reason
+        self._machine.abort()
         self.wake()
 
     # -- producing ------------------------------------------------------------------
@@ -175,93 +196,60 @@ class StreamSession:
         return events
 
     async def events(self) -> AsyncGenerator[Event | None, None]:
-        """Yield events, and ``None`` whenever a heartbeat is due."""
+        """Yield events, and ``None`` whenever a heartbeat is due.
+
+        The driver of the stream's ``PolicyMachine`` (``policy.py``): it waits for the
+        agent until the machine's deadline, hands it the time and what came, and performs
+        what the machine answers (a heartbeat, a retry, the terminal event).
+        """
         loop = asyncio.get_running_loop()
-        pol = self.policy
-        now = loop.time()
-        total_dl = now + pol.total_timeout if pol.total_timeout else INF
-        first_dl = now + pol.first_chunk_timeout if pol.first_chunk_timeout else INF
-        idle, hb = pol.idle_timeout or INF, pol.heartbeat
-        attempt, got_output, idle_dl = 0, False, INF
-        # The first heartbeat (which commits the headers) is due after header_hold.
-        last_write = now - hb + min(hb, pol.header_hold)
+        m, lifecycle = self._machine, self._lifecycle
+        m.start(loop.time())
         source = self._source = self._open(0)
-        lifecycle = self._lifecycle
         try:
             while True:
-                if self._abort is not None:
+                if m.state is ABORTED:
                     return
-                if self._cancelled:
-                    yield self._fail(_Cancelled("the stream was cancelled"))
+                end = m.pending()
+                if end is not None:
+                    yield self._terminal(end)
                     return
-                agent_dl = idle_dl if got_output else first_dl
-                drain_dl = lifecycle.drain_deadline if lifecycle is not None else INF
-                batch = await source.next_batch(min(agent_dl, total_dl, last_write + hb,
-                                                    drain_dl))
-                if self._abort is not None:
+                drain = lifecycle.drain_deadline if lifecycle is not None else INF
+                batch = await source.next_batch(m.deadline(drain))
+                if m.state is ABORTED:
                     return
                 now = loop.time()
+                action: Terminate | Retry | Heartbeat | None
                 if batch:
-                    end = None
-                    for event in self._absorb(batch):
-                        if isinstance(event, AgentEnd):
-                            end = event
-                        else:
-                            self._committed = True
-                            yield event
-                    got_output, idle_dl, last_write = True, now + idle, loop.time()
-                    if end is None:
-                        # A never-pausing agent never lets the checks below run (issue 10).
-                        drain_dl = lifecycle.drain_deadline if lifecycle is not None else INF
-                        if last_write >= total_dl or last_write >= drain_dl:
-                            yield self._fail(self._total_timeout() if last_write >= total_dl
-                                             else _shutdown())
-                            return
-                        continue
-                    if end.error is None:
-                        yield self._done()
+                    events, agent_end = self._absorb(batch)
+                    m.output(now, len(events))
+                    for event in events:
+                        yield event
+                    if m.state is ABORTED:  # during a yield: stop at this step
                         return
-                    if (not self._committed and attempt < pol.retries
-                            and getattr(end.error, "retryable", True)):
-                        attempt += 1
-                        await source.aclose()
-                        # An agent may ask for a least wait (an upstream's Retry-After).
-                        await asyncio.sleep(max(
-                            pol.retry_backoff * 2 ** (attempt - 1)
-                            * (0.5 + random.random()),  # noqa: S311
-                            getattr(end.error, "retry_after", None) or 0.0))
-                        got_output, now = False, loop.time()
-                        if pol.first_chunk_timeout:
-                            first_dl = now + pol.first_chunk_timeout
-                        source = self._source = self._open(attempt)
-                        continue
-                    yield self._fail(agent_failure(end.error, self.agent.name, self.info.stream_id))
-                    return
-                if self._cancelled:
-                    continue  # ends at the top of the loop
-                if now >= total_dl:
-                    yield self._fail(self._total_timeout())
-                    return
-                if now >= agent_dl:
-                    if got_output:
-                        yield self._fail(exc.IdleTimeout(
-                            f"the agent produced nothing for {pol.idle_timeout:g} s"))
-                        return
-                    if not self._committed and attempt < pol.retries:
-                        attempt += 1
-                        await source.aclose()
-                        first_dl = loop.time() + pol.first_chunk_timeout
-                        source = self._source = self._open(attempt)
-                        continue
-                    yield self._fail(exc.FirstChunkTimeout(
-                        f"the agent produced no output within {pol.first_chunk_timeout:g} s"))
-                    return
-                if now >= drain_dl:
-                    yield self._fail(_shutdown())
-                    return
-                if now >= last_write + hb:
+                    now = loop.time()
+                    m.wrote(now)
+                    if agent_end is None:
+                        drain = lifecycle.drain_deadline if lifecycle is not None else INF
+                        action = m.overdue(now, drain)
+                    else:
+                        action = m.agent_ended(agent_end.error, random.random())  # noqa: S311
+                else:
+                    action = m.wait_over(now, drain)
+                if action is None:
+                    continue
+                if type(action) is Heartbeat:
                     yield None
-                    last_write = loop.time()
+                    m.wrote(loop.time())  # a no-op if aborted meanwhile: the top returns
+                elif type(action) is Retry:
+                    await source.aclose()
+                    if action.delay:
+                        await asyncio.sleep(action.delay)
+                    m.restarted(loop.time())
+                    source = self._source = self._open(action.attempt)
+                else:
+                    yield self._terminal(action)  # type: ignore[arg-type]
+                    return
         finally:
             await source.aclose()
 
@@ -275,9 +263,13 @@ class StreamSession:
                 f"agent {agent.name!r} has only a sync form and no sync runner is configured")
         return AsyncSource(agent.async_fn(request), maxsize)
 
-    def _absorb(self, batch: Batch) -> list[Event | AgentEnd]:
-        """Turn one batch of agent items into events (consecutive deltas coalesced)."""
-        out: list[Event | AgentEnd] = []
+    def _absorb(self, batch: Batch) -> tuple[list[Event], AgentEnd | None]:
+        """Turn one batch of agent items into events (consecutive deltas coalesced).
+
+        Returns:
+            The events, and the agent's end if the batch has it (nothing after it counts).
+        """
+        out: list[Event] = []
         parts: list[str] = []
         for item in batch:
             if type(item) is str:
@@ -288,8 +280,7 @@ class StreamSession:
                 out.append(self._delta(parts))
                 parts = []
             if isinstance(item, AgentEnd):
-                out.append(item)
-                return out  # nothing after an end counts
+                return out, item
             elif isinstance(item, StateUpdate):
                 self._seq += 1
                 out.append(State(self._seq, dict(item.data)))
@@ -300,12 +291,11 @@ class StreamSession:
             elif isinstance(item, Finish):
                 self._finish_reason = item.reason
             else:
-                out.append(AgentEnd(TypeError(
-                    f"agent yielded a {type(item).__name__}; expected str or a marker")))
-                return out
+                return out, AgentEnd(TypeError(
+                    f"agent yielded a {type(item).__name__}; expected str or a marker"))
         if parts:
             out.append(self._delta(parts))
-        return out
+        return out, None
 
     def _delta(self, parts: list[str]) -> Delta:
         if self._ttfc is None:
@@ -340,17 +330,33 @@ class StreamSession:
                     round((time.monotonic() - self._t0) * 1000, 3),
                     self.info.conversation_id, self._usage)
 
-    def _fail(self, failure: exc.StreamBridgeError) -> Error:
-        self._outcome = (Outcome.CANCELLED if isinstance(failure, _Cancelled)
-                         else _OUTCOME_OF.get(type(failure), Outcome.AGENT_ERROR))
+    def _terminal(self, end: Terminate) -> Done | Error:
+        """The terminal event the machine decided, as ``done`` or an ``error``."""
+        outcome, pol = end.outcome, self.policy
+        if outcome is Outcome.COMPLETED:
+            return self._done()
+        failure: exc.StreamBridgeError
+        if outcome is Outcome.AGENT_ERROR:
+            assert end.error is not None
+            failure = agent_failure(end.error, self.agent.name, self.info.stream_id)
+        elif outcome is Outcome.FIRST_CHUNK_TIMEOUT:
+            failure = exc.FirstChunkTimeout(
+                f"the agent produced no output within {pol.first_chunk_timeout:g} s")
+        elif outcome is Outcome.IDLE_TIMEOUT:
+            failure = exc.IdleTimeout(f"the agent produced nothing for {pol.idle_timeout:g} s")
+        elif outcome is Outcome.TOTAL_TIMEOUT:
+            failure = exc.TotalTimeout(
+                f"the stream exceeded the total timeout of {pol.total_timeout:g} s")
+        elif outcome is Outcome.SHUTDOWN:
+            failure = exc.StreamShutdown(
+                "the server is shutting down; retry to continue elsewhere")
+        else:
+            failure = _Cancelled("the stream was cancelled")
+        self._outcome = outcome
         self._error_code = failure.code
         self._failure = failure
         self._seq += 1
         return Error(self._seq, failure.code, failure.message, failure.retryable)
-
-    def _total_timeout(self) -> exc.TotalTimeout:
-        return exc.TotalTimeout(
-            f"the stream exceeded the total timeout of {self.policy.total_timeout:g} s")
 
     # -- finishing ------------------------------------------------------------------
 
@@ -385,10 +391,6 @@ class StreamSession:
                 log.exception("finish hook %r failed for stream %s", hook,
                               self.info.stream_id)
         return record
-
-
-def _shutdown() -> exc.StreamShutdown:
-    return exc.StreamShutdown("the server is shutting down; retry to continue elsewhere")
 
 
 class _Cancelled(exc.StreamFailure):

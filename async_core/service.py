@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _metrics as metrics
 from ._admission import both_releases
-from ._engine import StreamSession
+from ._engine import SessionSettings, StreamSession
 from ._lifecycle import Lifecycle
 from ._logtee import LogTee
 from ._parts import ServiceParts, build_parts
@@ -235,14 +235,14 @@ class StreamService:
         request = AgentRequest(messages, options, call.conversation_id, stream_id)
         metrics.stream_started(self.path)
         tee = None if lease is None else LogTee(self.log, lease)
-        session = StreamSession(
-            agent=agent, request=request, policy=self.settings.policy,
-            encoder=make_encoder(call.format, meta), info=info, hooks=self.hooks,
-            release=release, sync_runner=self.sync_runner if use_sync else None,
-            lifecycle=self.lifecycle, meta=meta,
+        wiring = SessionSettings(
+            policy=self.settings.policy, hooks=self.hooks, lifecycle=self.lifecycle,
             progress=store.progress if store is not None else None,
-            progress_every=(self.settings.checkpoint_tokens, self.settings.checkpoint_interval),
-            tee=tee)
+            progress_every=(self.settings.checkpoint_tokens, self.settings.checkpoint_interval))
+        session = StreamSession(
+            wiring, agent=agent, request=request, encoder=make_encoder(call.format, meta),
+            info=info, release=release, sync_runner=self.sync_runner if use_sync else None,
+            meta=meta, tee=tee)
         if tee is None:
             return session
         tee.session = session

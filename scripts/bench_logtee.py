@@ -18,7 +18,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 
-from async_core import Agent, AgentRequest, StreamInfo, StreamPolicy, StreamSession
+from async_core import Agent, AgentRequest, SessionSettings, StreamInfo, StreamSession
 from async_core._logtee import LogTee
 from async_core.streamlog import MemoryLog
 from async_core.wire import StreamMeta, make_encoder
@@ -40,9 +40,9 @@ async def one(n: int, bench: Agent, log: MemoryLog | None) -> int:
     tee = None
     if log is not None:
         tee = LogTee(log, await log.create(sid, tenant="t", conversation_id="c"))
-    session = StreamSession(agent=bench, request=AgentRequest(({"role": "user",
-                                                                "content": "hi"},), {}, "c", sid),
-                            policy=StreamPolicy(), encoder=make_encoder("sse", meta),
+    request = AgentRequest(({"role": "user", "content": "hi"},), {}, "c", sid)
+    session = StreamSession(SessionSettings(), agent=bench, request=request,
+                            encoder=make_encoder("sse", meta),
                             info=StreamInfo(sid, "c", "bench", "async", "sse"), tee=tee)
     if tee is not None:
         tee.session = session

@@ -71,7 +71,8 @@ def test_async_core_public_api_is_pinned() -> None:
     assert async_core.__all__ == [
         "Agent", "AgentEnd", "AgentFailure", "AgentRegistry", "AgentRequest", "AgentSource",
         "AsyncSource", "Batch", "ChatCall", "ConfigError", "Finish", "FinishHook", "Lifecycle",
-        "LifecycleState", "METRICS_CONTENT_TYPE", "Outcome", "PAGE_CONTENT_TYPE", "Settings",
+        "LifecycleState", "METRICS_CONTENT_TYPE", "Outcome", "PAGE_CONTENT_TYPE",
+        "PolicyMachine", "PolicyState", "SessionSettings", "Settings",
         "StateUpdate", "StreamBridgeError", "StreamEngine", "StreamInfo", "StreamPolicy",
         "StreamRecord", "StreamService", "StreamSession", "Streamable", "SyncRunner", "Usage",
         "bound_send_buffer", "cancel_and_wait", "cors_headers", "create_app", "create_app_from_env",

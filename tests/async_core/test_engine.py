@@ -13,6 +13,7 @@ from async_core import (
     AgentRequest,
     Lifecycle,
     Outcome,
+    SessionSettings,
     StateUpdate,
     StreamInfo,
     StreamPolicy,
@@ -29,13 +30,13 @@ def _session(agent_fn: Any, *, policy: StreamPolicy | None = None, lifecycle: An
              releases: list[int] | None = None) -> StreamSession:
     meta = StreamMeta(stream_id="s", conversation_id="c", model="t", created=0.0)
     hooks = [records.append] if records is not None else []
+    settings = SessionSettings(policy=policy or StreamPolicy(heartbeat=5), hooks=hooks,
+                               lifecycle=lifecycle)
     return StreamSession(
-        agent=Agent(name="t", async_fn=agent_fn),
+        settings, agent=Agent(name="t", async_fn=agent_fn),
         request=AgentRequest(({"role": "user", "content": "x"},)),
-        policy=policy or StreamPolicy(heartbeat=5), encoder=make_encoder("sse", meta),
-        info=StreamInfo("s", "c", "t", "async", "sse"), hooks=hooks,
-        release=(lambda: releases.append(1)) if releases is not None else None,
-        lifecycle=lifecycle, meta=meta)
+        encoder=make_encoder("sse", meta), info=StreamInfo("s", "c", "t", "async", "sse"),
+        release=(lambda: releases.append(1)) if releases is not None else None, meta=meta)
 
 
 async def test_queued_deltas_coalesce_and_the_text_survives() -> None:
