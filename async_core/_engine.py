@@ -227,12 +227,11 @@ class StreamSession:
                         yield event
                     if m.state is ABORTED:  # during a yield: stop at this step
                         return
-                    now = loop.time()
-                    m.wrote(now)
                     if agent_end is None:
                         drain = lifecycle.drain_deadline if lifecycle is not None else INF
-                        action = m.overdue(now, drain)
+                        action = m.written(loop.time(), drain)
                     else:
+                        m.wrote(loop.time())
                         action = m.agent_ended(agent_end.error, random.random())  # noqa: S311
                 else:
                     action = m.wait_over(now, drain)

@@ -55,6 +55,8 @@ class Heartbeat:
 
 
 HEARTBEAT = Heartbeat()
+_CREATED, _FIRST, _STREAMING = PolicyState.CREATED, PolicyState.FIRST_OUTPUT, PolicyState.STREAMING
+_RETRYING, _ENDED, _ABORTED = PolicyState.RETRYING, PolicyState.ENDED, PolicyState.ABORTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,25 +99,26 @@ class PolicyMachine:
 
     def __init__(self, policy: StreamPolicy) -> None:
         self.policy = policy
-        self.state = PolicyState.CREATED
+        self.state = _CREATED
         self.attempt = 0
         self.committed = False
+        self._run = False  # state is FIRST_OUTPUT or STREAMING (one check on the hot path)
         self._cancel = False
         self._hb = policy.heartbeat
         self._idle = policy.idle_timeout or INF
-        self._total_dl = self._first_dl = self._idle_dl = self._last_write = INF
+        self._total_dl = self._first_dl = self._agent_dl = self._last_write = INF
 
     # -- inputs from other tasks (any time) -------------------------------------------
 
     def cancel(self) -> None:
         """A server-side cancel: the stream ends ``cancelled`` before its next wait."""
-        if self.state not in (PolicyState.ENDED, PolicyState.ABORTED):
+        if self.state is not _ENDED and self.state is not _ABORTED:
             self._cancel = True
 
     def abort(self) -> None:
         """The transport gave up: no terminal event, whatever was pending."""
-        if self.state is not PolicyState.ENDED:
-            self.state = PolicyState.ABORTED
+        if self.state is not _ENDED:
+            self.state, self._run = _ABORTED, False
 
     # -- inputs from the driver --------------------------------------------------------
 
@@ -124,48 +127,56 @@ class PolicyMachine:
 
         An abort that came before the start wins: the machine stays ``ABORTED``.
         """
-        if not self._live(PolicyState.CREATED):
+        if self.state is not _CREATED:
+            self._refuse("start")
             return
         pol = self.policy
         self._total_dl = now + pol.total_timeout if pol.total_timeout else INF
         self._first_dl = now + pol.first_chunk_timeout if pol.first_chunk_timeout else INF
+        self._agent_dl = self._first_dl
         # The first heartbeat (which commits the response headers) is due after header_hold.
         self._last_write = now - self._hb + min(self._hb, pol.header_hold)
-        self.state = PolicyState.FIRST_OUTPUT
+        self.state, self._run = _FIRST, True
 
     def pending(self) -> Terminate | None:
         """Before each wait: a cancel that arrived ends the stream now."""
-        if not self._live(PolicyState.FIRST_OUTPUT, PolicyState.STREAMING):
+        if not self._run:
+            self._refuse("pending")
             return None
         return self._end(Outcome.CANCELLED) if self._cancel else None
 
     def deadline(self, drain: float) -> float:
         """When the next wait for the agent must return, given the drain deadline."""
-        if not self._live(PolicyState.FIRST_OUTPUT, PolicyState.STREAMING):
+        if not self._run:
+            self._refuse("deadline")
             return INF
-        agent_dl = self._idle_dl if self.state is PolicyState.STREAMING else self._first_dl
-        return min(agent_dl, self._total_dl, self._last_write + self._hb, drain)
+        return min(self._agent_dl, self._total_dl, self._last_write + self._hb, drain)
 
     def output(self, now: float, events: int) -> None:
         """The agent produced at ``now``; ``events`` of it go to the client (commit if > 0)."""
-        if not self._live(PolicyState.FIRST_OUTPUT, PolicyState.STREAMING):
+        if not self._run:
+            self._refuse("output")
             return
-        self.state = PolicyState.STREAMING
-        self._idle_dl = now + self._idle
+        self.state = _STREAMING
+        self._agent_dl = now + self._idle  # the idle gap from now on
         if events:
             self.committed = True
 
     def wrote(self, now: float) -> None:
-        """The driver finished a write (a batch's events or a heartbeat) at ``now``."""
-        if not self._live(PolicyState.FIRST_OUTPUT, PolicyState.STREAMING):
+        """The driver finished a write (a heartbeat, a batch that ended the attempt) at ``now``."""
+        if not self._run:
+            self._refuse("wrote")
             return
         self._last_write = now
 
-    def overdue(self, now: float, drain: float) -> Terminate | None:
-        """After a batch: the total and drain deadlines, which an agent that never pauses
-        would otherwise never let a wait time out for (issue 10)."""
-        if not self._live(PolicyState.STREAMING):
+    def written(self, now: float, drain: float) -> Terminate | None:
+        """A batch's events were written by ``now``: ``wrote(now)``, then the total and
+        drain deadlines, which an agent that never pauses would otherwise never let a
+        wait time out for (issue 10)."""
+        if self.state is not _STREAMING:
+            self._refuse("written")
             return None
+        self._last_write = now
         if now >= self._total_dl:
             return self._end(Outcome.TOTAL_TIMEOUT)
         if now >= drain:
@@ -183,7 +194,8 @@ class PolicyMachine:
                 (``retry_backoff * 2 ** (attempt - 1) * (0.5 + jitter)``); an error's
                 ``retry_after`` (an upstream's Retry-After) is a least wait.
         """
-        if not self._live(PolicyState.FIRST_OUTPUT, PolicyState.STREAMING):
+        if not self._run:
+            self._refuse("agent_ended")
             return None
         if error is None:
             return self._end(Outcome.COMPLETED)
@@ -201,16 +213,16 @@ class PolicyMachine:
             left, a heartbeat when one is due, else None (wait again). None too when a
             cancel is pending: ``pending()`` ends the stream.
         """
-        if not self._live(PolicyState.FIRST_OUTPUT, PolicyState.STREAMING):
+        if not self._run:
+            self._refuse("wait_over")
             return None
         if self._cancel:
             return None
         if now >= self._total_dl:
             return self._end(Outcome.TOTAL_TIMEOUT)
-        if self.state is PolicyState.STREAMING:
-            if now >= self._idle_dl:
+        if now >= self._agent_dl:
+            if self.state is _STREAMING:
                 return self._end(Outcome.IDLE_TIMEOUT)
-        elif now >= self._first_dl:
             if self._can_retry():
                 return self._retry(0.0)
             return self._end(Outcome.FIRST_CHUNK_TIMEOUT)
@@ -222,11 +234,13 @@ class PolicyMachine:
 
     def restarted(self, now: float) -> None:
         """The retried attempt started at ``now``: a fresh first-chunk deadline."""
-        if not self._live(PolicyState.RETRYING):
+        if self.state is not _RETRYING:
+            self._refuse("restarted")
             return
         if self.policy.first_chunk_timeout:
             self._first_dl = now + self.policy.first_chunk_timeout
-        self.state = PolicyState.FIRST_OUTPUT
+        self._agent_dl = self._first_dl
+        self.state, self._run = _FIRST, True
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -235,18 +249,14 @@ class PolicyMachine:
 
     def _retry(self, delay: float) -> Retry:
         self.attempt += 1
-        self.state = PolicyState.RETRYING
+        self.state, self._run = _RETRYING, False
         return Retry(self.attempt, delay)
 
     def _end(self, outcome: Outcome, error: BaseException | None = None) -> Terminate:
-        self.state = PolicyState.ENDED
+        self.state, self._run = _ENDED, False
         return Terminate(outcome, error)
 
-    def _live(self, *states: PolicyState) -> bool:
-        """False once aborted; raises if the input does not belong in the state."""
-        if self.state in states:
-            return True
-        if self.state is PolicyState.ABORTED:
-            return False
-        raise RuntimeError(f"policy input in state {self.state.name}; expected "
-                               + " or ".join(s.name for s in states))
+    def _refuse(self, what: str) -> None:
+        """Ignore a driver input once aborted; any other misplaced input is a driver bug."""
+        if self.state is not _ABORTED:
+            raise RuntimeError(f"policy input {what}() in state {self.state.name}")

@@ -381,9 +381,8 @@ def test_the_machine_keeps_its_invariants_on_any_input(
         elif name.startswith("output"):
             committed_before = m.committed
             m.output(now, int(name[-1]))
-            m.wrote(now)
             assert m.committed == (committed_before or name == "output1") or aborted
-            action = m.overdue(now, drain)
+            action = m.written(now, drain)
         elif name.startswith("end"):
             error = {"end_ok": None, "end_err": RuntimeError("x"),
                      "end_fatal": AgentFailure("x")}[name]
@@ -447,7 +446,7 @@ def test_the_first_heartbeat_comes_after_the_header_hold_then_every_interval() -
     m.wrote(11.0)
     assert m.deadline(INF) == 16.0
     m.output(12.0, 1)
-    m.wrote(12.0)
+    assert m.written(12.0, INF) is None
     assert m.deadline(INF) == 17.0
     assert m.deadline(13.0) == 13.0  # a drain deadline comes first
 
