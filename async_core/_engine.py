@@ -237,18 +237,18 @@ class StreamSession:
                     action = m.wait_over(now, drain)
                 if action is None:
                     continue
-                if type(action) is Heartbeat:
-                    yield None
-                    m.wrote(loop.time())  # a no-op if aborted meanwhile: the top returns
-                elif type(action) is Retry:
+                if isinstance(action, Terminate):
+                    yield self._terminal(action)
+                    return
+                if isinstance(action, Retry):
                     await source.aclose()
                     if action.delay:
                         await asyncio.sleep(action.delay)
                     m.restarted(loop.time())
                     source = self._source = self._open(action.attempt)
-                else:
-                    yield self._terminal(action)  # type: ignore[arg-type]
-                    return
+                else:  # a heartbeat
+                    yield None
+                    m.wrote(loop.time())  # a no-op if aborted meanwhile: the top returns
         finally:
             await source.aclose()
 
