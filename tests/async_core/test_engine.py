@@ -164,22 +164,6 @@ async def test_states_split_coalesced_deltas_in_order() -> None:
     assert kinds[-1] == "Done"
 
 
-async def test_first_chunk_timeout_is_retried_then_reported() -> None:
-    """With retries, a silent agent is tried again; then first_chunk_timeout in-band."""
-    attempts: list[int] = []
-
-    async def silent(req: AgentRequest) -> AsyncIterator[str]:
-        attempts.append(req.attempt)
-        await asyncio.sleep(10)
-        yield "never"
-
-    policy = StreamPolicy(heartbeat=5, first_chunk_timeout=0.05, retries=2)
-    events = [e async for e in _session(silent, policy=policy).events()]
-    assert attempts == [0, 1, 2]
-    assert isinstance(events[-1], Error)
-    assert events[-1].code == "first_chunk_timeout"
-
-
 async def _never_pauses(req: AgentRequest) -> AsyncIterator[str]:
     while True:  # never awaits: every wait of the engine is already satisfied
         yield "x"

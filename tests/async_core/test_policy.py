@@ -315,6 +315,19 @@ def test_a_retried_error_waits_its_retry_after_then_starts_a_fresh_first_chunk_c
     assert reference(scripts, 1, INF, INF, retry_after=0.25).at == pytest.approx(seen.at)
 
 
+def test_first_chunk_timeout_is_retried_then_reported() -> None:
+    """With retries, a silent agent is tried again, each attempt with the whole first-chunk
+    timeout; then first_chunk_timeout in-band (moved here from test_engine.py: no sleeps)."""
+    async def case() -> Observed:
+        return await observe([()], retries=2, total=0.0, drain=INF)
+
+    seen = run_virtual(case)
+    assert seen.attempts == [(0, 0.0), (1, pytest.approx(FCT)), (2, pytest.approx(2 * FCT))]
+    assert seen.kinds[-1] == "error"
+    assert seen.error_code == "first_chunk_timeout"
+    assert seen.at == pytest.approx(3 * FCT)
+
+
 def test_a_cancel_ends_the_stream_at_its_next_step_with_cancelled() -> None:
     """A cancel during a silent wait ends the stream at once with error cancelled."""
     async def case() -> tuple[list[str], float, Outcome]:
