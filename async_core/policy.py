@@ -18,6 +18,19 @@ States (``PolicyState``)::
                      │     committed)         │
                      └─restarted── RETRYING ◄─┘ (output that was not yet committed)
 
+Driving it (what ``StreamSession.events`` does)::
+
+    m.start(now)
+    repeat:  m.pending()                        → Terminate: emit it, stop
+             wait for the agent until m.deadline(drain)
+             a batch:  m.output(now, n); write its n events; then
+                       m.written(now, drain)    → Terminate (total, drain) or None
+                       or, if it ended the attempt: m.wrote(now);
+                       m.agent_ended(error, jitter) → Terminate or Retry
+             nothing:  m.wait_over(now, drain)  → Terminate, Retry, HEARTBEAT or None
+             Retry:    stop the agent, sleep delay, m.restarted(now), start attempt
+             HEARTBEAT: write one, m.wrote(now)
+
 ``cancel`` and ``abort`` come from other tasks, at any time. After ``ABORTED`` the
 driver's inputs are ignored (they return None): the driver stops at its next check of
 ``state``. Any other input in a state that does not take it raises ``RuntimeError``
