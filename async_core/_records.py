@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from . import exceptions as exc
 from .agents import AgentRequest
 
 if TYPE_CHECKING:
@@ -28,15 +27,6 @@ class Outcome(StrEnum):
     AGENT_ERROR = "agent_error"
     REJECTED = "rejected"
     SHUTDOWN = "shutdown"
-
-
-_OUTCOME_OF: dict[type[exc.StreamBridgeError], Outcome] = {
-    exc.AgentError: Outcome.AGENT_ERROR,
-    exc.FirstChunkTimeout: Outcome.FIRST_CHUNK_TIMEOUT,
-    exc.IdleTimeout: Outcome.IDLE_TIMEOUT,
-    exc.TotalTimeout: Outcome.TOTAL_TIMEOUT,
-    exc.StreamShutdown: Outcome.SHUTDOWN,
-}
 
 
 @dataclass(frozen=True, slots=True)
