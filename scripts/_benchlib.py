@@ -1,115 +1,189 @@
-"""Shared pieces of the benchmarks: server processes measured as a whole tree.
+"""What the benchmarks share, on top of ``async_core.harness`` (servers, clients, percentiles).
 
-``bench_engine.py`` owns the raw asyncio HTTP client (``StreamClient``,
-``open_streams``, ``run_phase``...); ``bench_legacy.py`` reuses it as is. What
-lives here is what that script lacks: a server started from any command line
-(gunicorn or uvicorn), whose CPU and RSS are those of its whole process tree
-(gunicorn's master plus its worker), and a client that walks away mid-stream.
+- ``BenchServer``: a ``ServerProcess`` whose CPU, RSS and context switches are read
+  with ``ProcessTree`` (the process alone, or with gunicorn's workers);
+- ``Sample``/``run_phase``/``rss_per_stream``: one measured phase of concurrent streams;
+- the disconnect phase's helpers (``leave_phase`` and the agent's record);
+- command lines, progress, table cells.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
+import resource
+import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-from bench_engine import HOST, Server, StreamClient, thread_switches
+from async_core.harness import (
+    HOST,
+    LeavingClient,
+    ProcessTree,
+    ServerProcess,
+    chat_request,
+    open_streams,
+    percentile,
+    wait_all,
+)
 
-LISTEN = re.compile(rb"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+) \(")
-START_TIMEOUT = 30.0
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+UNPACED_RCVLOWAT = 16_384  # unpaced streams: one client wake-up per many frames
 
 
-class TreeServer(Server):
-    """A server subprocess on an ephemeral loopback port, measured with its children.
+class BenchServer(ServerProcess):
+    """A benchmark's server on an ephemeral loopback port, measured as a process tree.
 
     Args:
         name: the variant's name (log file name, messages).
         cmd: the command line; it must bind 127.0.0.1 port 0 and log the port.
         env: extra environment variables.
         log_dir: where its combined stdout/stderr goes.
+        children: measure its child processes too (gunicorn's worker).
     """
 
-    LISTEN = LISTEN
-
-    def __init__(self, name: str, cmd: Sequence[str], env: Mapping[str, str],
-                 log_dir: Path, cwd: Path) -> None:
-        super().__init__(name, log_dir)
-        self.cmd, self.env, self.cwd = list(cmd), dict(env), cwd
-        self._tree: list[psutil.Process] = []
-
-    def command(self) -> list[str]:
-        return self.cmd
-
-    def popen_options(self) -> dict[str, Any]:
-        return {"cwd": self.cwd, "env": {**os.environ, **self.env}}
-
-    def started(self) -> None:
-        assert self.ps is not None
-        self._tree = [self.ps, *self.ps.children(recursive=True)]
-
-    @property
-    def worker_pids(self) -> list[int]:
-        """PIDs of the processes under the one we started (gunicorn's worker)."""
-        return [p.pid for p in self._tree[1:]]
-
-    def cpu(self) -> float:
-        """User + system CPU seconds of the whole tree (every thread of every process)."""
-        total = 0.0
-        for p in self._tree:
-            with_times = p.cpu_times()
-            total += with_times.user + with_times.system
-        return total
-
-    def switches(self) -> int:
-        """Voluntary context switches of every live thread of the tree so far."""
-        return thread_switches([p.pid for p in self._tree])
-
-    def rss(self) -> int:
-        """Resident set size of the whole tree in bytes."""
-        return sum(int(p.memory_info().rss) for p in self._tree)
-
-    def open_connections(self) -> int:
-        """Established TCP connections held by the tree."""
-        return sum(1 for p in self._tree for c in p.net_connections("tcp")
-                   if c.status == psutil.CONN_ESTABLISHED)
+    def __init__(self, name: str, cmd: Sequence[str], env: Mapping[str, str], log_dir: Path,
+                 children: bool = True) -> None:
+        super().__init__(name, cmd, env=env, cwd=REPO, log_dir=log_dir)
+        self.tree = ProcessTree(self.pid, children=children)
+        self.cpu, self.rss, self.switches = self.tree.cpu, self.tree.rss, self.tree.switches
+        self.worker_pids = [p.pid for p in self.tree.procs()[1:]]
 
     async def wait_idle(self, max_wait: float) -> None:
         """Wait (bounded) until the server holds no established TCP connection."""
-        deadline = time.monotonic() + max_wait
-        while self.open_connections():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: connections still open after {max_wait} s")
-            await asyncio.sleep(0.05)
+        await self.tree.wait_idle(max_wait, self.name)
 
 
-class LeavingClient(StreamClient):
-    """A stream client that closes its connection after ``leave_after`` tokens.
+def uvicorn_cmd(factory: str) -> list[str]:
+    """uvicorn serving ``factory`` from ``scripts/`` (1 worker, asyncio, h11, no access log)."""
+    return [sys.executable, "-m", "uvicorn", "--factory", factory, "--app-dir", str(SCRIPTS),
+            "--host", HOST, "--port", "0", "--backlog", "4096", "--no-access-log",
+            "--log-level", "info", "--no-use-colors", "--loop", "asyncio", "--http", "h11"]
 
-    ``left_at`` is the wall time of the close (the agent's clock: same machine).
+
+def gunicorn_cmd(app: str, extra: Sequence[str]) -> list[str]:
+    """A bare gunicorn command line (1 worker, loopback, ephemeral port) for ``app``."""
+    return [sys.executable, "-m", "gunicorn", "--no-control-socket", "--workers", "1",
+            "--bind", f"{HOST}:0", "--backlog", "4096", "--timeout", "60",
+            "--log-level", "info", *extra, app]
+
+
+@dataclass
+class Sample:
+    """What one server did in one run of a phase."""
+
+    streams: int
+    tokens: int
+    wall: float
+    server_cpu: float
+    client_cpu: float
+    ttfc: list[float] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    incomplete: int = 0
+    switches: int = 0  # voluntary context switches of the server's threads
+
+
+async def run_phase(server: BenchServer, streams: int, options: dict[str, Any], *,
+                    keep_lags: bool, max_wait: float, expect_tokens: int,
+                    rcvlowat: int = 0) -> Sample:
+    """Run ``streams`` concurrent streams to their end and measure them."""
+    cpu0, client0, t0 = server.cpu(), time.process_time(), time.perf_counter()
+    switches0 = server.switches()
+    clients = await open_streams(server.port, streams, chat_request(server.port, options),
+                                 keep_lags=keep_lags, rcvlowat=rcvlowat)
+    await wait_all(clients, server.name, max_wait, lambda c: c.closed)
+    wall = time.perf_counter() - t0
+    sample = Sample(streams=streams, tokens=sum(c.tokens for c in clients), wall=wall,
+                    server_cpu=server.cpu() - cpu0,
+                    client_cpu=(time.process_time() - client0) / wall,
+                    switches=server.switches() - switches0)
+    for c in clients:
+        if c.ttfc is not None:
+            sample.ttfc.append(c.ttfc)
+        sample.lags.extend(c.lags)
+        if not c.complete or c.tokens != expect_tokens:
+            sample.incomplete += 1
+    return sample
+
+
+class Phases:
+    """The samples of every phase, ``{phase: {variant: [Sample]}}``, run round by round.
+
+    Args:
+        servers: the variants' servers, in their base order.
+        max_wait: the bound of each phase, in seconds.
     """
 
-    def __init__(self, request: bytes, leave_after: int) -> None:
-        super().__init__(request, keep_lags=False)
-        self.leave_after = leave_after
-        self.left_at: float | None = None
-        self.left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def __init__(self, servers: Mapping[str, BenchServer], max_wait: float) -> None:
+        self.servers, self.max_wait = servers, max_wait
+        self.samples: dict[str, dict[str, list[Sample]]] = {}
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.left_at is None and self.tokens >= self.leave_after:
-            self.left_at = time.time()
-            self.close()  # FIN, as a browser tab closing; the server sees it on a write
-            self.left.set_result(None)
+    async def warm_up(self) -> None:
+        """Imports, pools and first connections of every server, not measured."""
+        log("warm-up")
+        for server in self.servers.values():
+            for streams, tokens, interval in ((10, 20, 1), (1, 500, 0)):
+                await run_phase(server, streams, {"tokens": tokens, "interval_ms": interval},
+                                keep_lags=False, max_wait=self.max_wait, expect_tokens=tokens)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if not self.left.done():
-            self.left.set_result(None)
+    async def run(self, phase: str, rounds: int, streams: int, options: dict[str, Any], *,
+                  keep_lags: bool = False, rcvlowat: int = 0) -> None:
+        """``rounds`` rounds of ``streams`` streams on every server, the order rotated."""
+        by = self.samples.setdefault(phase, {name: [] for name in self.servers})
+        for r in range(rounds):
+            for name in rotated(list(self.servers), r):
+                by[name].append(await run_phase(
+                    self.servers[name], streams, options, keep_lags=keep_lags,
+                    max_wait=self.max_wait, expect_tokens=options["tokens"], rcvlowat=rcvlowat))
+
+
+async def rss_per_stream(server: BenchServer, count: int, max_wait: float,
+                         hold_ms: int = 20_000, close: bool = True) -> tuple[float, float]:
+    """Open ``count`` streams whose second token is due in ``hold_ms``; return (bytes of
+    RSS per stream, the client's CPU share) once each has its first token.
+
+    ``close``: the client closes them; otherwise they end by themselves (a WSGI server
+    sees a closed connection only on its next write, so a sleeping thread per stream
+    would hold the gthread pool for the next phases).
+    """
+    before = server.rss()
+    client0, t0 = time.process_time(), time.perf_counter()
+    clients = await open_streams(server.port, count, chat_request(
+        server.port, {"tokens": 2, "interval_ms": hold_ms}), send_at_once=False)
+    try:
+        await wait_all(clients, server.name, max_wait, lambda c: c.first_token,
+                       check_status=close)
+        after = server.rss()
+        client_share = (time.process_time() - client0) / (time.perf_counter() - t0)
+        if close and any(c.ttfc is None for c in clients):
+            raise RuntimeError(f"{server.name}: streams closed before a token")
+        done_early = sum(1 for c in clients if c.closed.done())
+        if not close and done_early:
+            log(f"warning: {server.name}: {done_early} streams ended before the RSS reading")
+        if not close:
+            await asyncio.wait_for(asyncio.gather(*(c.closed for c in clients)), max_wait)
+    finally:
+        for c in clients:
+            c.close()
+        if close:
+            await asyncio.wait_for(asyncio.gather(*(c.closed for c in clients)), max_wait)
+    await server.wait_idle(max_wait)
+    return (after - before) / count, client_share
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """``async_core.harness.percentile`` with ``p`` in 0-100 (the tables' columns)."""
+    return percentile(values, p / 100)
+
+
+def rotated(names: Sequence[str], round_no: int) -> list[str]:
+    """``names``, rotated by ``round_no`` (background load hits every variant alike)."""
+    k = round_no % len(names)
+    return [*names[k:], *names[:k]]
 
 
 def read_agent_record(path: Path) -> tuple[list[float], float | None]:
@@ -128,22 +202,55 @@ def read_agent_record(path: Path) -> tuple[list[float], float | None]:
     return times, ended
 
 
-def after_leaving(times: list[float], left_at: float) -> int:
-    """Tokens the agent produced after its client left."""
-    return sum(1 for t in times if t > left_at)
+async def leave_phase(server: BenchServer, streams: int, leave_after: int, interval_ms: float,
+                      leave_wait: float, max_wait: float, state_dir: Path) -> dict[str, Any]:
+    """Streams whose clients leave mid-way: what their agents did afterwards."""
+    loop = asyncio.get_running_loop()
+    sids = [f"{server.name}-{uuid.uuid4().hex[:12]}" for _ in range(streams)]
+    clients = [LeavingClient(chat_request(server.port, {
+        "tokens": 600, "interval_ms": interval_ms, "sid": sid}), leave_after) for sid in sids]
+    for c in clients:
+        await loop.create_connection(lambda c=c: c, HOST, server.port)
+        c.send()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.left for c in clients)), max_wait)
+    finally:
+        for c in clients:
+            c.close()
+    left = [c.left_at for c in clients]
+    if any(t is None for t in left):
+        raise RuntimeError(f"{server.name}: a stream ended before its client left")
+    deadline = max(t or 0.0 for t in left) + leave_wait
+    while time.time() < deadline:
+        if all(read_agent_record(state_dir / s)[1] is not None for s in sids):
+            break
+        await asyncio.sleep(0.02)
+    after, stop_ms, running = [], [], 0
+    for sid, left_at in zip(sids, left, strict=True):
+        assert left_at is not None
+        times, ended = read_agent_record(state_dir / sid)
+        after.append(sum(1 for t in times if t > left_at))  # produced after the client left
+        if ended is None:
+            running += 1
+        else:
+            stop_ms.append((ended - left_at) * 1000)
+    return {"after": after, "stop_ms": stop_ms, "still_running": running}
 
 
-def gunicorn_cmd(python: str, app: str, extra: Sequence[str]) -> list[str]:
-    """A bare gunicorn command line (1 worker, loopback, ephemeral port) for ``app``."""
-    return [python, "-m", "gunicorn", "--no-control-socket", "--workers", "1",
-            "--bind", f"{HOST}:0", "--backlog", "4096", "--timeout", "60",
-            "--log-level", "info", *extra, app]
+def log(message: str) -> None:
+    """Progress on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def summarize_counts(values: Sequence[Any]) -> str:
-    """``min/median/max`` of small integers, for a table cell."""
-    ordered = sorted(values)
-    return f"{ordered[0]}/{ordered[len(ordered) // 2]}/{ordered[-1]}" if ordered else "-"
+def raise_fd_limit(needed: int) -> None:
+    """Raise RLIMIT_NOFILE for this process and the servers it starts (inherited)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log(f"warning: RLIMIT_NOFILE is {soft}, fewer than the {needed} wanted")
 
 
 def _num(x: float) -> str:

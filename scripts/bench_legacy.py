@@ -24,8 +24,8 @@ What is compared (one run, five servers up at once, 1 worker each, 127.0.0.1)
     SSE (``id``/``event: delta``/JSON data, coalesced deltas), as users get it.
 
 How it is measured
-    With ``bench_engine.py``'s raw asyncio client (one connection per stream; every
-    timestamp found in each read counts as a token with its own lag). Phases
+    With ``async_core.harness.StreamClient`` (raw asyncio, one connection per stream;
+    every timestamp found in each read counts as a token with its own lag). Phases
     alternate between the servers, the order rotating every round.
 
     - TTFC: request written → first token read. "1 stream" pools sequential 1-token
@@ -56,49 +56,40 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from _benchlib import (
-    LeavingClient,
-    TreeServer,
-    after_leaving,
-    gunicorn_cmd,
-    read_agent_record,
-    render_tables,
-)
-from bench_engine import (
+    SCRIPTS,
     UNPACED_RCVLOWAT,
+    BenchServer,
+    Phases,
     Sample,
-    chat_request,
+    gunicorn_cmd,
+    leave_phase,
     log,
-    open_streams,
-    pct,
     raise_fd_limit,
-    run_phase,
+    render_tables,
+    rss_per_stream,
 )
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-PY = sys.executable
+from async_core.harness import percentile, serve_command
+
 VARIANTS = ("direct", "polling", "legacy-gthread", "legacy-gevent", "async", "async-twin")
 PRODUCT = ("legacy-gthread", "legacy-gevent", "async")
 BASE = "direct"
 THREADS = "256"
-SERVE = [PY, "-m", "migration.cli", "serve", "--port", "0"]
 COMMANDS: dict[str, list[str]] = {
-    "direct": gunicorn_cmd(PY, "bench_legacy_apps:direct_app()",
+    "direct": gunicorn_cmd("bench_legacy_apps:direct_app()",
                            ["--worker-class", "gthread", "--threads", THREADS]),
-    "polling": gunicorn_cmd(PY, "bench_legacy_apps:polling_app()",
+    "polling": gunicorn_cmd("bench_legacy_apps:polling_app()",
                             ["--worker-class", "gthread", "--threads", THREADS]),
-    "legacy-gthread": [*SERVE, "--path", "legacy", "--worker-class", "gthread",
-                       "--threads", THREADS],
-    "legacy-gevent": [*SERVE, "--path", "legacy", "--worker-class", "gevent"],
-    "async": [*SERVE, "--path", "async"],
-    "async-twin": [*SERVE, "--path", "async"],
+    "legacy-gthread": serve_command("legacy-gthread", args=["--threads", THREADS]),
+    "legacy-gevent": serve_command("legacy-gevent"),
+    "async": serve_command("async-auto"),  # uvicorn's own loop choice, as before
+    "async-twin": serve_command("async-auto"),
 }
 # async: the sync agent through the janus runner on uvicorn's loop; async-twin: its
 # async twin, natively (the engine without any seam).
@@ -137,132 +128,43 @@ QUICK = Plan(ttfc_requests=8, paced_tokens=60, single_rounds=1, concurrent=30,
              open_async=100, rss_hold_ms=2_000, leaving=2, phase_timeout=30.0)
 
 
-def ordered(round_no: int) -> tuple[str, ...]:
-    """Every variant, the order rotated each round."""
-    k = round_no % len(VARIANTS)
-    return VARIANTS[k:] + VARIANTS[:k]
-
-
-async def leave_phase(server: TreeServer, plan: Plan, state_dir: Path) -> dict[str, Any]:
-    """Streams whose clients leave mid-way: what their agents did afterwards."""
-    loop = asyncio.get_running_loop()
-    sids = [f"{server.name}-{uuid.uuid4().hex[:12]}" for _ in range(plan.leaving)]
-    clients = [LeavingClient(chat_request(server.port, {
-        "tokens": 600, "interval_ms": plan.interval_ms, "sid": sid}), plan.leave_after)
-        for sid in sids]
-    for c in clients:
-        await loop.create_connection(lambda c=c: c, "127.0.0.1", server.port)
-        c.send()
-    try:
-        await asyncio.wait_for(asyncio.gather(*(c.left for c in clients)), plan.phase_timeout)
-    finally:
-        for c in clients:
-            c.close()
-    if any(c.left_at is None for c in clients):
-        raise RuntimeError(f"{server.name}: a stream ended before its client left")
-    deadline = max(c.left_at or 0.0 for c in clients) + plan.leave_wait
-    while time.time() < deadline:
-        if all(read_agent_record(state_dir / s)[1] is not None for s in sids):
-            break
-        await asyncio.sleep(0.02)
-    after, stop_ms, running = [], [], 0
-    for sid, c in zip(sids, clients, strict=True):
-        times, ended = read_agent_record(state_dir / sid)
-        assert c.left_at is not None
-        after.append(after_leaving(times, c.left_at))
-        if ended is None:
-            running += 1
-        else:
-            stop_ms.append((ended - c.left_at) * 1000)
-    return {"after": after, "stop_ms": stop_ms, "still_running": running}
-
-
-async def benchmark(servers: dict[str, TreeServer], plan: Plan,
+async def benchmark(servers: dict[str, BenchServer], plan: Plan,
                     state_dir: Path) -> dict[str, Any]:
     """Run every phase on every server, interleaved, and return the raw samples."""
     paced: dict[str, Any] = {"tokens": plan.paced_tokens, "interval_ms": plan.interval_ms}
     t = plan.phase_timeout
-    out: dict[str, dict[str, list[Sample]]] = {}
-
-    def keep(phase: str, name: str, sample: Sample) -> None:
-        out.setdefault(phase, {v: [] for v in VARIANTS})[name].append(sample)
-
-    log("warm-up")
-    for name in VARIANTS:
-        await run_phase(servers[name], 10, {"tokens": 20, "interval_ms": 1},
-                        keep_lags=False, max_wait=t, expect_tokens=20)
-        await run_phase(servers[name], 1, {"tokens": 500, "interval_ms": 0},
-                        keep_lags=False, max_wait=t, expect_tokens=500)
+    phases = Phases(servers, t)
+    await phases.warm_up()
 
     log("RSS per open stream")
     rss: dict[str, dict[str, float]] = {}
     for name in VARIANTS:
         count = plan.open_threaded if name in ("direct", "polling", "legacy-gthread") \
             else plan.open_async
-        per, _ = await rss_per_stream_held(servers[name], count, plan)
+        per, _ = await rss_per_stream(servers[name], count, t, plan.rss_hold_ms, close=False)
         rss[name] = {"streams": count, "bytes": per}
 
     log(f"TTFC, {plan.ttfc_requests} sequential 1-token requests per variant")
-    for i in range(plan.ttfc_requests):
-        for name in ordered(i):
-            keep("ttfc1", name, await run_phase(servers[name], 1, {"tokens": 1},
-                                                keep_lags=False, max_wait=t, expect_tokens=1))
-
+    await phases.run("ttfc1", plan.ttfc_requests, 1, {"tokens": 1})
     for label, phase, streams, rounds in (
             ("1 stream", "paced1", 1, plan.single_rounds),
             (f"{plan.concurrent} streams", "pacedN", plan.concurrent, plan.concurrent_rounds)):
         log(f"{label} x {plan.paced_tokens} tokens @ {plan.interval_ms:g} ms, {rounds} rounds")
-        for r in range(rounds):
-            for name in ordered(r):
-                keep(phase, name, await run_phase(servers[name], streams, paced,
-                                                  keep_lags=True, max_wait=t,
-                                                  expect_tokens=plan.paced_tokens))
-
+        await phases.run(phase, rounds, streams, paced, keep_lags=True)
     for phase, streams, tokens, rounds in (
             ("unpaced1", 1, plan.unpaced_tokens, plan.unpaced_rounds),
             ("unpacedN", plan.unpaced_streams, plan.unpaced_multi_tokens,
              plan.unpaced_multi_rounds)):
         log(f"unpaced {streams} x {tokens} tokens, {rounds} rounds")
-        for r in range(rounds):
-            for name in ordered(r):
-                keep(phase, name, await run_phase(
-                    servers[name], streams, {"tokens": tokens, "interval_ms": 0},
-                    keep_lags=False, max_wait=t, expect_tokens=tokens,
-                    rcvlowat=UNPACED_RCVLOWAT))
+        await phases.run(phase, rounds, streams, {"tokens": tokens, "interval_ms": 0},
+                         rcvlowat=UNPACED_RCVLOWAT)
 
     log(f"disconnects: {plan.leaving} streams per variant leave after {plan.leave_after} tokens")
     leaving = {}
     for name in VARIANTS:  # last: the polling baseline's agents keep running afterwards
-        leaving[name] = await leave_phase(servers[name], plan, state_dir)
-    return {"samples": out, "rss": rss, "leaving": leaving}
-
-
-async def rss_per_stream_held(server: TreeServer, count: int, plan: Plan) -> tuple[float, float]:
-    """``bench_engine.rss_per_stream`` with a second token due in ``rss_hold_ms``.
-
-    A WSGI server sees a closed connection only on its next write, so the streams
-    must end by themselves rather than by the client closing them (a sleeping
-    thread per stream would otherwise hold the gthread pool for the next phases).
-    """
-    before = server.rss()
-    clients = await open_streams(server.port, count,
-                                 {"tokens": 2, "interval_ms": plan.rss_hold_ms},
-                                 send_at_once=False)
-    try:
-        await asyncio.wait_for(asyncio.gather(*(c.first_token for c in clients)),
-                               plan.phase_timeout)
-        after = server.rss()
-        done_early = sum(1 for c in clients if c.closed.done())
-        if done_early:
-            log(f"warning: {server.name}: {done_early} streams ended before the RSS reading")
-        await asyncio.wait_for(asyncio.gather(*(c.closed for c in clients)),
-                               plan.phase_timeout)
-    finally:
-        for c in clients:
-            c.close()
-    await server.wait_idle(plan.phase_timeout)
-    return (after - before) / count, 0.0
-
+        leaving[name] = await leave_phase(servers[name], plan.leaving, plan.leave_after,
+                                          plan.interval_ms, plan.leave_wait, t, state_dir)
+    return {"samples": phases.samples, "rss": rss, "leaving": leaving}
 
 
 # -- report ----------------------------------------------------------------------------
@@ -288,10 +190,10 @@ def figures(raw: dict[str, Any], plan: Plan) -> dict[str, dict[str, float]]:
                                               (str(n), ("pacedN",), "pacedN")):
             ttfc = pooled(ttfc_phases, name, "ttfc")
             lags = pooled((lag_phase,), name, "lags")
-            for p in (50, 99):
-                fig.setdefault(f"TTFC p{p} ms, {label} str", {})[name] = pct(ttfc, p) * 1e3
-            for p in (50, 99):
-                fig.setdefault(f"lag p{p} ms, {label} str", {})[name] = pct(lags, p) * 1e3
+            for kind, values in (("TTFC", ttfc), ("lag", lags)):
+                for p in (50, 99):
+                    fig.setdefault(f"{kind} p{p} ms, {label} str", {})[name] = percentile(
+                        values, p / 100) * 1e3
         fig.setdefault(f"CPU us/tok @10ms, {n} str", {})[name] = median("pacedN", name, cpu_us)
         fig.setdefault("CPU us/tok @10ms, 1 str", {})[name] = median("paced1", name, cpu_us)
         # Thread wake-ups: each hop between OS threads is one (plus the GIL hand-over).
@@ -340,11 +242,6 @@ def targets(fig: dict[str, dict[str, float]], plan: Plan) -> dict[str, dict[str,
     return out
 
 
-def render(fig: dict[str, dict[str, float]], ok: dict[str, dict[str, bool]]) -> str:
-    """The figure table (value, and ×direct) and the target table as text."""
-    return render_tables(fig, ok, VARIANTS, PRODUCT, BASE, "target (issue 3)")
-
-
 def store_env(variant: str, store: bool, tmp: Path) -> dict[str, str]:
     """Persistence off, or an embedded SQLite file of the variant's own."""
     if not store:
@@ -370,13 +267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                "STREAMBRIDGE_AGENTS": "bench_legacy_apps:AGENTS",
                "STREAMBRIDGE_DEFAULT_AGENT": "bench", "STREAMBRIDGE_MAX_STREAMS": "2000",
                "STREAMBRIDGE_DRAIN_GRACE": "2", "PYTHONUNBUFFERED": "1"}
-        servers = {v: TreeServer(v, COMMANDS[v], {**env, **VARIANT_ENV.get(v, {}), **store_env(
-            v, args.store, Path(tmp))}, Path(tmp), REPO) for v in VARIANTS}
+        servers: dict[str, BenchServer] = {}
         try:
-            for server in servers.values():
-                server.start()
-                log(f"{server.name}: pid {server.proc.pid if server.proc else '?'}, "
-                    f"workers {server.worker_pids}, port {server.port}")
+            for v in VARIANTS:
+                server = servers[v] = BenchServer(v, COMMANDS[v], {
+                    **env, **VARIANT_ENV.get(v, {}), **store_env(v, args.store, Path(tmp))},
+                    Path(tmp))
+                log(f"{server.name}: pid {server.pid}, workers {server.worker_pids}, "
+                    f"port {server.port}")
             raw = asyncio.run(benchmark(servers, plan, state_dir))
         finally:
             for server in servers.values():
@@ -386,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"1 worker each, loopback; gthread --threads {THREADS}; RSS with "
           f"{plan.open_threaded} open streams on gthread variants, {plan.open_async} on "
           f"gevent/async; store {'on' if args.store else 'off'}")
-    print(render(fig, ok))
+    print(render_tables(fig, ok, VARIANTS, PRODUCT, BASE, "target (issue 3)"))
     log(f"done in {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"plan": asdict(plan), "figures": fig,

@@ -26,30 +26,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import math
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
+from async_core.harness import (
+    HOST,
+    PATHS,
+    ProcessTree,
+    RedisServer,
+    ServerProcess,
+    http_request,
+    percentile,
+    serve_command,
+)
 
-import psutil  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
+BODY = {"agent": "probe", "messages": [{"role": "user", "content": "hi"}],
+        "options": {"tokens": 2, "interval_ms": 5}}
+# The tests' probe agent (first token at once), loaded by the server from the checkout.
+SERVER_ENV = {"STREAMBRIDGE_AGENTS": "tests.probe_agents:AGENTS",
+              "STREAMBRIDGE_DRAIN_GRACE": "2", "PYTHONUNBUFFERED": "1", **PATHS["async"].env}
 
-from tests.servers import Server  # noqa: E402
-from tests.streamlog.conftest import RedisServer  # noqa: E402
 
-HOST = "127.0.0.1"
-BODY = json.dumps({"agent": "probe", "messages": [{"role": "user", "content": "hi"}],
-                   "options": {"tokens": 2, "interval_ms": 5}}).encode()
+def start(name: str, env: dict[str, str], tmp: Path) -> ServerProcess:
+    """``streambridge serve`` on the async path (asyncio loop) with ``env``."""
+    return ServerProcess(name, serve_command("async"), env={**SERVER_ENV, **env}, cwd=REPO,
+                         log_dir=tmp)
 
 
 async def _one(port: int, start: asyncio.Event) -> float:
     reader, writer = await asyncio.open_connection(HOST, port)
-    request = (f"POST /v1/chat HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-               "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-               f"Content-Length: {len(BODY)}\r\nConnection: close\r\n\r\n").encode() + BODY
+    request = http_request(port, "/v1/chat", BODY, headers={"Accept": "text/event-stream"})
     await start.wait()
     sent = time.perf_counter()
     writer.write(request)
@@ -76,17 +87,6 @@ async def _round(port: int, streams: int) -> list[float]:
     return list(await asyncio.gather(*tasks))
 
 
-def _cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return float(times.user + times.system)
-
-
-def pct(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile ``p`` (0–100) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Start Redis and both servers, run the rounds, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -96,36 +96,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     redis = RedisServer()
     env = {"STREAMBRIDGE_MAX_STREAMS": str(10 * args.streams), "STREAMBRIDGE_HEARTBEAT": "15",
            "STREAMBRIDGE_DATABASE_URL": "none"}
-    servers: dict[str, Server] = {}
+    servers: dict[str, ServerProcess] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="sb-bench-limits-"))
     try:
         on_redis = {**env, "STREAMBRIDGE_REDIS_URL": redis.url}
-        servers["per-process"] = Server("async", env)
-        servers["redis-log"] = Server("async", {**on_redis, "STREAMBRIDGE_MAX_STREAMS": "0"})
-        servers["redis-leases"] = Server("async", on_redis)
+        servers["per-process"] = start("per-process", env, tmp)
+        servers["redis-log"] = start("redis-log", {**on_redis, "STREAMBRIDGE_MAX_STREAMS": "0"},
+                                     tmp)
+        servers["redis-leases"] = start("redis-leases", on_redis, tmp)
         samples: dict[str, list[float]] = {name: [] for name in servers}
         cpu = dict.fromkeys(servers, 0.0)
-        procs = {name: psutil.Process(srv.proc.pid) for name, srv in servers.items()}
+        procs = {name: ProcessTree(srv.pid, children=False) for name, srv in servers.items()}
         names = list(servers)
         for name in names:  # warm-up, not counted
             asyncio.run(_round(servers[name].port, 10))
         for i in range(args.rounds):
             for name in names[i % len(names):] + names[:i % len(names)]:
-                before = _cpu(procs[name])
+                before = procs[name].cpu()
                 samples[name] += asyncio.run(_round(servers[name].port, args.streams))
-                cpu[name] += _cpu(procs[name]) - before
+                cpu[name] += procs[name].cpu() - before
     finally:
         for srv in servers.values():
             srv.stop()
         redis.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     base, leased = samples["redis-log"], samples["redis-leases"]
     print(f"TTFC at {args.streams} concurrent stream starts, {args.rounds} rounds each "
           f"({len(base)} samples per variant), async path, loopback")
     print(f"{'variant':<14}{'p50 ms':>10}{'p99 ms':>10}{'server CPU ms/stream':>22}")
     for name, values in samples.items():
-        print(f"{name:<14}{pct(values, 50) * 1e3:>10.2f}{pct(values, 99) * 1e3:>10.2f}"
+        print(f"{name:<14}{percentile(values, 0.5) * 1e3:>10.2f}"
+              f"{percentile(values, 0.99) * 1e3:>10.2f}"
               f"{cpu[name] / len(values) * 1e3:>22.3f}")
-    print(f"{'added':<14}{(pct(leased, 50) - pct(base, 50)) * 1e3:>10.2f}"
-          f"{(pct(leased, 99) - pct(base, 99)) * 1e3:>10.2f}   (target <= 1 ms p50, <= 3 ms p99)")
+    print(f"{'added':<14}{(percentile(leased, 0.5) - percentile(base, 0.5)) * 1e3:>10.2f}"
+          f"{(percentile(leased, 0.99) - percentile(base, 0.99)) * 1e3:>10.2f}"
+          "   (target <= 1 ms p50, <= 3 ms p99)")
     return 0
 
 

@@ -12,7 +12,7 @@ What is compared
       async). Native SSE to the client.
 
 How it is measured
-    ``bench_engine.StreamClient`` (raw asyncio HTTP/1.1, one connection per stream)
+    ``async_core.harness.StreamClient`` (raw asyncio HTTP/1.1, one connection a stream)
     finds every timestamp in each read, so coalesced deltas count token by token.
 
     - TTFC: request written → first token read (perf_counter).
@@ -35,90 +35,74 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SCRIPTS = Path(__file__).resolve().parent
-sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent)]
+from _benchlib import REPO, pct, raise_fd_limit
 
-import psutil  # noqa: E402
-from bench_engine import HOST, StreamClient, pct, raise_fd_limit  # noqa: E402
+from async_core.harness import (
+    ProcessTree,
+    ServerProcess,
+    StreamClient,
+    http_request,
+    open_streams,
+    serve_command,
+    wait_all,
+)
 
-from tests.fake_upstream import FakeUpstream, fake  # noqa: E402
-from tests.servers import Server  # noqa: E402
-
-PATHS = {"legacy-gthread": ["--threads", "128"], "legacy-gevent": [], "async": [],
-         "async-uvloop": []}  # the async path on uvloop (tests/servers.py LOOP_PATH_ARGS)
+EXTRA_ARGS = {"legacy-gthread": ["--threads", "128"]}  # paths: async_core.harness.PATHS
 TARGET_TTFC_MS, TARGET_LAG_MS = 3.0, 1.0
 SINGLE = "direct-1"  # the baseline at one stream: what the machine gives with no load
+API_KEY = "sk-fake-upstream-key"
+LISTEN = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 
-class CPU:
-    """CPU seconds (user + system) of a process tree: the upstream, a server, the client."""
-
-    def __init__(self, pid: int, tree: bool = True) -> None:
-        root = psutil.Process(pid)
-        self.procs = [root, *(root.children(recursive=True) if tree else ())]
-
-    def seconds(self) -> float:
-        total = 0.0
-        for p in self.procs:
-            try:
-                t = p.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += t.user + t.system
-        return total
+def start_upstream(log_dir: Path) -> ServerProcess:
+    """The tests' fake upstream (``tests/fake_upstream.py``), run from the checkout as a
+    peer process on an ephemeral port (its listening line names the port)."""
+    return ServerProcess("upstream", [sys.executable, "-m", "tests.fake_upstream", "--port",
+                                      "0", "--api-key", API_KEY], env={"PYTHONUNBUFFERED": "1"},
+                         cwd=REPO, listen=LISTEN, health=None, log_dir=log_dir)
 
 
 def direct_request(port: int, script: dict[str, Any]) -> bytes:
     """The baseline: Ollama's own request, straight to the fake upstream."""
-    body = json.dumps({"model": "llama3.2", "stream": True,
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()
-    return (f"POST /api/chat HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            f"Content-Type: application/json\r\nX-Fake-Script: {json.dumps(script)}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    return http_request(port, "/api/chat", {
+        "model": "llama3.2", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"X-Fake-Script": json.dumps(script)})
 
 
 def proxy_request(port: int, script: dict[str, Any]) -> bytes:
-    """Through streambridge: the native route, the ``ollama`` agent, the same script."""
-    body = json.dumps({"agent": "ollama",
-                       "messages": [{"role": "user", "content": fake(**script)}]}).encode()
-    return (f"POST /v1/chat HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    """Through streambridge: the native route, the ``ollama`` agent, the same script (the
+    last message ``{"fake": script}`` programs the fake upstream)."""
+    return http_request(port, "/v1/chat", {"agent": "ollama", "messages": [
+        {"role": "user", "content": json.dumps({"fake": script})}]},
+        headers={"Accept": "text/event-stream"})
 
 
 async def phase(port: int, request: bytes, streams: int, max_wait: float) -> list[StreamClient]:
     """Open ``streams`` connections, send all requests at once, read every stream to its end."""
-    loop = asyncio.get_running_loop()
-    clients = [StreamClient(request, keep_lags=True) for _ in range(streams)]
-    gate = asyncio.Semaphore(200)
-
-    async def connect(client: StreamClient) -> None:
-        async with gate:
-            await loop.create_connection(lambda: client, HOST, port)
-
+    clients = await open_streams(port, streams, request, keep_lags=True)
     try:
-        await asyncio.gather(*(connect(c) for c in clients))
-        for c in clients:
-            c.send()
-        await asyncio.wait_for(asyncio.gather(*(c.closed for c in clients)), max_wait)
+        await wait_all(clients, "phase", max_wait, lambda c: c.closed, check_status=False)
     finally:
         for c in clients:
             c.close()
     return clients
 
 
-async def run(args: argparse.Namespace, upstream: FakeUpstream,
-              servers: dict[str, Server]) -> dict[str, dict[str, list[float]]]:
+async def run(args: argparse.Namespace, upstream: ServerProcess,
+              servers: dict[str, ServerProcess]) -> dict[str, dict[str, list[float]]]:
     script = {"clock": True, "tokens": args.tokens, "pace_ms": args.pace_ms}
-    up_port = int(upstream.url.rsplit(":", 1)[1])
+    up_port = upstream.port
     requests = {"direct": (up_port, direct_request(up_port, script))}
     for name, srv in servers.items():
         requests[name] = (srv.port, proxy_request(srv.port, script))
@@ -126,10 +110,11 @@ async def run(args: argparse.Namespace, upstream: FakeUpstream,
     for name, (port, _) in requests.items():  # pools, imports, first connections
         req = direct_request(port, warm) if name == "direct" else proxy_request(port, warm)
         await phase(port, req, min(args.streams, 20), 30)
-    cpus = {"upstream": CPU(upstream.proc.pid), "client": CPU(os.getpid(), tree=False),
-            **{name: CPU(srv.proc.pid) for name, srv in servers.items()}}
-    spies = start_py_spy(args.py_spy, {"upstream": upstream.proc.pid,
-                                       **{n: srv.proc.pid for n, srv in servers.items()}})
+    cpus = {"upstream": ProcessTree(upstream.pid),
+            "client": ProcessTree(os.getpid(), children=False),
+            **{name: ProcessTree(srv.pid) for name, srv in servers.items()}}
+    spies = start_py_spy(args.py_spy, {"upstream": upstream.pid,
+                                       **{n: srv.pid for n, srv in servers.items()}})
     try:
         return await measure(args, requests, servers, cpus)
     finally:
@@ -154,8 +139,8 @@ def start_py_spy(out_dir: str, pids: dict[str, int]) -> list[subprocess.Popen[by
 
 
 async def measure(args: argparse.Namespace, requests: dict[str, tuple[int, bytes]],
-                  servers: dict[str, Server],
-                  cpus: dict[str, CPU]) -> dict[str, dict[str, list[float]]]:
+                  servers: dict[str, ServerProcess],
+                  cpus: dict[str, ProcessTree]) -> dict[str, dict[str, list[float]]]:
     """The measured rounds: every target in turn, order alternating between rounds."""
     names = [*requests, SINGLE] if args.streams > 1 else list(requests)
     samples: dict[str, dict[str, list[float]]] = {
@@ -166,12 +151,12 @@ async def measure(args: argparse.Namespace, requests: dict[str, tuple[int, bytes
         for name in names if round_no % 2 == 0 else names[::-1]:
             port, request = requests["direct" if name == SINGLE else name]
             streams = 1 if name == SINGLE else args.streams
-            before = {k: c.seconds() for k, c in cpus.items()}
+            before = {k: c.cpu() for k, c in cpus.items()}
             started = time.monotonic()
             clients = await phase(port, request, streams, max_wait)
             wall = time.monotonic() - started
             await asyncio.sleep(0.25)  # what the streams' ends still cost is theirs
-            after = {k: c.seconds() for k, c in cpus.items()}
+            after = {k: c.cpu() for k, c in cpus.items()}
             s = samples[name]
             s["ttfc"] += [c.ttfc * 1000 for c in clients if c.ttfc is not None]
             s["lag"] += [lag * 1000 for c in clients for lag in c.lags]
@@ -232,18 +217,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "during the measured rounds; raw profiles go to DIR")
     args = parser.parse_args(argv)
     raise_fd_limit(4 * args.streams + 256)
-    upstream = FakeUpstream()
-    servers: dict[str, Server] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="sb-bench-proxy-"))
+    upstream = start_upstream(tmp)
+    servers: dict[str, ServerProcess] = {}
     try:
-        env = {**upstream.env(), "STREAMBRIDGE_MAX_STREAMS": str(2 * args.streams + 50),
-               "STREAMBRIDGE_HEARTBEAT": "15"}
+        env = {"STREAMBRIDGE_OLLAMA_URL": upstream.base_url,
+               "STREAMBRIDGE_OPENAI_BASE_URL": upstream.base_url + "/v1",
+               "STREAMBRIDGE_OPENAI_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1",
+               "STREAMBRIDGE_MAX_STREAMS": str(2 * args.streams + 50),
+               "STREAMBRIDGE_HEARTBEAT": "15", "STREAMBRIDGE_DRAIN_GRACE": "2"}
         for path in args.paths.split(","):
-            servers[path] = Server(path, env, PATHS[path])
+            servers[path] = ServerProcess(path, serve_command(path, args=EXTRA_ARGS.get(
+                path, [])), env={**env, "STREAMBRIDGE_DATABASE_PATH": str(tmp / f"{path}.db")},
+                cwd=REPO, log_dir=tmp)
         samples = asyncio.run(run(args, upstream, servers))
     finally:
         for srv in servers.values():
             srv.stop()
-        upstream.stop()
+        upstream.stop(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
     print(render(samples, args))
     return 0
 

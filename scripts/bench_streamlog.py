@@ -40,44 +40,19 @@ import asyncio
 import importlib.util
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
 
+from async_core.harness import RedisServer, percentile
 from async_core.streamlog import Entry, LogSettings, MemoryLog, RedisLog
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str, Path]:
-    """Start a private redis-server; return it, its URL and its temp dir."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tmp = Path(tempfile.mkdtemp(prefix="sb-bench-redis-"))
-    binary = shutil.which("redis-server") or "redis-server"
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(500):
-        try:
-            if redis.Redis.from_url(url).ping():
-                return proc, url, tmp
-        except redis.ConnectionError:
-            time.sleep(0.01)
-    raise SystemExit("redis-server did not start")
-
-
 def pct(values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of values, in ms."""
-    ordered = sorted(values)
-    return 1000 * ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+    """The p-th percentile (0-100, nearest rank) of values (seconds), in ms."""
+    return 1000 * percentile(values, p / 100)
 
 
 async def run_streams(producer: Any, reader: Any, n: int, tokens: int, pace: float,
@@ -234,7 +209,8 @@ async def main() -> None:
         await reader_main(sys.argv[3], sys.argv[4:])
         return
     args = parse_args()
-    proc, url, tmp = start_redis()
+    redis_server = RedisServer()
+    url = redis_server.url
     settings = LogSettings(redis_url=url, log_maxlen=max(5000, args.resume_events + 10))
     rows: dict[str, dict[str, Any]] = {"machine": {"load average before": load(),
                                                    "event loop": args.loop}}
@@ -260,9 +236,7 @@ async def main() -> None:
         await reader.aclose()
         await producer.aclose()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
+        redis_server.close()
     rows["machine"]["load average after"] = load()
     print(f"stream log benchmark: {args.tokens} tokens/stream at {args.pace_ms} ms pacing, "
           f"{args.rounds} alternating rounds, redis-py {redis.__version__}")

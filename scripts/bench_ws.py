@@ -38,19 +38,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SCRIPTS = Path(__file__).resolve().parent
-sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent)]
-
-from _benchlib import TreeServer  # noqa: E402
-from bench_engine import log, open_streams, pct, raise_fd_limit, wait_all  # noqa: E402
-from websockets.client import ClientProtocol  # noqa: E402
-from websockets.extensions.permessage_deflate import (  # noqa: E402
+from _benchlib import SCRIPTS, BenchServer, log, pct, raise_fd_limit
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import (
     ClientPerMessageDeflateFactory,
 )
-from websockets.frames import Frame, Opcode  # noqa: E402
-from websockets.uri import parse_uri  # noqa: E402
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
 
-from tests.servers import PATH_ARGS, PATH_ENV  # noqa: E402
+from async_core.harness import PATHS, chat_request, open_streams, serve_command, wait_all
 
 STAMP = re.compile(r"\d{10}\.\d{6}")
 RAW_STAMP = re.compile(rb"\d{10}\.\d{6}")
@@ -60,17 +56,14 @@ ENV = {"STREAMBRIDGE_AGENTS": "bench_apps:AGENTS",
        "STREAMBRIDGE_DATABASE_URL": "none", "STREAMBRIDGE_MAX_STREAMS": "2000"}
 
 
-def start_server(path: str, log_dir: Path) -> TreeServer:
-    """``streambridge serve`` on ``path`` (a ``tests/servers.py`` path id), started."""
-    cmd = [sys.executable, "-m", "async_core.cli", "serve", *PATH_ARGS[path], "--port", "0"]
-    server = TreeServer(path, cmd, {**PATH_ENV.get(path, {}), **ENV}, log_dir, SCRIPTS.parent)
-    server.start()
-    return server
+def start_server(path: str, log_dir: Path) -> BenchServer:
+    """``streambridge serve`` on ``path`` (an ``async_core.harness.PATHS`` id), started."""
+    return BenchServer(path, serve_command(path), {**PATHS[path].env, **ENV}, log_dir)
 
 
 class WsClient(asyncio.Protocol):
     """One socket read straight off the transport: ``websockets``' sans-IO client for the
-    handshake and the ``start`` message, then, as ``bench_engine.StreamClient`` reads
+    handshake and the ``start`` message, then, as ``async_core.harness.StreamClient`` reads
     SSE, timestamps found in the raw bytes (the server's frames are neither masked nor,
     deflate declined, compressed), so both clients cost about the same per token and
     the lag is the server's. Closed at the terminal event."""
@@ -172,12 +165,13 @@ async def ws_streams(port: int, count: int, options: dict[str, Any], deflate: bo
     return clients
 
 
-async def phase(kind: str, server: TreeServer, streams: int, options: dict[str, Any],
+async def phase(kind: str, server: BenchServer, streams: int, options: dict[str, Any],
                 deflate: bool, max_wait: float) -> tuple[list[float], int, float]:
     """Run ``streams`` concurrent streams over ``kind``; (lags, incomplete, CPU s)."""
     cpu0, client0 = server.cpu(), time.process_time()
     if kind == "sse":
-        clients = await open_streams(server.port, streams, options, keep_lags=True)
+        clients = await open_streams(server.port, streams,
+                                     chat_request(server.port, options), keep_lags=True)
         await wait_all(clients, server.name, max_wait, lambda c: c.closed)
         lags = [lag for c in clients for lag in c.lags]
         bad = sum(not c.complete or c.tokens != options["tokens"] for c in clients)

@@ -6,7 +6,7 @@ for ``stall`` seconds, behind an unbounded queue, holds q(t) = λt items and
 m(t) = λ·s·t bytes. streambridge bounds that queue (``STREAMBRIDGE_BUFFER_SIZE``
 items between agent and client; the agent blocks once it is full), so with a
 stalled reader the server's memory stays flat. Part two starts a real server
-(``tests.servers.Server``, the product's own CLI), opens a stream from the probe
+(``async_core.harness``, the product's own CLI), opens a stream from the probe
 agent at the same rate and size, never reads it, and samples the server's RSS.
 
 Usage: scripts/queue_growth_sim.py --rate 5 --size 1024 --stall 10 [--path async]
@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def model(rate: float, size: int, t: float) -> tuple[float, float]:
@@ -30,20 +29,15 @@ def model(rate: float, size: int, t: float) -> tuple[float, float]:
 
 def measure(rate: float, size: int, stall: float, path_id: str, buffer: int) -> None:
     """Stream from a real server to a reader that never reads; print RSS each second."""
-    import psutil
+    from async_core.harness import PATHS, ProcessTree, RawStream, ServerProcess, serve_command
 
-    from tests.clients import RawStream
-    from tests.servers import Server
-
-    srv = Server(path_id, {"STREAMBRIDGE_BUFFER_SIZE": str(buffer),
-                           "STREAMBRIDGE_SEND_TIMEOUT": str(stall * 3),
-                           "STREAMBRIDGE_DATABASE_URL": "none"})
+    # The tests' probe agent (its ``pad`` option sizes the items), loaded from the checkout.
+    srv = ServerProcess(path_id, serve_command(path_id), cwd=REPO, env={
+        "STREAMBRIDGE_AGENTS": "tests.probe_agents:AGENTS", "STREAMBRIDGE_HEARTBEAT": "0.25",
+        "PYTHONUNBUFFERED": "1", **PATHS[path_id].env, "STREAMBRIDGE_BUFFER_SIZE": str(buffer),
+        "STREAMBRIDGE_SEND_TIMEOUT": str(stall * 3), "STREAMBRIDGE_DATABASE_URL": "none"})
     try:
-        proc = psutil.Process(srv.proc.pid)
-
-        def rss() -> int:
-            procs = [proc, *proc.children(recursive=True)]
-            return sum(p.memory_info().rss for p in procs if p.is_running())
+        rss = ProcessTree(srv.pid, live=True).rss
 
         tokens = int(rate * stall) + 100
         body = {"agent": "probe", "message": "x",
@@ -70,7 +64,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5.0, help="items per second (λ)")
     parser.add_argument("--size", type=int, default=1024, help="bytes per item (s)")
     parser.add_argument("--stall", type=float, default=10.0, help="seconds the reader stalls")
-    parser.add_argument("--path", default="async", help="server path id (tests/servers.py)")
+    parser.add_argument("--path", default="async", help="server path id (async_core.harness.PATHS)")
     parser.add_argument("--buffer", type=int, default=8, help="STREAMBRIDGE_BUFFER_SIZE")
     parser.add_argument("--model-only", action="store_true", help="skip the real server")
     args = parser.parse_args()

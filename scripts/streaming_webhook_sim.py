@@ -59,20 +59,20 @@ def check(name: str, measured: float, expected: float, sigma: float) -> bool:
 async def real_worker(p: float, r: int, n: int, rng: random.Random) -> tuple[float, float, int]:
     """Run the delivery worker on ``n`` deliveries; return (delivered, mean attempts, dupes)."""
     from async_core import Settings
+    from async_core.harness import WEBHOOK_SECRET, WebhookReceiver
     from async_core.store import Snapshot, Store, create_engine, upgrade
     from async_core.webhooks import DeliveryWorker, WebhookConfig
-    from tests.webhooks.receiver import SECRET, Receiver
 
     statuses = [204 if rng.random() < p else 500 for _ in range(n * (r + 1))]
-    receiver = Receiver(statuses=statuses)
+    receiver = WebhookReceiver(statuses=statuses)
     engine = create_engine(f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/sim.sqlite3")
     try:
         await upgrade(engine)
         store = Store(engine)
         cfg = WebhookConfig.from_settings(Settings.from_env(
-            {}, webhook_urls=receiver.url, webhook_secret=SECRET, webhook_allow="127.0.0.0/8",
-            webhook_backoff=0.005, webhook_backoff_max=0.02, webhook_max_attempts=r + 1,
-            webhook_timeout=5))
+            {}, webhook_urls=receiver.url, webhook_secret=WEBHOOK_SECRET,
+            webhook_allow="127.0.0.0/8", webhook_backoff=0.005, webhook_backoff_max=0.02,
+            webhook_max_attempts=r + 1, webhook_timeout=5))
         assert cfg is not None
         now = time.time()
         rows = tuple({"id": f"msg_sim{i}", "url": receiver.url, "event_type": "turn.completed",

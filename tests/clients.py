@@ -1,4 +1,7 @@
-"""Client helpers for the tests: streaming readers and a raw-socket client."""
+"""Client helpers for the tests: streaming readers and a raw-socket client.
+
+The raw client is ``async_core.harness.RawStream`` with the tests' hybrid-50 pin.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from async_core import harness
 from async_core.wire import NDJSONDecoder, SSEDecoder, SSEMessage
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
@@ -124,59 +128,14 @@ def stream(url: str, body: Mapping[str, Any], *, headers: Mapping[str, str] | No
 OPEN_RAW: list[RawStream] = []
 
 
-class RawStream:
-    """A raw HTTP/1.1 client that can stop reading or vanish mid-stream.
-
-    Args:
-        port: the server's port on 127.0.0.1.
-        path: request path.
-        body: JSON body.
-        headers: extra request headers.
-    """
+class RawStream(harness.RawStream):
+    """``async_core.harness.RawStream`` for the tests: its body pinned (``HybridPin``),
+    and closed after the test if the test did not (``OPEN_RAW``)."""
 
     def __init__(self, port: int, path: str, body: Mapping[str, Any],
                  headers: Mapping[str, str] | None = None, rcvbuf: int | None = None) -> None:
-        payload = json.dumps(PIN.apply(body)).encode()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        super().__init__(port, path, PIN.apply(body), headers, rcvbuf)
         OPEN_RAW.append(self)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.connect(("127.0.0.1", port))
-        self.sock.settimeout(30)
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self.sock.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n{extra}Connection: close\r\n\r\n".encode()
-            + payload)
-        self.buffer = b""
-        self.head = b""
-
-    def read_until(self, marker: bytes, count: int = 1, timeout: float = 10.0) -> bytes:
-        """Read until ``marker`` has been seen ``count`` times in the body; return all so far."""
-        deadline = time.monotonic() + timeout
-        while self.buffer.count(marker) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"saw {self.buffer.count(marker)} of {count} {marker!r}")
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                break
-            self.buffer += chunk
-        return self.buffer
-
-    def read_all(self, timeout: float = 30.0) -> bytes:
-        """Read until the server closes the connection."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return self.buffer
-            self.buffer += chunk
-
-    def close(self) -> None:
-        """Vanish: close the socket without reading the rest."""
-        self.sock.close()
 
 
 def metric(base_url: str, name: str, **labels: str) -> float:
@@ -193,29 +152,7 @@ def metric(base_url: str, name: str, **labels: str) -> float:
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it returns a truthy value; return it (or raise)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        time.sleep(interval)
-
-
-def wait_healthy(base_url: str, timeout: float = 30.0) -> None:
-    """Wait until ``base_url/healthz`` answers 200.
-
-    uvicorn prints its "running on" line when it binds, before the lifespan has run and
-    before it listens: a request sent on seeing that line may be refused (found in CI).
-    """
-    def healthy() -> bool:
-        try:
-            return HTTP.get(base_url + "/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, timeout=timeout, interval=0.05)
+    return harness.wait_until(predicate, timeout, "condition", interval)
 
 
 def exchange(port: int, data: bytes, *, half_close: bool = False,

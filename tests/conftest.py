@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from async_core.harness import CONTRACT_PATHS
 from tests.clients import OPEN_RAW, PIN
 from tests.pool import ServerPool, settings_env
-from tests.servers import PATH_ARGS, Server
+from tests.servers import Server
 
 # The pools alive now (the session's, the current module's): the per-test log check reads them.
 _POOLS: list[ServerPool] = []
@@ -70,7 +71,7 @@ def close_raw_clients() -> Iterator[None]:
         OPEN_RAW.pop().close()
 
 
-@pytest.fixture(scope="module", params=list(PATH_ARGS))
+@pytest.fixture(scope="module", params=list(CONTRACT_PATHS))
 def path_id(request: pytest.FixtureRequest) -> str:
     """Each contract test runs once per serving path."""
     return str(request.param)

@@ -34,10 +34,8 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -49,9 +47,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from async_core.harness import ServerProcess
+
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. "
 API_KEY = "sk-fake-upstream-key"
 _PIECE = re.compile(r"\S*\s*")
+LISTEN = re.compile(r"fake upstream listening on http://127\.0\.0\.1:(\d+)")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
             503: "Service Unavailable"}
@@ -353,8 +354,9 @@ async def _main(port: int, api_key: str) -> None:
         await stop.wait()
 
 
-class FakeUpstream:
-    """The fake upstream as a subprocess on an ephemeral loopback port.
+class FakeUpstream(ServerProcess):
+    """The fake upstream as a subprocess on an ephemeral loopback port
+    (an ``async_core.harness.ServerProcess``: ready once it prints its port).
 
     Args:
         api_key: the key ``/v1/chat/completions`` requires ("" accepts any).
@@ -362,17 +364,11 @@ class FakeUpstream:
 
     def __init__(self, api_key: str = API_KEY) -> None:
         self.api_key = api_key
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--api-key", api_key],
-            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks until the server is listening
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        if not match:
-            self.stop()
-            raise RuntimeError(f"fake upstream did not start: {line!r}")
-        self.url = f"http://127.0.0.1:{match.group(1)}"
+        super().__init__("fake-upstream", [sys.executable, "-m", "tests.fake_upstream",
+                                           "--port", "0", "--api-key", api_key],
+                         env={"PYTHONUNBUFFERED": "1"}, cwd=Path(__file__).resolve().parent.parent,
+                         listen=LISTEN, health=None)
+        self.url = self.base_url
 
     def env(self) -> dict[str, str]:
         """Settings that point a streambridge server at this upstream."""
@@ -397,17 +393,12 @@ class FakeUpstream:
                 raise TimeoutError(f"records of {key!r} never matched: {found}")
             time.sleep(0.02)
 
-    def stop(self) -> None:
-        """SIGTERM the fake upstream (started by us) and wait for it."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int:
+        """SIGTERM the fake upstream (started by us), wait, SIGKILL if it lingers."""
+        try:
+            return super().stop(timeout, sig)
+        finally:
+            self.log_path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 
 import async_core
 import async_core.cli
+import async_core.harness
 import async_core.store
 import async_core.webhooks
 import async_core.wire
@@ -55,7 +56,8 @@ def test_package_imports_nothing_it_must_not(package: str) -> None:
     assert not loaded & FORBIDDEN[package], f"{package} loaded {loaded & FORBIDDEN[package]}"
 
 
-@pytest.mark.parametrize("module", [async_core, async_core.cli, async_core.wire, async_core.store,
+@pytest.mark.parametrize("module", [async_core, async_core.cli, async_core.harness,
+                                    async_core.wire, async_core.store,
                                     async_core.webhooks, legacy_bridge])
 def test_public_api_is_explicit(module: object) -> None:
     """Every name in __all__ exists, and __all__ is sorted and has no duplicates."""
@@ -301,8 +303,8 @@ ENV_EXCEPTIONS = {
                               "renderer must pick the same collector",
     "async_core/_serve.py": "sets PROMETHEUS_MULTIPROC_DIR for uvicorn's worker processes "
                             "before they import prometheus_client",
-    "async_core/cli/compare.py": "builds the environment of the servers it starts (a child "
-                                 "process' environment, not a setting)",
+    "async_core/harness/_process.py": "builds the environment of the servers it starts "
+                                      "(a child process' environment, not a setting)",
     "legacy_bridge/gunicorn_conf.py": "a gunicorn config module: gunicorn's own settings "
                                       "(bind, workers, threads, worker class) checked with one "
                                       "line each, and PROMETHEUS_MULTIPROC_DIR set before "
@@ -355,3 +357,31 @@ def test_the_environment_check_sees_what_it_must(tmp_path: Path) -> None:
     assert environment_uses(tmp_path) == {"async_core/__init__.py": [2],
                                           "legacy_bridge/__init__.py": [1],
                                           "migration/__init__.py": [5]}
+
+
+def imports_of_tests(root: Path = REPO) -> list[str]:
+    """``file:line: module`` for each import of the ``tests`` package by a package module
+    or a script (issue 12 item 8: the harness they share lives in ``async_core.harness``)."""
+    files = [p for package in PACKAGES for p in sorted((root / package).rglob("*.py"))]
+    files += sorted((root / "scripts").glob("*.py"))
+    found: list[tuple[str, int, str]] = []
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in _import_nodes(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if not node.level else [])
+            found += [(str(path.relative_to(root)), node.lineno, name) for name in names
+                      if name.split(".")[0] == "tests"]
+    return [f"{file}:{line}: {name}" for file, line, name in sorted(found)]
+
+
+def test_no_script_or_package_module_imports_from_tests(tmp_path: Path) -> None:
+    """The benchmarks, ``compare`` and the packages build on ``async_core.harness``, never on
+    ``tests`` (which a user's installation does not have); the check sees both forms."""
+    assert not imports_of_tests(), "\n".join(imports_of_tests())
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "b.py").write_text(
+        "import tests.servers\ndef f():\n    from tests.clients import x\n"
+        "from testsuite import y\n")
+    assert imports_of_tests(tmp_path) == ["scripts/b.py:1: tests.servers",
+                                          "scripts/b.py:3: tests.clients"]

@@ -26,7 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clients import chat_body, stream, wait_for, wait_healthy
+from async_core.harness import wait_healthy
+from tests.clients import chat_body, stream, wait_for
 from tests.servers import REPO
 from tests.store.conftest import PostgresCluster
 
@@ -145,8 +146,9 @@ def test_db_upgrade_runs_on_sqlite_and_postgres_and_serve_async_stores_there(
                                 env=stripped.env(STREAMBRIDGE_DATABASE_URL=url), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        base = f"http://127.0.0.1:{_port(proc, log)}"
-        wait_healthy(base)
+        port = _port(proc, log)
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(int(port))
         r = stream(base + "/v1/chat", chat_body("demo"))
         assert r.headers["x-stream-path"] == "async"
         assert r.kinds()[-1] == "done", r.raw

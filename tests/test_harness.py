@@ -1,12 +1,16 @@
-"""The test harness itself: shared servers still report their problems, and hybrid-50
-tests land on the branch they claim."""
+"""The test harness itself: shared servers still report their problems, hybrid-50 tests
+land on the branch they claim, and ``async_core.harness`` starts and stops what it must."""
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from async_core.harness import CONTRACT_PATHS, LOOP_PATHS, PATHS, ServerProcess
 from tests.clients import PIN, chat_body, stream
 from tests.pool import ServerPool
 from tests.servers import Server, served_path
@@ -26,7 +30,7 @@ def test_a_shared_server_is_reused_and_its_bad_log_lines_reach_the_next_check(
     srv = pool.get("async", {"STREAMBRIDGE_HEARTBEAT": "0.5"})
     assert pool.get("async", {"STREAMBRIDGE_HEARTBEAT": "0.5"}) is srv
     assert pool.new_problems() == []
-    with open(srv.log_file.name, "a", encoding="utf-8") as log:
+    with srv.log_path.open("a", encoding="utf-8") as log:
         log.write("Traceback (most recent call last):\n")
     assert pool.new_problems() == ["[async] Traceback (most recent call last):"]
     assert pool.new_problems() == []
@@ -61,3 +65,29 @@ def test_pinned_hybrid_50_bodies_are_served_on_their_branch(branch: str) -> None
         PIN.branch = None
         srv.stop()
     assert not srv.problems()
+
+
+def test_the_path_table_serves_only_known_paths_and_holds_every_suite_and_compare_path() -> None:
+    """One table: each path id starts a ``serve --path`` the CLI knows, and the contract
+    suite's paths and compare's rows are all ids of it."""
+    from async_core.cli._commands import PATHS as SERVE_PATHS
+    from async_core.cli.compare import PATH_ROWS
+
+    assert {spec.serve for spec in PATHS.values()} <= set(SERVE_PATHS)
+    assert set(CONTRACT_PATHS) | set(LOOP_PATHS) | set(PATH_ROWS.values()) <= set(PATHS)
+    assert served_path("legacy-gevent", "c") == "legacy"
+
+
+def test_a_server_that_exits_before_listening_fails_with_its_log() -> None:
+    """No port, no wait: the exit status and what the process printed are in the error."""
+    with pytest.raises(RuntimeError, match=r"(?s)exited with 3:.*boom"):
+        ServerProcess("quits", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"])
+
+
+def test_a_server_that_ignores_sigterm_is_killed_with_its_group(tmp_path: Path) -> None:
+    """stop() waits its timeout after SIGTERM, then SIGKILLs the process group."""
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('Listening at: http://127.0.0.1:1 (', flush=True); time.sleep(60)")
+    srv = ServerProcess("stubborn", [sys.executable, "-c", code], health=None, log_dir=tmp_path)
+    assert srv.port == 1 and srv.log_path.parent == tmp_path
+    assert srv.stop(timeout=0.5) == -signal.SIGKILL

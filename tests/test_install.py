@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clients import wait_healthy
+from async_core.harness import wait_healthy
 from tests.servers import REPO
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def test_serve_async_streams_and_drains_without_extras(bare_venv: Path,
             port = m.group(1) if m else None
             time.sleep(0.05)
         assert port is not None, log.read_text()
-        wait_healthy(f"http://127.0.0.1:{port}")
+        wait_healthy(int(port))
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat", timeout=30,
                        json={"message": "hi", "options": {"tokens": 3}})
         assert r.status_code == 200

@@ -10,9 +10,11 @@ module             one idea
 =================  ==========================================================
 ``_commands.py``   the parser, ``CommandLine`` (what extensions add to), ``main``
 ``_extensions.py`` finding the optional extensions; the async app factory
-``compare.py``     ``streambridge compare``: one workload through every path
-``_latency.py``    what ``compare`` measures (client latency, server CPU/RSS)
+``compare.py``     ``streambridge compare``: one workload through every path (its
+                   servers and measurements: ``async_core.harness``)
 ``_report.py``     ``compare``'s text table and self-contained HTML report
+``_rows.py``       ``compare``'s rows of several processes (background, Redis log,
+``_polled.py``     Celery, thread queue) and the polled WSGI front two of them share
 =================  ==========================================================
 """
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ._latency import percentile
+from async_core.harness import percentile
 
 if TYPE_CHECKING:
     from .compare import PathResult, Workload

@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from ._latency import Reader, StreamSample, read_stream
+from async_core.harness import Reader, RedisServer, StreamSample, read_stream, serve_command
 
 
 @dataclass(frozen=True)
@@ -48,8 +44,7 @@ class Spawn:
 
 def _serve(redis_url: str | None) -> Spawn:
     env = {"STREAMBRIDGE_REDIS_URL": redis_url} if redis_url else {}
-    return Spawn([sys.executable, "-m", "async_core.cli", "serve", "--path", "async",
-                  "--port", "0"], env)
+    return Spawn(serve_command("async-auto"), env)
 
 
 def _gthread(app: str, concurrency: int, env: dict[str, str]) -> Spawn:
@@ -112,35 +107,19 @@ class RedisUnavailable(Exception):
     """No Redis for the rows that need one (a one-line reason)."""
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str, Path]:
-    """Start a private ``redis-server`` on a loopback port; return it, its URL, its dir.
+def start_redis() -> RedisServer:
+    """Start a private ``redis-server`` on a loopback port (``async_core.harness``).
 
     Raises:
         RedisUnavailable: no ``redis-server`` binary, or it did not answer in 10 s.
     """
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         raise RedisUnavailable("redis-server not found (install it, or pass --redis-url)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tmp = Path(tempfile.mkdtemp(prefix="sb-compare-redis-"))
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
-                c.sendall(b"PING\r\n")
-                if c.recv(16).startswith(b"+PONG"):
-                    return proc, f"redis://127.0.0.1:{port}/0", tmp
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    proc.wait(timeout=10)
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise RedisUnavailable(f"redis-server did not start on port {port}")
+    try:
+        return RedisServer()
+    except RuntimeError as exc:
+        raise RedisUnavailable(f"redis-server did not start: {str(exc).splitlines()[0]}"
+                               ) from None
 
 
 def check_redis(url: str) -> None:

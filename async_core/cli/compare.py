@@ -14,43 +14,42 @@ import argparse
 import asyncio
 import importlib.util
 import os
-import re
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 
-if TYPE_CHECKING:  # _latency needs psutil, which only the [compare] extra installs
-    from ._latency import Cost, StreamSample
+from async_core.harness import (
+    LISTEN,
+    PATHS,
+    Cost,
+    ProcessTree,
+    ServerProcess,
+    StreamSample,
+    read_stream,
+    run_batch,
+    serve_command,
+)
 
-# Path ids and the ``serve`` arguments that start them (each one only where the CLI
-# serves its ``--path``: legacy and hybrid come from their packages).
-PATH_ARGS: dict[str, list[str]] = {
-    "legacy-gthread": ["--path", "legacy", "--worker-class", "gthread"],
-    "legacy-gevent": ["--path", "legacy", "--worker-class", "gevent"],
-    "async": ["--path", "async"],
-    "hybrid-legacy": ["--path", "hybrid"],
-    "hybrid-async": ["--path", "hybrid"],
+# The rows that are one ``serve`` each: the row's name and the harness path it is served
+# on (``async_core.harness.PATHS``; each one only where the CLI serves its ``--path``:
+# legacy and hybrid come from their packages). ``async`` is uvicorn's own choice of
+# loop, as a user's ``serve`` runs it. The rows of several processes are ``_rows``'.
+PATH_ROWS: dict[str, str] = {
+    "legacy-gthread": "legacy-gthread",
+    "legacy-gevent": "legacy-gevent",
+    "async": "async-auto",
+    "hybrid-legacy": "hybrid-legacy",
+    "hybrid-async": "hybrid-async",
 }
-# The hybrid front at each end of the flag: every request to Flask, or every one native.
-PATH_ENV: dict[str, dict[str, str]] = {
-    "hybrid-legacy": {"STREAMBRIDGE_FLAGS_MODE": "legacy"},
-    "hybrid-async": {"STREAMBRIDGE_FLAGS_MODE": "async"},
-}
-_LISTEN = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+) \(")
 
 
 def available_paths(served: Collection[str]) -> list[str]:
     """Path ids this installation can serve, given the ``--path`` values ``served``."""
-    return [p for p, args in PATH_ARGS.items() if args[1] in served]
+    return [p for p, path_id in PATH_ROWS.items() if PATHS[path_id].serve in served]
 
 
 def extra_rows(served: Collection[str]) -> list[str]:
@@ -102,72 +101,41 @@ class PathResult:
     batch_seconds: float = 0.0
 
 
-class ServedPath:
-    """A ``streambridge serve`` subprocess for one path.
+def start_server(row: str, env: Mapping[str, str], cmd: list[str] | None = None, *,
+                 http: bool = True) -> ServerProcess:
+    """A ready process of one row: ``serve`` of its path (or ``cmd``, a ``_rows`` process).
 
     Args:
-        path: a ``PATH_ARGS`` id (or a ``_rows`` row id, with ``cmd``).
+        row: a ``PATH_ROWS`` row (or a ``_rows`` row, with ``cmd``).
         env: extra environment.
-        cmd: the command, when it is not ``serve`` of ``path`` (a row's process).
-        http: whether it serves HTTP (ready at ``/healthz``) or is ready by its log
-            (a Celery worker's `` ready.``).
+        cmd: the command, when it is not ``serve`` of the row's path.
+        http: whether it serves HTTP (ready at ``/healthz``) or is ready by its log (a
+            Celery worker's `` ready.``; its ``base_url`` stays empty).
+
+    Raises:
+        RuntimeError: it did not start.
     """
-
-    def __init__(self, path: str, env: Mapping[str, str], cmd: list[str] | None = None,
-                 *, http: bool = True) -> None:
-        self.path = path
-        self.http = http
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
-            prefix=f"sb-compare-{path}-", suffix=".log", delete=False)
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMBRIDGE_DRAIN_GRACE": "1",
-                    **PATH_ENV.get(path, {}), **env}
-        cmd = cmd or [sys.executable, "-m", "async_core.cli", "serve", *PATH_ARGS[path],
-                      "--port", "0"]  # the default log level prints the port we parse
-        self.proc = subprocess.Popen(cmd, env=full_env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.base_url = ""
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Poll the log for the port, then ``/healthz`` for readiness (no fixed sleep)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.http and " ready." in Path(self.log.name).read_text(errors="replace"):
-                return
-            if not self.base_url:
-                m = _LISTEN.search(Path(self.log.name).read_text(errors="replace"))
-                if m:
-                    self.base_url = f"http://127.0.0.1:{m.group(1)}"
-            if self.base_url:
-                try:
-                    if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        log = Path(self.log.name).read_text(errors="replace")
-        self.stop()
-        raise RuntimeError(f"{self.path} server did not start:\n{log}")
-
-    def stop(self) -> None:
-        """SIGTERM the server (it drains), SIGKILL its group if it lingers."""
+    spec = PATHS[PATH_ROWS[row]] if cmd is None else None
+    srv = ServerProcess(f"compare-{row}", cmd or serve_command(PATH_ROWS[row]), env={
+        "PYTHONUNBUFFERED": "1", "STREAMBRIDGE_DRAIN_GRACE": "1",
+        **(spec.env if spec else {}), **env}, listen=None if not http else LISTEN)
+    if not http:
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(timeout=10)
-        finally:
-            self.log.close()
-            Path(self.log.name).unlink(missing_ok=True)
+            srv.wait_log(" ready.")
+        except BaseException:
+            stop_server(srv)
+            raise
+    return srv
 
 
-async def _drive(workload: Workload, servers: dict[str, list[ServedPath]]
+def stop_server(srv: ServerProcess) -> None:
+    """SIGTERM the process (it drains), SIGKILL its group if it lingers; drop its log."""
+    srv.stop(timeout=15)
+    srv.log_path.unlink(missing_ok=True)
+
+
+async def _drive(workload: Workload, servers: dict[str, list[ServerProcess]]
                  ) -> list[PathResult]:
-    from ._latency import ProcessTree, read_stream, run_batch
     from ._rows import ROWS, reader
 
     results = {p: PathResult(p) for p in workload.paths}
@@ -176,9 +144,9 @@ async def _drive(workload: Workload, servers: dict[str, list[ServedPath]]
                           max_keepalive_connections=workload.concurrency)
     clients = {p: httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120, connect=10))
                for p in workload.paths}
-    trees = {p: ProcessTree(*(s.proc.pid for s in servers[p])) for p in workload.paths}
+    trees = {p: ProcessTree(*(s.pid for s in servers[p]), live=True) for p in workload.paths}
     urls = {p: servers[p][0].base_url + "/v1/chat" for p in workload.paths}
-    reads = {p: reader(p, [s.base_url for s in servers[p] if s.http]) if p in ROWS
+    reads = {p: reader(p, [s.base_url for s in servers[p] if s.base_url]) if p in ROWS
              else read_stream for p in workload.paths}
     try:
         epoch = time.perf_counter()
@@ -219,32 +187,32 @@ def run(workload: Workload) -> list[PathResult]:
     """
     from ._rows import ROWS, check_redis, start_redis
 
-    unknown = [p for p in workload.paths if p not in PATH_ARGS and p not in ROWS]
+    unknown = [p for p in workload.paths if p not in PATH_ROWS and p not in ROWS]
     if unknown:
-        raise ValueError(f"unknown path(s) {unknown}; known: {[*PATH_ARGS, *ROWS]}")
+        raise ValueError(f"unknown path(s) {unknown}; known: {[*PATH_ROWS, *ROWS]}")
     redis_url, redis = workload.redis_url, None
     if any(ROWS[p][0] for p in workload.paths if p in ROWS):
         if redis_url:
             check_redis(redis_url)
         else:
-            redis, redis_url, redis_dir = start_redis()
-    servers: dict[str, list[ServedPath]] = {}
+            redis = start_redis()
+            redis_url = redis.url
+    servers: dict[str, list[ServerProcess]] = {}
     try:
         for p in workload.paths:
-            servers[p] = ([ServedPath(p, {**workload.env, **spawn.env}, spawn.cmd,
-                                      http=spawn.http)
-                           for spawn in ROWS[p][1](redis_url, workload.concurrency)]
-                          if p in ROWS else [ServedPath(p, workload.env)])
-        for srv in (s for group in servers.values() for s in group):
-            srv.wait_ready()
+            group = servers[p] = []
+            if p not in ROWS:
+                group.append(start_server(p, workload.env))
+                continue
+            for spawn in ROWS[p][1](redis_url, workload.concurrency):
+                group.append(start_server(p, {**workload.env, **spawn.env}, spawn.cmd,
+                                          http=spawn.http))
         return asyncio.run(_drive(workload, servers))
     finally:
         for srv in (s for group in servers.values() for s in group):
-            srv.stop()
+            stop_server(srv)
         if redis is not None:
-            redis.terminate()
-            redis.wait(timeout=10)
-            shutil.rmtree(redis_dir, ignore_errors=True)
+            redis.close()
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -252,7 +220,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("compare", help="the same workload through every path, side by side "
                        "(TTFC, inter-chunk gaps, throughput, CPU and RSS per stream)")
     p.add_argument("--paths", default="", help="comma-separated path ids, the first is the "
-                   f"baseline of the ratios (default: all of {', '.join(PATH_ARGS)})")
+                   f"baseline of the ratios (default: all of {', '.join(PATH_ROWS)})")
     p.add_argument("--concurrency", type=int, default=8, help="streams open at once per batch")
     p.add_argument("--tokens", type=int, default=64, help="tokens per stream")
     p.add_argument("--interval-ms", type=float, default=20.0,

@@ -13,8 +13,11 @@ from __future__ import annotations
 import re
 import sys
 
-PATHS = ["legacy-gthread", "legacy-gevent", "async-uvloop", "async", "hybrid-0",
-         "hybrid-50", "hybrid-100"]
+from async_core.harness import CONTRACT_PATHS, LOOP_PATHS
+
+# The path ids the suite runs on (the harness' one table), longest first: ``async-uvloop``
+# before ``async``.
+PATHS = sorted([*CONTRACT_PATHS, *LOOP_PATHS], key=len, reverse=True)
 _PATH = re.compile(r"(?:^|-)(" + "|".join(PATHS) + r")(?=-|$)")
 
 

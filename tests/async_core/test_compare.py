@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from async_core.cli._latency import StreamSample, percentile
 from async_core.cli._report import rows
 from async_core.cli.compare import PathResult
+from async_core.harness import StreamSample, percentile
 from tests.servers import REPO
 
 

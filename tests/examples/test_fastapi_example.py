@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,12 +23,12 @@ import httpx
 import openai
 import pytest
 
+from async_core.harness import ServerProcess
 from tests.clients import RawStream, metric, stream, wait_for
 from tests.fake_upstream import FakeUpstream, fake
 from tests.servers import REPO
 
 EXAMPLE = REPO / "examples" / "fastapi_app"
-_LISTEN = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+) \(")
 
 
 def readme_command() -> str:
@@ -40,51 +39,22 @@ def readme_command() -> str:
     return line.replace("--port 8000", "--port 0")
 
 
-class ExampleApp:
-    """The example app under uvicorn, as the README starts it."""
+class ExampleApp(ServerProcess):
+    """The example app under uvicorn, as the README starts it (ready: ``/llm/readyz``)."""
 
     def __init__(self, upstream: FakeUpstream, **env: str) -> None:
-        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
-            prefix="sb-fastapi-example-", suffix=".log", delete=False)
         self.db = os.path.join(tempfile.mkdtemp(prefix="sb-db-"), "example.sqlite3")
-        full_env = {**os.environ, "UPSTREAM_URL": upstream.url + "/v1",
-                    "UPSTREAM_API_KEY": upstream.api_key, "PYTHONUNBUFFERED": "1",
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                    "STREAMBRIDGE_DATABASE_PATH": self.db, **env}
-        full_env.pop("PYTHONPATH", None)  # the installed package, as a user has it
-        self.proc = subprocess.Popen(["bash", "-c", f"exec {readme_command()}"], cwd=EXAMPLE,
-                                     env=full_env, stdout=self.log_file,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.port = int(wait_for(self._port, timeout=30))
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        wait_for(self._ready, timeout=30)
+        super().__init__("fastapi-example", ["bash", "-c", f"exec {readme_command()}"], env={
+            "UPSTREAM_URL": upstream.url + "/v1", "UPSTREAM_API_KEY": upstream.api_key,
+            "PYTHONUNBUFFERED": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "STREAMBRIDGE_DATABASE_PATH": self.db, **env,
+            "PYTHONPATH": None},  # the installed package, as a user has it
+            cwd=EXAMPLE, health="/llm/readyz")
 
-    def log(self) -> str:
-        return Path(self.log_file.name).read_text(errors="replace")
-
-    def _port(self) -> str | None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"example exited with {self.proc.returncode}:\n{self.log()}")
-        m = _LISTEN.search(self.log())
-        return m.group(1) if m else None
-
-    def _ready(self) -> bool:
-        try:
-            return httpx.get(self.base_url + "/llm/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> int:
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    return self.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(timeout=10)
-        finally:
-            self.log_file.close()
+    def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int:
+        """SIGTERM, wait, SIGKILL if it lingers."""
+        return super().stop(timeout, sig)
 
 
 @pytest.fixture(scope="module")

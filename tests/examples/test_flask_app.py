@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from async_core.harness import ServerProcess
 from migration.flags import FlagConfig, RouteRequest, decide
 from tests.clients import RawStream, metric, stream, wait_for
 from tests.fake_upstream import API_KEY, FakeUpstream, fake
@@ -51,33 +52,24 @@ def readme_command(name: str) -> str:
     return match.group(1)
 
 
-class ExampleServer(Server):
+class ExampleServer(ServerProcess):
     """A README command run in the example's directory (a subprocess we own)."""
 
     def __init__(self, path_id: str, command: str, env: dict[str, str]) -> None:
         self.path_id = path_id
-        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
-            prefix=f"sb-example-{path_id}-", suffix=".log", delete=False)
         command = command.replace("127.0.0.1:8000", "127.0.0.1:0").replace(
             "--port 8000", "--port 0")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMBRIDGE_HEARTBEAT": "0.25",
-                    "STREAMBRIDGE_DRAIN_GRACE": "2", **env,
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                    "STREAMBRIDGE_DATABASE_PATH": os.path.join(
-                        tempfile.mkdtemp(prefix="sb-db-"), "streambridge.sqlite3")}
-        full_env.pop("PYTHONPATH", None)  # only what the README sets
-        full_env.pop("STREAMBRIDGE_AGENTS", None)
-        self.proc = subprocess.Popen(["bash", "-c", command], cwd=EXAMPLE, env=full_env,
-                                     stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        try:
-            self.port = self._wait_port()
-            self.base_url = f"http://127.0.0.1:{self.port}"
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            self.log_file.close()
-            raise
+        super().__init__(f"example-{path_id}", ["bash", "-c", command], cwd=EXAMPLE, env={
+            "PYTHONUNBUFFERED": "1", "STREAMBRIDGE_HEARTBEAT": "0.25",
+            "STREAMBRIDGE_DRAIN_GRACE": "2", **env,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "STREAMBRIDGE_DATABASE_PATH": os.path.join(tempfile.mkdtemp(prefix="sb-db-"),
+                                                       "streambridge.sqlite3"),
+            "PYTHONPATH": None, "STREAMBRIDGE_AGENTS": None})  # only what the README sets
+
+    def problems(self) -> list[str]:
+        """Log lines that no correct run prints (``Server.bad_lines``)."""
+        return Server.bad_lines(self.log())
 
 
 def start_example(path_id: str, upstream: FakeUpstream, **settings: str) -> ExampleServer:

@@ -3,7 +3,8 @@
 The shipped file is rendered, not rewritten: only the lines marked
 ``# streambridge:upstream``, ``# streambridge:listen`` and (optionally)
 ``# streambridge:read-timeout`` change. nginx runs in the foreground as our
-subprocess, with its pid file, logs and temp paths under a temporary directory.
+subprocess (an ``async_core.harness.ServerProcess``), with its pid file, logs and temp
+paths under a temporary directory.
 """
 
 from __future__ import annotations
@@ -12,14 +13,10 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
+from async_core.harness import ServerProcess, free_port
 from tests.servers import REPO
 
 CONF = REPO / "migration" / "nginx" / "streambridge.conf"
@@ -42,20 +39,17 @@ def render(upstream_port: int, listen_port: int, read_timeout: str | None = None
     return text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Nginx(ServerProcess):
+    """nginx proxying to ``127.0.0.1:upstream_port`` with the shipped configuration.
 
-
-class Nginx:
-    """nginx proxying to ``127.0.0.1:upstream_port`` with the shipped configuration."""
+    Ready when ``/healthz`` through it answers 200 (the upstream's answer).
+    """
 
     def __init__(self, upstream_port: int, read_timeout: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="sb-nginx-"))
-        self.port = _free_port()
+        port = free_port()
         (self.dir / "streambridge.conf").write_text(
-            render(upstream_port, self.port, read_timeout), encoding="utf-8")
+            render(upstream_port, port, read_timeout), encoding="utf-8")
         user = "user root root;" if os.geteuid() == 0 else ""  # temp dirs are ours alone
         temps = "".join(f"{kind}_temp_path {self.dir}/{kind};"
                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -72,39 +66,24 @@ http {{
     include {self.dir}/streambridge.conf;
 }}
 """, encoding="utf-8")
-        self.proc = subprocess.Popen(
-            [NGINX, "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir),
-             "-e", str(self.dir / "error.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+        try:
+            super().__init__("nginx", [NGINX, "-c", str(self.dir / "nginx.conf"), "-p",
+                                       str(self.dir), "-e", str(self.dir / "error.log")],
+                             port=port, log_dir=self.dir, timeout=15.0)
+        except RuntimeError as exc:
+            raise RuntimeError(f"nginx not ready:\n{self.error_log()}") from exc
+        finally:
             if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"nginx not ready:\n{self.error_log()}")
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     def error_log(self) -> str:
         """What nginx logged."""
         path = self.dir / "error.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGQUIT) -> int:
         """Graceful stop (SIGQUIT) of the nginx master we started; SIGKILL if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            return super().stop(timeout, sig)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from async_core.harness import free_port as _free_port
 from tests.clients import RawStream, chat_body, metric, wait_for
 from tests.servers import REPO, Server
 from tests.streamlog.conftest import RedisServer
@@ -66,12 +66,6 @@ def parse(text: str) -> list[Block]:
         why = m.group("why")
         blocks.append(Block(commands, expected, why.strip() if why is not None else None))
     return blocks
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_every_doc_has_runnable_commands_and_skips_say_why() -> None:

@@ -245,7 +245,7 @@ async def test_cancel_intent_reaches_the_owner_within_a_second(make_log: Any) ->
 
 async def test_unreachable_redis_at_start_names_the_setting() -> None:
     """Opening the log on a closed port fails with one line naming STREAMBRIDGE_REDIS_URL."""
-    from tests.streamlog.conftest import _free_port
+    from async_core.harness import free_port as _free_port
 
     with pytest.raises(LogUnavailable) as info:
         await open_log(LogSettings(redis_url=f"redis://127.0.0.1:{_free_port()}/0", **FAST))

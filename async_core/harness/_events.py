@@ -1,26 +1,25 @@
-"""What ``streambridge compare`` measures: one stream seen from the client, one server's cost.
+"""One stream seen from the client, event by event, and what a batch of them cost the server.
 
-Client side: each stream is read with httpx as SSE; the arrival time of every
-``delta`` event is taken when its bytes reach us (``perf_counter``), so TTFC and
-inter-chunk gaps include everything between the agent and the socket: engine,
-bridge, server, kernel. Server side: CPU seconds and RSS of the server's whole
-process tree (gunicorn arbiter and workers, or uvicorn), read with psutil.
+Each stream is read with httpx and decoded (SSE or NDJSON, by its content type); the
+arrival of every ``delta`` is taken when its bytes reach us (``perf_counter``), so
+TTFC and inter-chunk gaps include everything between the agent and the socket:
+engine, bridge, server, kernel. ``streambridge compare`` measures with this.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import psutil
 
-from async_core.wire import SSEDecoder
+from async_core.wire import NDJSONDecoder, SSEDecoder
+
+from ._measure import ProcessTree
 
 
 @dataclass
@@ -51,10 +50,20 @@ class StreamSample:
         a = self.arrivals
         return [b - x for x, b in zip(a, a[1:], strict=False)]
 
+    def see(self, at: float, event: str | None, data: dict[str, Any]) -> None:
+        """Record one decoded event that arrived ``at`` seconds after the request."""
+        if event == "delta":
+            self.arrivals.append(at)
+        elif event == "done":
+            self.tokens = int(data.get("tokens", 0))
+        elif event == "error":
+            self.error = data.get("code", "error")
+
 
 async def read_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any] | None, *,
-                      path: str, epoch: float, t0: float | None = None) -> StreamSample:
-    """POST ``body`` to ``url`` (GET when ``body`` is None) and time every delta of the SSE reply.
+                      path: str, epoch: float, t0: float | None = None,
+                      accept: str = "text/event-stream") -> StreamSample:
+    """POST ``body`` to ``url`` (GET when ``body`` is None) and time every delta of the reply.
 
     Args:
         client: the HTTP client (its pool is reused between batches, as browsers do).
@@ -64,26 +73,28 @@ async def read_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any] 
         epoch: ``perf_counter`` at the start of the run.
         t0: when the user's request was sent, if earlier than this one (a background
             run's ``POST``: its arrivals count from there).
+        accept: ``text/event-stream`` (SSE) or ``application/x-ndjson``.
     """
     t0 = time.perf_counter() if t0 is None else t0
     sample = StreamSample(path=path, started=t0 - epoch)
-    decoder = SSEDecoder()
     try:
         async with client.stream("POST" if body is not None else "GET", url, json=body,
-                                 headers={"Accept": "text/event-stream"}) as r:
+                                 headers={"Accept": accept}) as r:
             if r.status_code != 200:
                 sample.error = f"HTTP {r.status_code}"
                 await r.aread()
                 return sample
+            sse = r.headers.get("content-type", "").startswith("text/event-stream")
+            sse_decoder, ndjson_decoder = SSEDecoder(), NDJSONDecoder()
             async for chunk in r.aiter_raw():
                 now = time.perf_counter() - t0
-                for msg in decoder.feed(chunk):
-                    if msg.event == "delta":
-                        sample.arrivals.append(now)
-                    elif msg.event == "done":
-                        sample.tokens = int(json.loads(msg.data).get("tokens", 0))
-                    elif msg.event == "error":
-                        sample.error = json.loads(msg.data).get("code", "error")
+                if sse:
+                    for msg in sse_decoder.feed(chunk):
+                        sample.see(now, msg.event, json.loads(msg.data)
+                                   if msg.event in ("done", "error") else {})
+                else:
+                    for obj in ndjson_decoder.feed(chunk):
+                        sample.see(now, obj.get("event"), obj)
     except httpx.HTTPError as exc:
         sample.error = type(exc).__name__
     if sample.error is None and not sample.tokens:
@@ -108,49 +119,6 @@ class Cost:
     streams: int
 
 
-class ProcessTree:
-    """The server process and its children (workers), measured together.
-
-    Args:
-        pid: the server's main process (the CLI execs gunicorn, so the PID stays).
-        more: the other processes of a row that needs several (a second server, a
-            Celery worker), measured with it.
-    """
-
-    def __init__(self, pid: int, *more: int) -> None:
-        self.roots = [psutil.Process(p) for p in (pid, *more)]  # a row of several processes
-
-    def _procs(self) -> list[psutil.Process]:
-        procs = []
-        for root in self.roots:
-            try:
-                procs += [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                continue
-        return procs
-
-    def cpu(self) -> float:
-        """Total user + system CPU seconds of the tree so far."""
-        total = 0.0
-        for p in self._procs():
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                continue
-        return total
-
-    def rss(self) -> int:
-        """Resident memory of the tree, in bytes."""
-        total = 0
-        for p in self._procs():
-            try:
-                total += p.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
-        return total
-
-
 Reader = Callable[..., Coroutine[Any, Any, StreamSample]]  # read_stream's signature
 
 
@@ -160,7 +128,7 @@ async def run_batch(tree: ProcessTree, client: httpx.AsyncClient, url: str,
                     ) -> tuple[list[StreamSample], Cost]:
     """Run ``concurrency`` streams at once against one server and measure its cost.
 
-    ``read`` reads one stream (``read_stream``, or a row's own way: ``_rows``).
+    ``read`` reads one stream (``read_stream``, or a row's own way: ``cli/_rows``).
     """
     cpu0, rss0 = tree.cpu(), tree.rss()
     peak = rss0
@@ -172,12 +140,3 @@ async def run_batch(tree: ProcessTree, client: httpx.AsyncClient, url: str,
         _, pending = await asyncio.wait(pending, timeout=sample_every)
         peak = max(peak, tree.rss())
     return [t.result() for t in tasks], Cost(tree.cpu() - cpu0, rss0, peak, concurrency)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0..1) of ``values`` by nearest rank (NaN if empty)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(0, math.ceil(q * len(ordered)) - 1)
-    return ordered[rank]
