@@ -118,7 +118,8 @@ def test_the_paths_of_deleted_packages_are_one_line_errors(stripped: Stripped) -
     done = stripped.run("streambridge", "compare", "--paths", "async,legacy-gthread")
     assert done.returncode == 2
     assert done.stderr == ("streambridge compare: unknown path(s) ['legacy-gthread']; "
-                           "available: async\n")
+                           "available: async, async-background, async-redis, celery-pubsub, "
+                           "thread-queue\n")
 
 
 def test_compare_measures_the_async_path(stripped: Stripped) -> None:
