@@ -22,6 +22,7 @@ from ._settings import Settings, StreamPolicy, load_settings
 from ._sockets import bound_send_buffer
 from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner
 from ._tasks import cancel_and_wait
+from ._ws import WebSocketSession
 from .agents import (
     Agent,
     AgentFailure,
@@ -74,6 +75,7 @@ __all__ = [
     "Streamable",
     "SyncRunner",
     "Usage",
+    "WebSocketSession",
     "bound_send_buffer",
     "cancel_and_wait",
     "cors_headers",

@@ -21,11 +21,12 @@ from ._asgi import SessionResponse
 from ._engine import StreamSession
 from ._page import PAGE_CONTENT_TYPE, cors_headers, render_page
 from ._records import Outcome
-from ._ws import WS_PATH, websocket_endpoint
+from ._ws import websocket_endpoint
 from .exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
 from .protocol import ROUTES, drain_limit, parse_chat, parse_resume
 from .protocol import Route as ApiRoute
 from .service import StreamService
+from .ws_protocol import WS_PATH
 
 # The logger keeps the name it had in _app: operators filter on it.
 log = logging.getLogger("streambridge.app")

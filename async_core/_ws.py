@@ -22,36 +22,51 @@ Heartbeats: a socket on which nothing was sent for ``STREAMBRIDGE_HEARTBEAT`` se
 gets a ``ping`` message (``stream_id`` and ``id`` null) that a browser's ``onmessage``
 sees; protocol pings at the same interval are uvicorn's (``ws_ping_interval``, set by
 the servers), and a pong that does not come within ``ws_ping_timeout`` closes 1011.
+
+The protocol itself (messages, errors, close codes, the send queue's bounds) is the
+sans-IO ``ws_protocol``. ``WebSocketSession`` needs only a ``WebSocketTransport``:
+Starlette's ``WebSocket`` here, and on the legacy path the loop-side end of a
+gunicorn socket (``legacy_bridge``), so both paths run this same session on their
+engine's loop. This module imports Starlette only inside ``websocket_endpoint``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-import re
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
-
+from . import ws_protocol as wsp
 from ._records import Outcome, Streamable
-from ._tasks import cancel_and_wait
 from .auth import Principal
-from .exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
-from .protocol import ROUTES, parse_chat
+from .exceptions import BadRequest, StreamBridgeError
 from .service import StreamService
+from .ws_protocol import CLOSE_POLICY, CLOSE_SLOW, CLOSE_WAIT, SEND_QUEUE, WS_PATH
+from .ws_protocol import relay_frame as _relay  # tests/async_core/test_ws_relay.py
+
+if TYPE_CHECKING:
+    from starlette.websockets import WebSocket
 
 log = logging.getLogger("streambridge.ws")
-WS_PATH = "/v1/ws"
-SEND_QUEUE = 256  # messages waiting for a slow reader before the socket is closed 1013
-SEND_QUEUE_BYTES = 1 << 20  # or bytes: the engine merges the deltas of a slow reader
-CLOSE_POLICY = 1008  # a bad API key given in the Authorization header
-CLOSE_SLOW = 1013  # the client did not read its messages (send queue full)
-CLOSE_WAIT = 5.0  # seconds the 1013 close frame may wait behind unread data, then TCP drops
-_FORMAT = {"format": "ndjson"}  # the native events, one JSON object each, with log ids
+
+
+class WebSocketTransport(Protocol):
+    """What a ``WebSocketSession`` needs of its socket: Starlette's ``WebSocket`` has it,
+    and so has the legacy path's loop-side end of a gunicorn socket (``legacy_bridge``)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def accept(self) -> None: ...
+
+    async def receive(self) -> Mapping[str, Any]: ...
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
 def websocket_endpoint(service: StreamService, guard: Callable[[], None] | None = None
@@ -62,35 +77,48 @@ def websocket_endpoint(service: StreamService, guard: Callable[[], None] | None 
         service: the stream service the socket's streams use.
         guard: the engine's "not started" check, called before a start or resume.
     """
+    from starlette.websockets import WebSocketDisconnect  # the WSGI side imports this module
+
+    gone = (WebSocketDisconnect, RuntimeError, OSError)
+
     async def endpoint(websocket: WebSocket) -> None:
-        await _Socket(websocket, service, guard).serve()
+        await WebSocketSession(websocket, service, guard, gone=gone).serve()
     return endpoint
 
 
-class _Socket:
-    """One client socket: its reader, writer, and the streams it follows."""
+class WebSocketSession:
+    """One client socket: its reader, writer, and the streams it follows.
 
-    def __init__(self, websocket: WebSocket, service: StreamService,
-                 guard: Callable[[], None] | None) -> None:
-        self.ws, self.service, self.guard = websocket, service, guard
+    Args:
+        ws: the socket (accepted by ``serve``).
+        service: the stream service the socket's streams use.
+        guard: the engine's "not started" check, called before a start or resume.
+        gone: what ``ws.send_text`` raises once the client left.
+    """
+
+    def __init__(self, ws: WebSocketTransport, service: StreamService,
+                 guard: Callable[[], None] | None = None, *,
+                 gone: tuple[type[BaseException], ...] = (RuntimeError, OSError)) -> None:
+        self.ws, self.service, self.guard, self.gone = ws, service, guard, gone
         self.queue: asyncio.Queue[str] = asyncio.Queue(SEND_QUEUE)
+        self.budget = wsp.SendBudget()
         self.streams: dict[str, asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.overflow = asyncio.Event()
         self.sending = asyncio.Lock()  # one send at a time: the writer's or a pump's
         self.send_began: float | None = None  # when the send in progress began
-        self.queued = 0  # characters waiting in ``queue``
         self.sent_at = time.monotonic()  # the last send (the heartbeat's clock)
         self.principal: Principal | None = None
 
     async def serve(self) -> None:
+        """Serve the socket until the client leaves (or is closed 1008 or 1013)."""
         await self.ws.accept()
         header = self.ws.headers.get("authorization")
         try:
             self.principal = self.service.api_keys.authenticate(WS_PATH, header)
         except StreamBridgeError as error:
             if header is not None:  # a wrong key: say so and close
-                await self.ws.send_text(_error(error, None, "auth"))
+                await self.ws.send_text(wsp.error_message(error, None, "auth"))
                 await self.ws.close(CLOSE_POLICY)
                 return
             # no header: a browser sends {"type": "auth", "key": ...} first
@@ -105,8 +133,7 @@ class _Socket:
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (*waits, *self.streams.values(), *self.tasks):
-                await cancel_and_wait(task)
+            await _stop_all([*waits, *self.streams.values(), *self.tasks])
         if self.overflow.is_set():
             log.info("websocket: a client stopped reading (%d messages queued): closed %d",
                      self.queue.qsize(), CLOSE_SLOW)
@@ -120,11 +147,10 @@ class _Socket:
 
     def offer(self, text: str) -> None:
         """Queue one message for the client; a full queue closes the socket (1013)."""
-        self.queued += len(text)
-        if self.queued > SEND_QUEUE_BYTES or self.queue.full():
-            self.overflow.set()
-        else:
+        if self.budget.admit(text):
             self.queue.put_nowait(text)
+        else:
+            self.overflow.set()
 
     async def send(self, text: str) -> bool:
         """Send one message of a stream: at once when nothing waits (a loop step less
@@ -138,7 +164,7 @@ class _Socket:
             return True
         try:
             await self._send(text)
-        except (WebSocketDisconnect, RuntimeError, OSError):
+        except self.gone:
             return False
         return True
 
@@ -157,9 +183,9 @@ class _Socket:
         try:
             while True:
                 text = await self.queue.get()
-                self.queued -= len(text)
+                self.budget.sent(text)
                 await self._send(text)
-        except (WebSocketDisconnect, RuntimeError, OSError):
+        except self.gone:
             return  # the client left; the reader sees it too
 
     async def _beat(self, interval: float) -> None:
@@ -170,7 +196,7 @@ class _Socket:
                 await asyncio.sleep(interval - idle)
                 continue
             if self.queue.empty():  # else the writer is behind: no ping on top
-                self.offer(_PING)
+                self.offer(wsp.PING_MESSAGE)
             await asyncio.sleep(interval)
 
     async def _watch(self, limit: float) -> None:
@@ -188,69 +214,52 @@ class _Socket:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            text = message.get("text")
-            if text is None:
-                self.offer(_error(BadRequest("binary frames are not accepted: send JSON "
-                                             "text", code="binary_frame"), None, None))
-            elif len(text.encode()) > limit:
-                self.offer(_error(PayloadTooLarge(f"message exceeds the limit of {limit} "
-                                                  "bytes"), None, None))
+            try:
+                text = wsp.check_frame(message.get("text"), limit)
+            except StreamBridgeError as error:
+                self.offer(wsp.error_message(error, None, None))
             else:
                 await self._handle(text)
 
     async def _handle(self, text: str) -> None:
         kind = stream_id = None
         try:
-            try:
-                msg = json.loads(text)
-            except ValueError:
-                raise BadRequest("the message is not valid JSON", code="bad_json") from None
-            if not isinstance(msg, dict):
-                raise BadRequest("a message must be a JSON object", code="bad_message")
+            msg = wsp.decode(text)
             kind, stream_id = msg.get("type"), msg.get("stream_id")
             if kind == "auth":
                 self.principal = self.service.api_keys.authenticate(
                     WS_PATH, f"Bearer {msg.get('key') or ''}")
-                self.offer(_message(None, "auth", {"ok": True}))
+                self.offer(wsp.server_message(None, "auth", {"ok": True}))
                 return
-            if kind not in ("start", "resume", "cancel"):
-                raise BadRequest(f"unknown message type {kind!r}: start, resume, cancel "
-                                 "or auth", code="unknown_type")
+            kind = wsp.check_type(kind)
             if self.principal is None:  # keys are on and none was given yet
                 self.principal = self.service.api_keys.authenticate(WS_PATH, None)
             if kind == "start":
                 await self._start(msg)
-            elif not isinstance(stream_id, str) or not stream_id:
-                raise BadRequest(f"{kind} needs a stream_id")
             elif kind == "resume":
-                await self._resume(stream_id, msg.get("cursor"))
+                await self._resume(wsp.stream_id_of(kind, msg), wsp.cursor_of(msg))
             else:
-                self._spawn(self._cancel(stream_id, self.principal))
+                self._spawn(self._cancel(wsp.stream_id_of(kind, msg), self.principal))
         except StreamBridgeError as error:
-            self.offer(_error(error, stream_id if isinstance(stream_id, str) else None, kind))
+            self.offer(wsp.error_message(
+                error, stream_id if isinstance(stream_id, str) else None, kind))
 
     async def _start(self, msg: dict[str, Any]) -> None:
         if self.guard is not None:
             self.guard()
         s = self.service.settings
-        body = {k: v for k, v in msg.items() if k not in ("type", "ref")}
-        call = parse_chat(ROUTES["/v1/chat"], json.dumps(body).encode(), headers={},
-                          query=_FORMAT, default_agent=s.default_agent,
-                          max_body=s.max_body_bytes, max_messages=s.max_messages)
-        if not call.stream:
-            raise BadRequest("stream must be true over a WebSocket")
+        call = wsp.start_call(msg, default_agent=s.default_agent, max_body=s.max_body_bytes,
+                              max_messages=s.max_messages)
         assert self.principal is not None
         stream = await self.service.open(call, self.principal)
         sid = stream.info.stream_id
-        self.offer(_message(sid, "started", {"conversation_id": stream.info.conversation_id,
-                                             "ref": msg.get("ref")}))
+        self.offer(wsp.server_message(sid, "started", {
+            "conversation_id": stream.info.conversation_id, "ref": msg.get("ref")}))
         self._follow(stream)
 
-    async def _resume(self, stream_id: str, cursor: Any) -> None:
+    async def _resume(self, stream_id: str, cursor: str | None) -> None:
         if self.guard is not None:
             self.guard()
-        if cursor is not None and not isinstance(cursor, str):
-            raise BadRequest("cursor must be a string (an event id)", code="bad_cursor")
         if stream_id in self.streams:
             raise BadRequest(f"stream {stream_id!r} is already followed on this socket",
                              code="already_following")
@@ -261,9 +270,9 @@ class _Socket:
         try:
             result = await self.service.cancel(stream_id, principal)
         except StreamBridgeError as error:
-            self.offer(_error(error, stream_id, "cancel"))
+            self.offer(wsp.error_message(error, stream_id, "cancel"))
             return
-        self.offer(_message(stream_id, "cancel", result))
+        self.offer(wsp.server_message(stream_id, "cancel", result))
 
     def _follow(self, stream: Streamable) -> None:
         sid = stream.info.stream_id
@@ -279,14 +288,14 @@ class _Socket:
     async def _pump(self, stream: Streamable) -> None:
         sid, frames, ended = stream.info.stream_id, stream.frames(), False
         try:
-            head = '{"stream_id":' + json.dumps(sid) + ',"id":"'
+            head = wsp.message_head(sid)
             async for frame in frames:
                 if not await self.send(_relay(sid, head, frame)):
                     return  # the client left or stopped reading: serve() ends the socket
             ended = True
         except StreamBridgeError as error:  # failed before its first event
             ended = True
-            self.offer(_error(error, sid, "start"))
+            self.offer(wsp.error_message(error, sid, "start"))
         finally:
             if not ended:  # the socket went: as an HTTP response whose client left
                 stream.abort(Outcome.CLIENT_DISCONNECTED)
@@ -294,35 +303,14 @@ class _Socket:
             await stream.finish(Outcome.CLIENT_DISCONNECTED)
 
 
-_PING = json.dumps({"stream_id": None, "id": None, "event": "ping", "data": None},
-                   separators=(",", ":"))
-
-
-# A native NDJSON line with its log id: ``{"event":<kind>,"seq":<n>,"id":<id>,...}``
-# (``wire.NativeNDJSONEncoder``, ASCII only). Its members after the id are the
-# message's ``data`` as they are: no decode and re-encode per token.
-_LINE = re.compile(r'\{"event":"([a-z_]+)","seq":\d+,"id":"([^"\\]*)",(.*)\}\n?\Z', re.DOTALL)
-
-
-def _relay(stream_id: str, head: str, frame: bytes) -> str:
-    """The socket message of one NDJSON frame of ``stream_id`` (``head`` its prefix)."""
-    text = frame.decode()
-    found = _LINE.match(text)
-    if found is None:  # no log id (a heartbeat) or an event without members
-        event = json.loads(text)
-        name, event_id = event.pop("event"), event.pop("id", None)
-        event.pop("seq", None)
-        return _message(stream_id, name, event, event_id)
-    kind, event_id, members = found.groups()
-    return f'{head}{event_id}","event":"{kind}","data":{{{members}}}}}'
-
-
-def _message(stream_id: str | None, event: str, data: Any, event_id: str | None = None) -> str:
-    return json.dumps({"stream_id": stream_id, "id": event_id, "event": event, "data": data},
-                      separators=(",", ":"))
-
-
-def _error(error: StreamBridgeError, stream_id: str | None, kind: Any) -> str:
-    """An ``error`` message: the contract's ``{"code", "message"}`` and the message type."""
-    data = {**error.body()["error"], "type": kind if isinstance(kind, str) else None}
-    return _message(stream_id, "error", data)
+async def _stop_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, also while the caller itself
+    is being cancelled (one ``cancel_and_wait`` after another re-raised that at the first
+    and left the rest pending: "Task was destroyed" when the loop closed); a task's own
+    failure is raised, as ``cancel_and_wait`` does."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from async_core import (
@@ -35,6 +35,7 @@ from async_core import (
     Streamable,
     StreamService,
     StreamSession,
+    cancel_and_wait,
 )
 from async_core.wire import Event
 
@@ -73,6 +74,7 @@ class Bridge:
         self._glue: ThreadGlue | None = None
         self._service: StreamService | None = None
         self._pumps: set[asyncio.Task[None]] = set()
+        self._sockets: set[asyncio.Task[None]] = set()  # WebSocket sessions (_websocket)
         self._start_lock = threading.Lock()
         self._start_error: BaseException | None = None
         self._own_thread = True
@@ -116,7 +118,7 @@ class Bridge:
             glue = detect_glue(self._max_agents)
             self._glue, self._ready, self._stopped = glue, Signal(glue), Signal(glue)
             self._loop = glue.new_loop()
-            self._pumps = set()
+            self._pumps, self._sockets = set(), set()
             glue.start_thread(self._thread_main, self._loop)
             self._ready.wait()
             if self._start_error is not None:  # e.g. bad database or webhook settings
@@ -131,6 +133,13 @@ class Bridge:
         self.start()
         assert self._service is not None
         return self._service
+
+    @property
+    def glue(self) -> ThreadGlue:
+        """This process's blocking primitives (starts the loop if needed)."""
+        self.start()
+        assert self._glue is not None
+        return self._glue
 
     def _thread_main(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -166,9 +175,11 @@ class Bridge:
         await self._service.aclose()  # every final transcript is flushed before exit
 
     async def _end_streams(self, grace: float) -> None:
-        """End whatever still streams (in-band, now) and wait up to ``grace`` for the pumps."""
+        """End whatever still streams (in-band, now), close the WebSockets (1001), and
+        wait up to ``grace`` for the pumps."""
         assert self._service is not None
         self._service.lifecycle.begin_drain(0.0)
+        await self._close_sockets()
         if self._pumps:
             await asyncio.wait(set(self._pumps), timeout=grace)
 
@@ -210,6 +221,27 @@ class Bridge:
         self._loop.call_soon_threadsafe(run)
         done.wait()
         return box[0].result()  # type: ignore[no-any-return]
+
+    def run_task(self, coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``coro()`` as a task on the loop until it ends or the bridge stops (then
+        it is cancelled); from any thread."""
+        def start() -> None:
+            task = asyncio.get_running_loop().create_task(coro())
+            self._sockets.add(task)
+            task.add_done_callback(self._sockets.discard)
+
+        self.on_loop(start)
+
+    async def _close_sockets(self) -> None:
+        for task in list(self._sockets):  # each closes its socket (1001) and its streams
+            await cancel_and_wait(task)
+
+    def close_sockets(self) -> None:
+        """Close every WebSocket this process serves (1001), once streams have drained:
+        gunicorn then need not wait its graceful timeout for their threads or greenlets."""
+        # Nothing to do without sockets: no round trip to a loop that may be busy.
+        if self._sockets and self._service is not None and self._pid == os.getpid():
+            self.call(self._close_sockets)
 
     def begin_drain(self) -> None:
         """Start the drain (SIGTERM): not ready, no new streams, running ones get the grace."""

@@ -37,9 +37,11 @@ from async_core.auth import Principal
 from async_core.exceptions import BadRequest, PayloadTooLarge, StreamBridgeError
 from async_core.protocol import ROUTES, ChatCall, Route, drain_limit, parse_resume
 from async_core.wire import error_body
+from async_core.ws_protocol import WS_PATH
 
 from ._bridge import LOOP_BRIDGE, Bridge
 from ._endpoints import Endpoint, ToRequest, endpoint_view, read_json_object
+from ._websocket import not_a_websocket, websocket_view
 
 F = TypeVar("F", bound=ToRequest)
 
@@ -70,6 +72,8 @@ class StreamBridge:
         settings: policy and limits (default: ``Settings.from_env()``).
         registry: the agents (default: built-in plus ``settings.agents``).
         hooks: finish hooks called once per stream.
+        websocket: serve ``GET /v1/ws`` on the app (``_websocket.py``); False leaves
+            that path to the app.
 
     Attributes:
         registry: the agents this extension streams (the hybrid front serves them too).
@@ -81,8 +85,9 @@ class StreamBridge:
 
     def __init__(self, app: Flask | None = None, *, settings: Settings | None = None,
                  registry: AgentRegistry | None = None,
-                 hooks: tuple[FinishHook, ...] = ()) -> None:
+                 hooks: tuple[FinishHook, ...] = (), websocket: bool = True) -> None:
         self.settings = settings or Settings.from_env()
+        self.websocket = websocket
         self.registry = registry if registry is not None else default_registry(self.settings)
         self.bridge = Bridge(self.settings, registry=self.registry, hooks=hooks)
         self.endpoints: dict[str, Endpoint] = {}
@@ -97,6 +102,12 @@ class StreamBridge:
         self._apps.append(app)
         for declared in self.endpoints.values():
             self._add_rule(app, declared)
+        if self.websocket:
+            app.add_url_rule(WS_PATH, "streambridge_ws", websocket_view(lambda: self.bridge),
+                             websocket=True)
+            # A plain GET is the 404 of an unknown route, as on the async path (a
+            # websocket=True rule alone answers werkzeug's 400 for it).
+            app.add_url_rule(WS_PATH, "streambridge_ws_http", not_a_websocket)
 
     def endpoint(self, path: str, *, agent: str, to_request: ToRequest,
                  name: str | None = None) -> Endpoint:

@@ -33,6 +33,8 @@
 #   wait of a queue is on those (janus is only called without waiting, see _janus_queue).
 #   Loop-side code must not use run_in_executor/to_thread under gevent (those threads
 #   would be patched ones).
+# - WebSockets (GET /v1/ws): _ws_link.py, one link per socket (an outbox under the same
+#   native lock and HybridCondition) between its session on the loop and its view.
 from __future__ import annotations
 
 import asyncio

@@ -152,6 +152,7 @@ def post_worker_init(worker: Any) -> None:
         def wait_then_forward() -> None:
             for bridge in bridges():
                 bridge.wait_drained(_grace + 1.0)
+                bridge.close_sockets()  # WebSockets hold a thread or greenlet each
             if callable(previous):
                 previous(sig, frame)
 

@@ -77,9 +77,9 @@ def test_async_core_public_api_is_pinned() -> None:
         "PolicyMachine", "PolicyState", "SessionSettings", "Settings",
         "StateUpdate", "StreamBridgeError", "StreamEngine", "StreamInfo", "StreamPolicy",
         "StreamRecord", "StreamService", "StreamSession", "Streamable", "SyncRunner", "Usage",
-        "bound_send_buffer", "cancel_and_wait", "cors_headers", "create_app", "create_app_from_env",
-        "default_registry", "install_sigterm_drain", "load_settings", "parse_chat",
-        "render_metrics", "render_page", "serve",
+        "WebSocketSession", "bound_send_buffer", "cancel_and_wait", "cors_headers",
+        "create_app", "create_app_from_env", "default_registry", "install_sigterm_drain",
+        "load_settings", "parse_chat", "render_metrics", "render_page", "serve",
     ]
 
 

@@ -1,28 +1,33 @@
-"""``GET /v1/ws`` with the real ``websockets`` client, on the paths that serve it natively.
+"""``GET /v1/ws`` with the real ``websockets`` client, on every path.
 
-The async path, and the hybrid front with every chat route on Flask (``hybrid-0``) or
-none (``hybrid-100``): the socket is served by the native app either way. One server per
-path for the module (two tenants' keys, a 64 KiB message limit); the legacy path's
-answer (it has no WebSocket yet) is tested on its own server.
+The async path; the hybrid front with every chat route on Flask (``hybrid-0``) or none
+(``hybrid-100``), where the socket is served by the native app either way; and the
+legacy path under gunicorn gthread and gevent (``legacy_bridge/_websocket.py``). One
+server per path for the module (two tenants' keys, a 64 KiB message limit); the
+gthread worker's thread bound is tested on a server of its own with ``--threads 2``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import socket as pysocket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
 
-from tests.clients import wait_for
+from async_core.ws_protocol import CLOSE_WAIT, MAX_FRAME
+from tests.clients import metric, wait_for
 from tests.contract.test_auth import ACME, GLOBEX, KEYS, bearer
 from tests.contract.test_resume import body, cut, positions, probe_file, sse_events, text_of
 from tests.probe_agents import probe_text, read_probe
@@ -33,9 +38,12 @@ LIMIT = 65536
 Message = dict[str, Any]
 
 
-@pytest.fixture(scope="module", params=["async", "hybrid-100", "hybrid-0"])
+PATHS = ["async", "hybrid-100", "hybrid-0", "legacy-gthread", "legacy-gevent"]
+
+
+@pytest.fixture(scope="module", params=PATHS)
 def path_id(request: pytest.FixtureRequest) -> str:
-    """The paths whose WebSocket is served natively."""
+    """Every path: the async app, the hybrid front, gunicorn gthread and gevent."""
     return str(request.param)
 
 
@@ -107,8 +115,9 @@ def test_start_streams_the_whole_text_in_order_then_done(srv: Server) -> None:
         got = recv_until(ws, ended(sid))
     assert ws_text(got, sid) == probe_text(40)
     assert got[-1]["event"] == "done" and got[-1]["stream_id"] == sid
+    events = [m for m in got if m["event"] in ("delta", "done")]  # deltas may be merged
     ids = positions([m for m in got if m["id"] is not None])
-    assert len(ids) == 41 and ids == sorted(set(ids)), "every event has its log id, in order"
+    assert len(ids) == len(events) and ids == sorted(set(ids)), "each event has its id, in order"
 
 
 def test_two_streams_on_one_socket_are_each_whole(srv: Server) -> None:
@@ -209,6 +218,16 @@ def test_a_cancel_of_another_tenants_stream_is_not_found_and_it_runs_on(srv: Ser
     assert wait_for(lambda: read_probe(probe), timeout=5)[0]["produced"] == 30
 
 
+def test_the_server_answers_a_protocol_ping(srv: Server) -> None:
+    with socket(srv) as ws:
+        assert ws.ping().wait(5), "no pong within 5 s"
+
+
+def test_a_plain_get_is_the_404_of_any_unknown_route(srv: Server) -> None:
+    refused = httpx.get(srv.url("/v1/ws"), timeout=10)
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
+
+
 def test_an_api_key_in_the_header_or_in_a_first_auth_message(srv: Server) -> None:
     with socket(srv, None) as ws:
         ws.send(json.dumps({"type": "start", **body(3, 1)}))
@@ -226,27 +245,41 @@ def test_an_api_key_in_the_header_or_in_a_first_auth_message(srv: Server) -> Non
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 
-def test_a_client_that_stops_reading_is_closed_1013(srv: Server) -> None:
-    """A raw socket (small receive buffer, websockets' sans-IO client) reads nothing for
-    1.5 s while a stream sends 8 KB deltas: the server's send waits more than the 1 s
-    send timeout and it closes the socket with 1013; reading again, the client gets the
-    data, then that close frame."""
-    proto = ClientProtocol(parse_uri(ws_url(srv)), max_size=None)
+@contextlib.contextmanager
+def raw_client(server: Server, key: str | None = ACME
+               ) -> Iterator[tuple[pysocket.socket, ClientProtocol]]:
+    """An open socket with a small receive buffer, driven by websockets' sans-IO client."""
+    proto = ClientProtocol(parse_uri(ws_url(server)), max_size=None)
     with pysocket.socket() as sock:
         sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, 65536)
         sock.settimeout(10)
-        sock.connect(("127.0.0.1", srv.port))
+        sock.connect(("127.0.0.1", server.port))
         request = proto.connect()
-        request.headers["Authorization"] = AUTH["Authorization"]
+        if key is not None:
+            request.headers["Authorization"] = bearer(key)["Authorization"]
         proto.send_request(request)
         sock.sendall(b"".join(proto.data_to_send()))
         while proto.state is State.CONNECTING:
             proto.receive_data(sock.recv(65536))
         proto.events_received()
-        start = {"type": "start", "message": "hi", "agent": "probe",
-                 "options": {"tokens": 4000, "interval_ms": 0, "pad": 8000}}
-        proto.send_text(json.dumps(start).encode())
-        sock.sendall(b"".join(proto.data_to_send()))
+        yield sock, proto
+
+
+def start_flood(sock: pysocket.socket, proto: ClientProtocol, pad: int = 8000) -> None:
+    """Start a stream of 4000 unpaced 8 KB deltas: far more than the send queue holds."""
+    start = {"type": "start", "message": "hi", "agent": "probe",
+             "options": {"tokens": 4000, "interval_ms": 0, "pad": pad}}
+    proto.send_text(json.dumps(start).encode())
+    sock.sendall(b"".join(proto.data_to_send()))
+
+
+def test_a_client_that_stops_reading_is_closed_1013(srv: Server) -> None:
+    """A raw socket (small receive buffer, websockets' sans-IO client) reads nothing for
+    1.5 s while a stream sends 8 KB deltas: the server's send waits more than the 1 s
+    send timeout and it closes the socket with 1013; reading again, the client gets the
+    data, then that close frame."""
+    with raw_client(srv) as (sock, proto):
+        start_flood(sock, proto)
         time.sleep(1.5)
         while proto.close_rcvd is None:
             data = sock.recv(1 << 20)
@@ -256,14 +289,124 @@ def test_a_client_that_stops_reading_is_closed_1013(srv: Server) -> None:
     assert proto.close_rcvd.code == 1013
 
 
-@pytest.mark.parametrize("legacy", ["legacy-gthread"])
-def test_the_legacy_path_answers_a_clear_404(legacy: str) -> None:
-    server = Server(legacy)
+def _worker(server: Server) -> psutil.Process:
+    """The process that serves: gunicorn's one worker, or uvicorn itself."""
+    proc = psutil.Process(server.proc.pid)
+    children = proc.children(recursive=True)
+    return children[0] if children else proc
+
+
+def _drop(ws: ClientConnection) -> None:
+    """Leave without a close frame: the TCP connection just goes."""
+    ws.socket.shutdown(pysocket.SHUT_RDWR)
+    ws.socket.close()
+
+
+def test_sockets_that_go_mid_stream_free_their_streams_and_threads(srv: Server,
+                                                                   path_id: str) -> None:
+    """Four sockets each follow a long stream; two close, two drop the connection: every
+    agent's ``finally`` runs, the active streams gauge is back where it was, and the
+    threads the sockets held (gthread: simple-websocket's reader each) are gone."""
+    worker, active = _worker(srv), lambda: metric(srv.base_url, "streambridge_active_streams")
+    before = active()
+    probes = [probe_file() for _ in range(4)]
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket(srv)) for _ in probes]
+        for ws, probe in zip(sockets, probes, strict=True):
+            sid = start(ws, body(500, 10, probe))
+            recv_until(ws, lambda m, sid=sid: m["event"] == "delta" and m["stream_id"] == sid)
+        assert active() == before + 4
+        threads = worker.num_threads()  # after that request: its pool thread is counted
+        for ws in sockets[:2]:
+            ws.close()
+        for ws in sockets[2:]:
+            _drop(ws)
+    records = [wait_for(lambda p=p: read_probe(p), timeout=3)[0] for p in probes]
+    assert all(r["produced"] < 500 for r in records)
+    wait_for(lambda: active() == before, timeout=3)
+    if path_id == "legacy-gthread":
+        wait_for(lambda: worker.num_threads() <= threads - 4, timeout=CLOSE_WAIT + 2)
+
+
+def test_a_frame_over_16_mib_is_closed_1009_and_the_server_goes_on(srv: Server,
+                                                                    path_id: str) -> None:
+    """Past ``MAX_FRAME`` the WebSocket layer closes 1009. uvicorn does so from the frame's
+    header, while the client still sends: its close frame may be lost to the reset of the
+    unread rest. simple-websocket (legacy) reads up to the limit, then closes."""
+    code: int | None = None
     try:
-        with pytest.raises(InvalidStatus) as refused:
-            connect(ws_url(server), open_timeout=10)
-        response = refused.value.response
-        assert response.status_code == 404
-        assert json.loads(response.body)["error"]["code"] == "not_found"
+        with connect(ws_url(srv), additional_headers=AUTH, open_timeout=10,
+                     compression=None, max_size=None) as ws:
+            ws.send("x" * (MAX_FRAME + 1))
+            ws.recv(timeout=15)
+        raise AssertionError("the server took a frame over 16 MiB")
+    except ConnectionClosed as closed:
+        code = closed.rcvd.code if closed.rcvd is not None else None
+    except ConnectionResetError:
+        pass
+    assert code == 1009 or (code is None and not path_id.startswith("legacy"))
+    with socket(srv) as ws:
+        sid = start(ws, body(3, 1))
+        assert ws_text(recv_until(ws, ended(sid)), sid) == probe_text(3)
+
+
+@pytest.mark.parametrize(("legacy", "bound"), [
+    ("legacy-gthread", {"STREAMBRIDGE_THREADS": "2"}),
+    ("legacy-gevent", {"STREAMBRIDGE_WORKER_CONNECTIONS": "2"})], ids=["gthread", "gevent"])
+def test_a_legacy_socket_holds_a_thread_or_greenlet_until_it_goes(
+        legacy: str, bound: dict[str, str]) -> None:
+    """A worker of 2 threads (gthread) or 2 connections (gevent): sockets that went
+    mid-stream gave theirs back, and so did one whose client stopped reading (two open
+    at once work after those), and a third open socket waits for one to close."""
+    server = Server(legacy, bound)
+    try:
+        for _ in range(4):
+            with socket(server, None) as ws:
+                start(ws, body(500, 10))
+                recv_until(ws, lambda m: m["event"] == "delta")
+                _drop(ws)
+        # A client that stops reading and keeps its connection: closed 1013 (the flood
+        # fills the send queue within seconds on a loaded machine), its write is stuck,
+        # and CLOSE_WAIT later the server shuts the connection down: the second socket
+        # below gets that thread or greenlet.
+        with raw_client(server, None) as (sock, proto):
+            start_flood(sock, proto)
+            with socket(server, None) as first, connect(ws_url(server),
+                                                        open_timeout=CLOSE_WAIT + 20) as second:
+                for ws in (first, second):
+                    sid = start(ws, body(3, 1))
+                    assert ws_text(recv_until(ws, ended(sid)), sid) == probe_text(3)
+                with pytest.raises(TimeoutError), connect(ws_url(server), open_timeout=1):
+                    pass
+                second.close()
+                with socket(server, None) as ws:
+                    sid = start(ws, body(3, 1))
+                    assert ws_text(recv_until(ws, ended(sid)), sid) == probe_text(3)
     finally:
         server.stop()
+    assert not server.problems(), "\n".join(server.problems())
+
+
+@pytest.mark.parametrize("legacy", ["legacy-gthread", "legacy-gevent"])
+def test_sigterm_ends_the_stream_then_closes_the_socket_1001(legacy: str) -> None:
+    """A stream on an open socket gets its terminal event within the drain grace, and
+    the socket is closed 1001 (going away) right after, not when gunicorn's graceful
+    timeout (7 s here) ends the worker that the socket's thread or greenlet held."""
+    server = Server(legacy)
+    try:
+        with socket(server, None) as ws:
+            sid = start(ws, body(5000, 10))
+            recv_until(ws, lambda m: m["event"] == "delta")
+            server.signal(signal.SIGTERM)
+            terminal = recv_until(ws, ended(sid))[-1]
+            t0 = time.monotonic()
+            with pytest.raises(ConnectionClosed) as closed:
+                recv_until(ws, lambda m: False)
+            waited = time.monotonic() - t0
+        assert terminal["event"] == "error" and terminal["data"]["code"] == "shutdown"
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert waited < 2.0, f"the socket was closed {waited:.1f} s after the drain"
+        assert server.wait(timeout=15) == 0
+    finally:
+        server.stop()
+    assert not server.problems(), "\n".join(server.problems())
