@@ -3,8 +3,10 @@
 ``RedisLog`` (``_redis.py``) owns the streams, the writer task and the round trip; this
 module keeps each owned stream's pending entries (``Owned``), takes the next batch
 (``take``: the ``redis_max_buffered`` cap is applied here, when nothing of the stream is
-in flight) and packs a batch into a pipeline (``fill``: one ``APPEND_MANY`` a flush on
-a single Redis, one ``APPEND`` a stream on a Cluster).
+in flight), packs a batch into commands (``fill``: one ``APPEND_MANY`` a flush on a
+single Redis, one ``APPEND`` a stream on a Cluster) and drops what Redis acknowledged
+(``acked``). Several batches of a stream may be in flight: ``Owned.sent`` counts the
+pending entries already written (the oldest ones).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from . import _scripts as S
 from ._buffer import StreamBuffer
+from ._ids import parse_native
 from ._settings import LogSettings
 from ._types import Lease
 
@@ -29,36 +32,55 @@ class Owned:
         self.buffer = StreamBuffer(epoch, maxlen)
         self.seq = 0
         self.pending: list[tuple[str, str, str]] = []  # (id, event, json data)
+        self.sent = 0  # how many of ``pending`` (the oldest) are in flight
         self.terminal = ""  # status once the terminal entry is appended
         self.done: asyncio.Future[None] | None = None
         self.force_epoch = False  # entries were dropped from the retry: readers must reset
 
 
-Batch = list[tuple[Owned, Sent]]
+Batch = list[tuple[Owned, Sent, bool]]  # (stream, its entries, whether they start anew)
 
 
 def take(dirty: dict[str, Owned], most: int) -> Batch:
-    """The next batch: every dirty stream's pending entries (none of them in flight).
+    """The next batch: every dirty stream's pending entries not yet in flight.
 
     Past ``most`` (``redis_max_buffered``) entries, Redis being down or slow, the oldest
     are dropped here, while nothing of the stream is in flight, and the batch starts the
     log anew under a new epoch: its readers reset instead of seeing a gap.
     """
+    batch: Batch = []
     for st in dirty.values():
-        if len(st.pending) > most:
+        if st.sent == 0 and len(st.pending) > most:
             del st.pending[:len(st.pending) - most]
             st.force_epoch = True
-    batch = [(st, list(st.pending)) for st in dirty.values() if st.pending]
+        if len(st.pending) > st.sent:
+            batch.append((st, st.pending[st.sent:], st.force_epoch))
+            st.sent, st.force_epoch = len(st.pending), False
     dirty.clear()
     return batch
 
 
-def fill(pipe: Any, batch: Batch, s: LogSettings, sha: dict[str, str], *, one_call: bool,
-         epoch: str) -> None:
-    """Add a batch's commands to ``pipe``: the appends, then ``ZREM`` of ended streams.
+def acked(st: Owned, sent: Sent) -> None:
+    """Drop from ``st.pending`` every entry up to the last of ``sent`` (Redis has them)."""
+    last = parse_native(sent[-1][0])
+    n = 0
+    while n < len(st.pending) and parse_native(st.pending[n][0]) <= last:
+        n += 1
+    del st.pending[:n]
+    st.sent = max(0, st.sent - n)
+
+
+def failed(st: Owned, force: bool) -> None:
+    """A batch of ``st`` was not stored: everything pending is sent again, in order."""
+    st.sent = 0
+    st.force_epoch = st.force_epoch or force
+
+
+def fill(batch: Batch, s: LogSettings, sha: dict[str, str], *, one_call: bool,
+         epoch: str) -> list[tuple[Any, ...]]:
+    """A batch's commands: the appends, then ``ZREM`` of ended streams.
 
     Args:
-        pipe: a redis-py pipeline (no transaction).
         batch: what ``take`` returned.
         s: the log settings.
         sha: the loaded scripts' SHA1s by name.
@@ -66,21 +88,24 @@ def fill(pipe: Any, batch: Batch, s: LogSettings, sha: dict[str, str], *, one_ca
             ``APPEND`` a stream (a Cluster: a script may not span slots).
         epoch: the epoch for any stream whose log must be recreated in this flush.
     """
+    cmds: list[tuple[Any, ...]] = []
     groups: list[list[Any]] = []
     ends = []
-    for st, sent in batch:
+    for st, sent, force in batch:
         ends.append(st.terminal if st.pending[-1:] == sent[-1:] else "")
         if one_call:
             groups.append([st.lease.stream_id, st.lease.fence, st.tenant, st.conv,
-                           ends[-1], "1" if st.force_epoch else "0", sent])
+                           ends[-1], "1" if force else "0", sent])
         else:
-            pipe.evalsha(sha["APPEND"], 4, *S.keys(st.lease.stream_id),
+            cmds.append(("EVALSHA", sha["APPEND"], 4, *S.keys(st.lease.stream_id),
                          *S.append_args(s, fence=st.lease.fence, epoch=epoch, tenant=st.tenant,
                                         conv=st.conv, terminal=ends[-1],
-                                        force_epoch=st.force_epoch, entries=sent))
+                                        force_epoch=force, entries=sent)))
     if one_call:
-        pipe.evalsha(sha["APPEND_MANY"], 0, s.log_maxlen, int(s.log_retention * 1000),
-                     int(s.lease_ttl * 1000), epoch, json.dumps(groups, separators=(",", ":")))
-    for (st, _), end in zip(batch, ends, strict=True):
+        cmds.append(("EVALSHA", sha["APPEND_MANY"], 0, s.log_maxlen,
+                     int(s.log_retention * 1000), int(s.lease_ttl * 1000), epoch,
+                     json.dumps(groups, separators=(",", ":"))))
+    for (st, _, _), end in zip(batch, ends, strict=True):
         if end:
-            pipe.zrem(S.RUNNING, st.lease.stream_id)
+            cmds.append(("ZREM", S.RUNNING, st.lease.stream_id))
+    return cmds

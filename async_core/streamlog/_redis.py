@@ -2,8 +2,9 @@
 
 Appends are synchronous (the id is chosen here, ``fence-seq``; the entry goes into the
 stream's local buffer, which local readers follow, and into a pending list); one writer
-task flushes every dirty stream in one round trip and keeps the pending entries while
-Redis is unreachable. Reads of a stream owned elsewhere are in ``_remote.py``; the one
+task flushes every dirty stream in one round trip on its own connection, without waiting
+for the batches in flight (``_window.py``, at most ``WINDOW``), and keeps the pending
+entries while Redis is unreachable. Reads of a stream owned elsewhere are in ``_remote.py``; the one
 blocking reader is ``_mux.py``; the scripts and keys are ``_scripts.py``. README.md in
 this folder has the whole design.
 """
@@ -21,14 +22,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from . import _scripts as S
-from ._batch import Batch, Owned, fill, take
+from ._batch import Batch, Owned, acked, failed, fill, take
 from ._health import Health
 from ._ids import EventId, new_epoch
-from ._memory import INTERRUPTED
 from ._mux import LOST, Multiplexer, raw_reply
 from ._remote import Remote, replay_and_follow, to_entry
+from ._renewal import renew_leases, sweep_expired
 from ._settings import LogSettings
 from ._types import TERMINAL_EVENTS, CancelResult, Lease, ReadItem, StreamMeta
+from ._window import WINDOW, Window
 from .exceptions import LogUnavailable, StaleOwner, StreamClosed, StreamExists, StreamNotFound
 
 _check_id = S.check_id
@@ -58,6 +60,13 @@ class RedisLog:
             timeout=settings.redis_socket_timeout, client_name=f"sb-{self.owner}", **timeouts)
         # Replies are bytes (decode_responses off); redis-py types them as unions.
         self.client: Any = aioredis.Redis(connection_pool=pool)
+        self.window = Window(pool.connection_class(
+            **{**pool.connection_kwargs, "client_name": f"sb-{self.owner}-writer"}))
+        self._slots = asyncio.Semaphore(WINDOW)
+        self._inflight: asyncio.Queue[tuple[Batch, asyncio.Future[list[Any]], float]] = (
+            asyncio.Queue())
+        self._retry_at = 0.0  # monotonic time before which the writer does not send
+        self.in_flight = self.peak_in_flight = 0  # batches sent, reply not yet applied
         # XRANGE replies as Redis sends them, [id, [event, data]] (as OPEN's page and the
         # multiplexer's XREAD): redis-py's callback built a dict an entry (resumes).
         self.client.set_response_callback("XRANGE", raw_reply)
@@ -98,7 +107,8 @@ class RedisLog:
             raise LogUnavailable(f"STREAMBRIDGE_REDIS_URL={settings.redis_url} is unreachable "
                                  f"({type(exc).__name__}: {exc})") from None
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._writer()), loop.create_task(self._heartbeat())]
+        self._tasks = [loop.create_task(self._writer()), loop.create_task(self._acker()),
+                       loop.create_task(self._heartbeat())]
         return self
 
     async def _load_scripts(self) -> None:
@@ -169,42 +179,71 @@ class RedisLog:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await self._slots.acquire()  # released by the acker once the reply is read
+            delay = self._retry_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
             batch = take(self._dirty, self.settings.redis_max_buffered)
             if not batch:
+                self._slots.release()
                 continue
-            try:
-                results = await self._flush(batch)
-            except LOST as exc:
-                self.health.degrade(exc)
-                for st, _ in batch:
-                    self._dirty[st.lease.stream_id] = st
-                await asyncio.sleep(self.settings.redis_retry)
-                self._wake.set()
-                continue
-            self.health.recover()
-            for (st, sent), res in zip(batch, results, strict=True):
-                self._flushed(st, sent, res)
-
-    async def _flush(self, batch: Batch) -> list[Any]:
-        s = self.settings
-        epoch = new_epoch()  # for any stream whose log must be recreated in this flush
-        for attempt in (0, 1):
-            pipe = self.client.pipeline(transaction=False)
-            fill(pipe, batch, s, self._sha, one_call=self.one_call_per_flush, epoch=epoch)
+            cmds = fill(batch, self.settings, self._sha, one_call=self.one_call_per_flush,
+                        epoch=new_epoch())  # for any stream whose log must be recreated
             self.flushes += 1
             t0 = time.perf_counter()
-            out = await pipe.execute(raise_on_error=False)
-            self.flush_seconds += time.perf_counter() - t0
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in out):
-                await self._load_scripts()
+            try:
+                fut = await self.window.send(cmds)
+            except LOST as exc:
+                self._slots.release()
+                self._failed(batch, exc)
                 continue
-            break
-        if not self.one_call_per_flush:
-            return list(out[:len(batch)])
-        return list(out[0]) if isinstance(out[0], list) else [out[0]] * len(batch)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self._inflight.put_nowait((batch, fut, t0))
 
-    def _flushed(self, st: Owned, sent: list[tuple[str, str, str]], res: Any) -> None:
+    async def _acker(self) -> None:  # the replies, in the order the batches were sent
+        while True:
+            batch, fut, t0 = await self._inflight.get()
+            try:
+                out = await fut
+                self.flush_seconds += time.perf_counter() - t0
+                if any(isinstance(r, NoScriptError) for r in out):
+                    await self._load_scripts()  # Redis restarted: load, then resend
+                    self._failed(batch, None)
+                    continue
+            except LOST as exc:
+                self._failed(batch, exc)
+                continue
+            finally:
+                self.in_flight -= 1
+                self._slots.release()
+            self.health.recover()
+            if self.one_call_per_flush:
+                results = list(out[0]) if isinstance(out[0], list) else [out[0]] * len(batch)
+            else:
+                results = list(out[:len(batch)])
+            for (st, sent, force), res in zip(batch, results, strict=True):
+                self._flushed(st, sent, force, res)
+
+    def _failed(self, batch: Batch, exc: BaseException | None) -> None:
+        """A batch was not stored: its streams resend everything pending, in order."""
+        if exc is not None:
+            self.health.degrade(exc)
+            self._retry_at = time.monotonic() + self.settings.redis_retry
+        for st, _, force in batch:
+            if self._owned.get(st.lease.stream_id) is st:
+                failed(st, force)
+                self._dirty[st.lease.stream_id] = st
+        self._wake.set()
+
+    def _flushed(self, st: Owned, sent: list[tuple[str, str, str]], force: bool,
+                 res: Any) -> None:
         sid = st.lease.stream_id
+        if self._owned.get(sid) is not st:
+            return  # dropped by an earlier reply (refused, or ended)
+        if not isinstance(res, Exception) and res[0] == b"gap":
+            self._failed([(st, sent, force)], None)  # an earlier batch failed: resend
+            return
         if isinstance(res, Exception) or res[0] == b"stale":
             st.lease.lost = True
             st.lease.cancelled.set()
@@ -212,15 +251,14 @@ class RedisLog:
             self._drop(sid, StaleOwner(f"Redis refused the appends of {st.lease.fence}: "
                                        f"{res!r}"))
             return
-        del st.pending[:len(sent)]
-        st.force_epoch = False
+        acked(st, sent)
         epoch = res[1].decode()
         if epoch != st.buffer.epoch:
             st.buffer.epoch = epoch  # the log was recreated: new ids carry the new epoch
-        if st.pending:
+        if len(st.pending) > st.sent:
             self._dirty[sid] = st
             self._wake.set()
-        elif st.terminal:
+        elif st.terminal and not st.pending:
             self._drop(sid, None)
 
     def _drop(self, stream_id: str, error: BaseException | None) -> None:
@@ -240,28 +278,12 @@ class RedisLog:
         return self._renewed(lease, int(res))
 
     async def _renew_all(self) -> bool:
-        """Renew every running owned lease in one round trip; whether there were any.
-
-        One pipeline of ``RENEW`` calls and one ``ZADD`` (not two round trips a stream:
-        at 100 streams that was 200 round trips, and as many wake-ups, every
-        ``lease_renew`` seconds).
-        """
+        """Renew every running owned lease in one round trip; whether there were any."""
         leases = [st.lease for st in self._owned.values() if not st.terminal]
         if not leases:
             return False
-        ttl_ms = int(self.settings.lease_ttl * 1000)
-        for attempt in (0, 1):
-            pipe = self.client.pipeline(transaction=False)
-            for lease in leases:
-                pipe.evalsha(self._sha["RENEW"], 2, *S.keys(lease.stream_id)[2:0:-1],
-                             lease.fence, ttl_ms)
-            deadline = time.time() * 1000 + ttl_ms
-            pipe.zadd(S.RUNNING, {lease.stream_id: deadline for lease in leases})
-            out = await pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in out):
-                await self._load_scripts()
-                continue
-            break
+        out = await renew_leases(self.client, self._sha, leases,
+                                 int(self.settings.lease_ttl * 1000), self._load_scripts)
         for lease, res in zip(leases, out, strict=False):
             if isinstance(res, int):
                 self._renewed(lease, res)
@@ -355,37 +377,24 @@ class RedisLog:
 
     async def sweep(self) -> list[str]:
         """End running streams whose lease expired; see ``StreamLog.sweep``."""
-        due = await self.client.zrangebyscore(S.RUNNING, "-inf", time.time() * 1000)
-        ended, gone = [], []
-        data = json.dumps(INTERRUPTED)
-        for raw in due:
-            sid = raw.decode()
-            res = await self.eval_script("SWEEP", S.keys(sid), data, self.settings.log_maxlen,
-                                   int(self.settings.log_retention * 1000))
-            if res == 1:
-                ended.append(sid)
-            if res != 2:
-                gone.append(sid)
-        if gone:
-            await self.client.zrem(S.RUNNING, *gone)
+        ended = await sweep_expired(self.client, self.eval_script, self.settings)
         if ended and self.on_swept is not None:
             self.on_swept(ended)
         return ended
 
     async def aclose(self) -> None:
         """Flush what Redis can take now, stop the tasks, close the connections."""
-        if self._dirty and not self.health.degraded:
-            batch = take(self._dirty, self.settings.redis_max_buffered)
-            try:
-                for (st, sent), res in zip(batch, await self._flush(batch), strict=True):
-                    self._flushed(st, sent, res)
-            except LOST:
-                pass  # nothing more can be done: Redis readers will reset or see no end
+        if not self.health.degraded:
+            deadline = time.monotonic() + self.settings.redis_socket_timeout
+            while ((self._dirty or any(st.sent for st in self._owned.values()))
+                   and time.monotonic() < deadline and not self.health.degraded):
+                self._wake.set()
+                await asyncio.sleep(0.005)
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
         self._tasks = []
+        await self.window.aclose()
         await self.mux.aclose()
         await self.client.aclose(close_connection_pool=True)
-

@@ -57,8 +57,9 @@ return token
 # terminal_status force_epoch; items: the decoded [id, event, data] entries (APPEND
 # passes them as ARGV[10], one JSON argument a batch: packing three arguments an entry
 # cost the client more).
-# → {'ok', epoch, recreated} or {'stale', epoch}. Ids at or below `last` were already
-# written by an earlier try of the same batch and are skipped (retries are idempotent).
+# → {'ok', epoch, recreated}, {'stale', epoch} or {'gap', epoch}. Ids at or below `last`
+# were already written by an earlier try and are skipped (retries are idempotent); a
+# first new id that does not follow `last` is refused whole ('gap', nothing written).
 _APPEND_FN = """
 local function append(KEYS, ARGV, items)
   local m = redis.call('HMGET', KEYS[2], 'epoch', 'last')  -- one call, not two
@@ -88,6 +89,15 @@ local function append(KEYS, ARGV, items)
     maj, min = tonumber(maj), tonumber(min)
     if maj > lmaj or (maj == lmaj and min > lmin) then break end
     i = i + 1
+  end
+  -- refuse a gap: the next id must follow `last` (a batch after a failed one; the
+  -- writer resends from the failed one in order). A new or restarted log takes any.
+  if i <= #items and recreated == 0 and ARGV[9] ~= '1' then
+    local maj, min = string.match(items[i][1], '(%d+)-(%d+)')
+    maj, min = tonumber(maj), tonumber(min)
+    if not ((lmaj == 0 and min == 1) or (maj == lmaj and min == lmin + 1)) then
+      return {'gap', epoch}
+    end
   end
   for j = i, #items do
     local item = items[j]
