@@ -33,7 +33,8 @@ class LogSettings:
             beyond that the oldest are dropped from the retry (Redis readers then reset).
         redis_retry: seconds between reconnection attempts while Redis is unreachable.
         redis_pool: command connections per process (a full pool waits, never raises);
-            the blocking reader has one more of its own.
+            the blocking reader has one more of its own, and so has the writer (its
+            batches in flight) once this process produces a stream.
     """
 
     redis_url: str = dataclasses.field(default="", repr=False)  # may hold a password
@@ -46,7 +47,7 @@ class LogSettings:
     redis_socket_timeout: float = 15.0
     redis_max_buffered: int = 10_000
     redis_retry: float = 0.25
-    redis_pool: int = 4
+    redis_pool: int = 1
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
