@@ -218,7 +218,7 @@ async def main() -> None:
         memory = MemoryLog(LogSettings(log_maxlen=max(5000, args.resume_events + 10)))
         producer = await RedisLog.open(settings, owner="bench-producer")
         reader = await RedisLog.open(settings, owner="bench-resumer", sweeper=False)
-        for n in (1, args.streams):
+        for n in sorted({1, args.streams}):  # --streams 1: once (the ids are per n)
             rounds = [await phase(memory, producer, url, n, args, i) for i in range(args.rounds)]
             for i, rnd in enumerate(rounds):
                 rows[f"{n} stream(s), round {i + 1}"] = lag_rows(rnd["m"], rnd["r"])
