@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from prometheus_client import Counter, Gauge
 
@@ -18,6 +19,7 @@ class Health:
 
     def __init__(self) -> None:
         self.degraded = False
+        self.recovered_at = 0.0  # perf_counter() of the last recovery
 
     def degrade(self, exc: BaseException) -> None:
         """Record a failed round trip (logs and counts only the first of an outage)."""
@@ -32,5 +34,6 @@ class Health:
         """Record a successful round trip (logs only the first after an outage)."""
         if self.degraded:
             self.degraded = False
+            self.recovered_at = time.perf_counter()
             REDIS_DEGRADED.set(0)
             log.info("stream log recovered: Redis reachable again")

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from . import _scripts as S
-from ._batch import Batch, Owned, acked, failed, fill, take
+from ._batch import Batch, Owned, Sent, acked, failed, fill, take
 from ._health import Health
 from ._ids import EventId, new_epoch
 from ._mux import LOST, Multiplexer, raw_reply
@@ -63,8 +63,7 @@ class RedisLog:
         self.window = Window(pool.connection_class(
             **{**pool.connection_kwargs, "client_name": f"sb-{self.owner}-writer"}))
         self._slots = asyncio.Semaphore(WINDOW)
-        self._inflight: asyncio.Queue[tuple[Batch, asyncio.Future[list[Any]], float]] = (
-            asyncio.Queue())
+        self._inflight: asyncio.Queue[tuple[Batch, Any, float]] = asyncio.Queue()
         self._retry_at = 0.0  # monotonic time before which the writer does not send
         self.in_flight = self.peak_in_flight = 0  # batches sent, reply not yet applied
         # XRANGE replies as Redis sends them, [id, [event, data]] (as OPEN's page and the
@@ -195,7 +194,7 @@ class RedisLog:
                 fut = await self.window.send(cmds)
             except LOST as exc:
                 self._slots.release()
-                self._failed(batch, exc)
+                self._failed(batch, exc, t0)
                 continue
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -209,10 +208,10 @@ class RedisLog:
                 self.flush_seconds += time.perf_counter() - t0
                 if any(isinstance(r, NoScriptError) for r in out):
                     await self._load_scripts()  # Redis restarted: load, then resend
-                    self._failed(batch, None)
+                    self._failed(batch, None, t0)
                     continue
             except LOST as exc:
-                self._failed(batch, exc)
+                self._failed(batch, exc, t0)
                 continue
             finally:
                 self.in_flight -= 1
@@ -225,10 +224,12 @@ class RedisLog:
             for (st, sent, force), res in zip(batch, results, strict=True):
                 self._flushed(st, sent, force, res)
 
-    def _failed(self, batch: Batch, exc: BaseException | None) -> None:
-        """A batch was not stored: its streams resend everything pending, in order."""
+    def _failed(self, batch: Batch, exc: BaseException | None, sent_at: float) -> None:
+        """A batch was not stored: resend all pending, in order (a batch sent before the
+        last recovery was lost in the outage already logged: no second warning)."""
         if exc is not None:
-            self.health.degrade(exc)
+            if sent_at >= self.health.recovered_at:
+                self.health.degrade(exc)
             self._retry_at = time.monotonic() + self.settings.redis_retry
         for st, _, force in batch:
             if self._owned.get(st.lease.stream_id) is st:
@@ -236,13 +237,12 @@ class RedisLog:
                 self._dirty[st.lease.stream_id] = st
         self._wake.set()
 
-    def _flushed(self, st: Owned, sent: list[tuple[str, str, str]], force: bool,
-                 res: Any) -> None:
+    def _flushed(self, st: Owned, sent: Sent, force: bool, res: Any) -> None:
         sid = st.lease.stream_id
         if self._owned.get(sid) is not st:
             return  # dropped by an earlier reply (refused, or ended)
         if not isinstance(res, Exception) and res[0] == b"gap":
-            self._failed([(st, sent, force)], None)  # an earlier batch failed: resend
+            self._failed([(st, sent, force)], None, 0.0)  # an earlier batch failed: resend
             return
         if isinstance(res, Exception) or res[0] == b"stale":
             st.lease.lost = True
