@@ -21,8 +21,16 @@ class Health:
         self.degraded = False
         self.recovered_at = 0.0  # perf_counter() of the last recovery
 
-    def degrade(self, exc: BaseException) -> None:
-        """Record a failed round trip (logs and counts only the first of an outage)."""
+    def degrade(self, exc: BaseException, started: float | None = None) -> None:
+        """Record a failed round trip (logs and counts only the first of an outage).
+
+        Args:
+            exc: what the round trip raised.
+            started: its ``perf_counter()`` start; a round trip begun before the last
+                recovery failed in the outage already logged, and is not a new one.
+        """
+        if started is not None and started < self.recovered_at:
+            return
         if not self.degraded:
             self.degraded = True
             REDIS_DEGRADED.set(1)

@@ -228,8 +228,7 @@ class RedisLog:
         """A batch was not stored: resend all pending, in order (a batch sent before the
         last recovery was lost in the outage already logged: no second warning)."""
         if exc is not None:
-            if sent_at >= self.health.recovered_at:
-                self.health.degrade(exc)
+            self.health.degrade(exc, sent_at)
             self._retry_at = time.monotonic() + self.settings.redis_retry
         for st, _, force in batch:
             if self._owned.get(st.lease.stream_id) is st:
@@ -303,14 +302,15 @@ class RedisLog:
         next_sweep = time.monotonic() + s.sweep_interval
         while True:
             await asyncio.sleep(s.lease_renew)
+            started = time.perf_counter()
             try:
                 reached = await self._renew_all() if self._renewing else False
                 if self._sweeper and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + s.sweep_interval
                     await self.sweep()
                     reached = True
-            except LOST as exc:
-                self.health.degrade(exc)
+            except LOST as exc:  # on a pooled connection from before a recovery, too
+                self.health.degrade(exc, started)
             else:
                 if reached:  # an idle process has no flush to say that Redis is back
                     self.health.recover()
