@@ -19,7 +19,7 @@ from ._page import PAGE_CONTENT_TYPE, cors_headers, render_page
 from ._records import FinishHook, Outcome, Streamable, StreamInfo, StreamRecord
 from ._registry import default_registry
 from ._settings import Settings, StreamPolicy, load_settings
-from ._sockets import bound_send_buffer
+from ._sockets import bound_send_buffer, gunicorn_worker_started
 from ._sources import AgentEnd, AgentSource, AsyncSource, Batch, SyncRunner
 from ._tasks import cancel_and_wait
 from ._ws import WebSocketSession
@@ -82,6 +82,7 @@ __all__ = [
     "create_app",
     "create_app_from_env",
     "default_registry",
+    "gunicorn_worker_started",
     "install_sigterm_drain",
     "load_settings",
     "parse_chat",

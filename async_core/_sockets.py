@@ -16,7 +16,10 @@ bookkeeping overhead), which the figures in docs/ARCHITECTURE.md include.
 
 from __future__ import annotations
 
+import logging
 import socket
+import sys
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -34,3 +37,21 @@ def bound_send_buffer(sock: Any, nbytes: int) -> None:
     raw = getattr(sock, "sock", sock)
     if raw.family in (socket.AF_INET, socket.AF_INET6):
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, nbytes)
+
+
+def gunicorn_worker_started(listeners: Iterable[Any], send_buffer: int) -> None:
+    """What every gunicorn worker of ours does first (the ``post_worker_init`` of both
+    gunicorn configs, legacy and hybrid).
+
+    Shows streambridge's log lines in gunicorn's log (unless logging is configured
+    already), and bounds the send buffer of each listener.
+
+    Args:
+        listeners: the worker's listening sockets (``worker.sockets``).
+        send_buffer: ``Settings.socket_send_buffer``.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="[%(process)d] [%(name)s] %(levelname)s %(message)s")
+    for listener in listeners:
+        bound_send_buffer(listener, send_buffer)

@@ -28,7 +28,6 @@ cannot start exits with gunicorn's boot-error status, which stops the arbiter.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -121,16 +120,13 @@ def post_fork(server: Any, worker: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """After fork (and after gevent's patch_all): start the loop, chain SIGTERM to a drain."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="[%(process)d] [%(name)s] %(levelname)s %(message)s")
-    from async_core import Settings, bound_send_buffer
+    from async_core import Settings, gunicorn_worker_started
     from legacy_bridge._bridge import bridges
 
-    # Connections inherit the listener's send buffer: a client that stops reading
-    # blocks our writes after about this much, so the send timeout catches it soon.
-    for listener in worker.sockets:
-        bound_send_buffer(listener, Settings.from_env().socket_send_buffer)
+    # Log lines shown; connections inherit the listener's send buffer: a client that
+    # stops reading blocks our writes after about this much, so the send timeout
+    # catches it soon.
+    gunicorn_worker_started(worker.sockets, Settings.from_env().socket_send_buffer)
     for bridge in bridges():
         try:
             bridge.start()

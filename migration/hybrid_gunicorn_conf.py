@@ -98,15 +98,8 @@ def child_exit(server: Any, worker: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """Show streambridge's log lines (the flag's decisions among them) in gunicorn's log."""
-    import logging
-    import sys
+    from async_core import Settings, gunicorn_worker_started
 
-    from async_core import Settings, bound_send_buffer
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="[%(process)d] [%(name)s] %(levelname)s %(message)s")
-    # Connections inherit the listener's send buffer: a client that stops reading
-    # blocks our writes after about this much, so the send timeout catches it soon.
-    for listener in worker.sockets:
-        bound_send_buffer(listener, Settings.from_env().socket_send_buffer)
+    # Log lines shown; connections inherit the listener's send buffer (a client that
+    # stops reading is caught by the send timeout soon).
+    gunicorn_worker_started(worker.sockets, Settings.from_env().socket_send_buffer)

@@ -6,12 +6,17 @@ The raw client is ``async_core.harness.RawStream`` with the tests' hybrid-50 pin
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -70,6 +75,22 @@ class HybridPin:
 
 
 PIN = HybridPin()
+
+
+@contextmanager
+def drains_cleanly(proc: subprocess.Popen[Any], log: Path) -> Iterator[None]:
+    """Around the use of a server started by hand (an installed ``streambridge`` in its
+    own session): at the end SIGTERM must stop it within 30 s with no traceback in its
+    log; on any failure its process group is killed."""
+    try:
+        yield
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def chat_body(agent: str = "demo", **options: Any) -> dict[str, Any]:

@@ -78,7 +78,8 @@ def test_async_core_public_api_is_pinned() -> None:
         "StateUpdate", "StreamBridgeError", "StreamEngine", "StreamInfo", "StreamPolicy",
         "StreamRecord", "StreamService", "StreamSession", "Streamable", "SyncRunner", "Usage",
         "WebSocketSession", "bound_send_buffer", "cancel_and_wait", "cors_headers",
-        "create_app", "create_app_from_env", "default_registry", "install_sigterm_drain",
+        "create_app", "create_app_from_env", "default_registry", "gunicorn_worker_started",
+        "install_sigterm_drain",
         "load_settings", "parse_chat", "render_metrics", "render_page", "serve",
     ]
 

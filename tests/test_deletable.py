@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -27,7 +26,7 @@ import httpx
 import pytest
 
 from async_core.harness import wait_healthy
-from tests.clients import chat_body, stream, wait_for
+from tests.clients import chat_body, drains_cleanly, stream, wait_for
 from tests.servers import REPO
 from tests.store.conftest import PostgresCluster
 
@@ -146,7 +145,7 @@ def test_db_upgrade_runs_on_sqlite_and_postgres_and_serve_async_stores_there(
                                  "--path", "async", "--port", "0"], cwd=stripped.home,
                                 env=stripped.env(STREAMBRIDGE_DATABASE_URL=url), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with drains_cleanly(proc, log):
         port = _port(proc, log)
         base = f"http://127.0.0.1:{port}"
         wait_healthy(int(port))
@@ -161,13 +160,6 @@ def test_db_upgrade_runs_on_sqlite_and_postgres_and_serve_async_stores_there(
             return turns if turns and turns[-1]["outcome"] == "completed" else None
 
         assert wait_for(stored, timeout=10)[-1]["content"] == r.text()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def test_the_async_contract_tests_pass_from_the_copy(stripped: Stripped) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from async_core.harness import wait_healthy
+from tests.clients import drains_cleanly
 from tests.servers import REPO
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,7 @@ def test_serve_async_streams_and_drains_without_extras(bare_venv: Path,
         proc = subprocess.Popen([str(bare_venv / "bin" / "streambridge"), "serve", "--path",
                                  "async", "--port", "0"], cwd=tmp_path, env=_env(tmp_path),
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with drains_cleanly(proc, log):
         deadline = time.monotonic() + 60
         port = None
         while port is None and time.monotonic() < deadline and proc.poll() is None:
@@ -103,10 +103,3 @@ def test_serve_async_streams_and_drains_without_extras(bare_venv: Path,
                        json={"message": "hi", "options": {"tokens": 3}})
         assert r.status_code == 200
         assert r.text.count("event: done") == 1, r.text
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    assert "Traceback" not in log.read_text(), log.read_text()
