@@ -175,7 +175,10 @@ async def test_a_never_pausing_agent_still_ends_at_the_total_timeout() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     events = [event async for event in session.events()]
-    assert loop.time() - started < 0.2 + 0.3
+    # Ends at all (before the fix it streamed on forever); the slack is for a loaded CI
+    # machine (0.60 s seen against 0.2 s), the exact instant is test_policy.py's, on
+    # virtual time.
+    assert loop.time() - started < 0.2 + 1.0
     assert isinstance(events[-1], Error)
     assert events[-1].code == "total_timeout"
     assert sum(isinstance(e, (Done, Error)) for e in events) == 1
@@ -193,7 +196,7 @@ async def test_a_never_pausing_agent_is_drained_at_the_grace() -> None:
         if len(events) == 1:
             started = loop.time()
             lifecycle.begin_drain()
-    assert loop.time() - started < 0.1 + 0.3
+    assert loop.time() - started < 0.1 + 1.0  # slack for a loaded machine, as above
     assert isinstance(events[-1], Error)
     assert events[-1].code == "shutdown"
     assert (await session.finish()).outcome is Outcome.SHUTDOWN
