@@ -203,7 +203,7 @@ class StreamSession:
         what the machine answers (a heartbeat, a retry, the terminal event).
         """
         loop = asyncio.get_running_loop()
-        m, lifecycle = self._machine, self._lifecycle
+        m = self._machine
         m.start(loop.time())
         source = self._source = self._open(0)
         try:
@@ -214,7 +214,7 @@ class StreamSession:
                 if end is not None:
                     yield self._terminal(end)
                     return
-                drain = lifecycle.drain_deadline if lifecycle is not None else INF
+                drain = self._drain_deadline()
                 batch = await source.next_batch(m.deadline(drain))
                 if m.state is ABORTED:
                     return
@@ -227,9 +227,8 @@ class StreamSession:
                         yield event
                     if m.state is ABORTED:  # during a yield: stop at this step
                         return
-                    if agent_end is None:
-                        drain = lifecycle.drain_deadline if lifecycle is not None else INF
-                        action = m.written(loop.time(), drain)
+                    if agent_end is None:  # a drain may have begun during the yields
+                        action = m.written(loop.time(), self._drain_deadline())
                     else:
                         m.wrote(loop.time())
                         action = m.agent_ended(agent_end.error, random.random())  # noqa: S311
@@ -251,6 +250,10 @@ class StreamSession:
                     m.wrote(loop.time())  # a no-op if aborted meanwhile: the top returns
         finally:
             await source.aclose()
+
+    def _drain_deadline(self) -> float:
+        """When the drain ends this stream (``INF`` while none has begun)."""
+        return self._lifecycle.drain_deadline if self._lifecycle is not None else INF
 
     def _open(self, attempt: int) -> AgentSource:
         request = self.request if attempt == 0 else self.request.with_attempt(attempt)
