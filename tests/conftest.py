@@ -12,6 +12,7 @@ import pytest
 from async_core.harness import CONTRACT_PATHS
 from tests.clients import OPEN_RAW, PIN
 from tests.pool import ServerPool, settings_env
+from tests.reaper import REAPER
 from tests.servers import Server
 
 # The pools alive now (the session's, the current module's): the per-test log check reads them.
@@ -44,6 +45,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return rank.get(module, len(SLOW_FIRST))
 
     items.sort(key=key)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reap_retired_servers() -> Iterator[None]:
+    """Wait, at the module's end, for the servers its tests retired (``tests.reaper``);
+    fail on a traceback or a leaked task in their logs. Torn down last: set up first."""
+    yield
+    problems = REAPER.reap()
+    assert not problems, "a retired server logged:\n" + "\n".join(problems)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reap_what_modules_left() -> Iterator[None]:
+    """A server retired after its module's reaper ran (a session fixture's) is waited for
+    at the session's end."""
+    yield
+    problems = REAPER.reap()
+    assert not problems, "a retired server logged:\n" + "\n".join(problems)
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +170,7 @@ def shared_server(path_id: str, module_pool: ServerPool) -> Callable[..., Server
 
 
 @pytest.fixture
-def make_server(path_id: str) -> Iterator[Callable[..., Server]]:
+def make_server(path_id: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., Server]]:
     """Start servers of the current path with settings: ``make_server(heartbeat=0.1)``."""
     started: list[Server] = []
 
@@ -161,10 +180,5 @@ def make_server(path_id: str) -> Iterator[Callable[..., Server]]:
         return srv
 
     yield make
-    problems = []
-    for srv in started:  # SIGTERM them all first: they drain together
-        srv.terminate()
-    for srv in started:
-        srv.stop()
-        problems += srv.problems()
-    assert not problems, "\n".join(problems)
+    for srv in started:  # SIGTERM now; exits and logs are checked at the module's end
+        REAPER.retire(srv, request.node.nodeid)

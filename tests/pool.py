@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import httpx
 
 from tests.clients import HTTP
+from tests.reaper import REAPER
 from tests.servers import Server
 
 # One finished stream before a pooled server is handed out: its metric files then exist.
@@ -95,12 +96,13 @@ class ServerPool:
         return found
 
     def _stop_path(self, path_id: str) -> None:
+        """Retire the servers of ``path_id``: the module's end waits for them, the next
+        path's tests need not (``tests.reaper``)."""
         self._paths.remove(path_id)
-        keys = [k for k in self._servers if k[0] == path_id]
-        for key in keys:
-            self._servers[key].terminate()
-        for key in keys:
-            self._stop(key)
+        for key in [k for k in self._servers if k[0] == path_id]:
+            srv = self._servers.pop(key)
+            REAPER.retire(srv, f"the pool's {path_id} server {dict(key[1])}",
+                          since=self._checked.pop(key))
 
     def _stop(self, key: Key) -> None:
         srv = self._servers.pop(key)

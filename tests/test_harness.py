@@ -13,6 +13,7 @@ import pytest
 from async_core.harness import CONTRACT_PATHS, LOOP_PATHS, PATHS, ServerProcess
 from tests.clients import PIN, chat_body, stream
 from tests.pool import ServerPool
+from tests.reaper import REAPER
 from tests.servers import Server, served_path
 
 
@@ -37,11 +38,27 @@ def test_a_shared_server_is_reused_and_its_bad_log_lines_reach_the_next_check(
 
 
 def test_a_pool_stops_the_servers_of_a_path_it_left(pool: ServerPool) -> None:
-    """keep_paths=1: asking for another path stops the first path's servers."""
+    """keep_paths=1: asking for another path retires the first path's servers (SIGTERM
+    now); the reaper has them exited, and their logs read, at the module's end."""
     first = pool.get("async", {"STREAMBRIDGE_HEARTBEAT": "0.5"})
     pool.get("async-uvloop")
+    assert first.terminated
+    assert REAPER.reap() == []
     assert first.proc.poll() is not None
     assert pool.new_problems() == []
+
+
+def test_a_retired_servers_bad_lines_fail_the_module_naming_its_test() -> None:
+    """What a retired server logs after its last check, up to its exit, is reported with
+    the test that started it (the synchronous stop used to fail that test)."""
+    srv = Server("async")
+    offset = srv.log_since(0)[1]
+    REAPER.retire(srv, "tests/x.py::test_y", since=offset)
+    with srv.log_path.open("a", encoding="utf-8") as log:
+        log.write("Traceback (most recent call last):\n")
+    assert REAPER.reap() == [
+        "[async, started by tests/x.py::test_y] Traceback (most recent call last):"]
+    assert srv.proc.poll() is not None
 
 
 @pytest.mark.parametrize("branch", ["legacy", "async"], ids=["legacy_branch", "async_branch"])

@@ -186,6 +186,11 @@ class ServerProcess:
             os.killpg(self.pid, signals.SIGKILL)
             self.proc.wait(timeout=10)
 
+    @property
+    def terminated(self) -> bool:
+        """Whether :meth:`terminate` (or :meth:`stop`) has sent its signal."""
+        return self._terminated
+
     def terminate(self, sig: int = signals.SIGTERM) -> None:
         """Send ``sig`` once (a second SIGTERM makes uvicorn skip its graceful shutdown)."""
         if not self._terminated:

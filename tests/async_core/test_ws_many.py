@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from tests.clients import metric, wait_for
 from tests.contract.test_resume import body
 from tests.probe_agents import probe_text
+from tests.reaper import REAPER
 from tests.servers import Server
 
 SOCKETS = 500
@@ -32,8 +33,7 @@ def srv() -> Iterator[Server]:
     server = Server("async", {"STREAMBRIDGE_MAX_STREAMS": "0",
                               "STREAMBRIDGE_DATABASE_URL": "none"})
     yield server
-    server.stop()
-    assert not server.problems(), "\n".join(server.problems())
+    REAPER.retire(server, __name__)  # waited for, and its log read, at the module's end
 
 
 async def _one(port: int, gate: asyncio.Semaphore) -> tuple[str, int, int]:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.clients import RawStream, chat_body, stream, wait_for
+from tests.reaper import REAPER
 from tests.servers import Server
 
 ACME, GLOBEX = "acme-key-0123456789abcdef", "globex-key-0123456789abcdef"
@@ -28,8 +29,7 @@ def srv(path_id: str) -> Iterator[Server]:
                               "STREAMBRIDGE_KEY_MAX_STREAMS": "1",
                               "STREAMBRIDGE_KEY_RATE_LIMIT": "20"})
     yield server
-    server.stop()
-    assert not server.problems(), "\n".join(server.problems())
+    REAPER.retire(server, __name__)  # waited for, and its log read, at the module's end
 
 
 @pytest.mark.parametrize("headers", [{}, bearer("wrong-key-0123456789"), {"Authorization": ACME}])

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.clients import RawStream, stream, wait_for
+from tests.reaper import REAPER
 from tests.servers import Server
 from tests.store.agents import MARK, seen
 
@@ -54,8 +55,7 @@ def srv(path_id: str) -> Iterator[Server]:
     """One server per path with the history agent."""
     server = Server(path_id, AGENTS)
     yield server
-    server.stop()
-    assert not server.problems(), "\n".join(server.problems())
+    REAPER.retire(server, __name__)  # waited for, and its log read, at the module's end
 
 
 def test_a_finished_turn_is_stored_with_its_outcome(srv: Server) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.clients import RawStream, stream
 from tests.fake_upstream import FakeUpstream, fake
+from tests.reaper import REAPER
 from tests.servers import Server, uvloop_path_ids
 
 FORMS = ("native", "crossed")
@@ -81,8 +82,7 @@ def proxy(path_id: str, form: str, upstream: FakeUpstream) -> Iterator[Server]:
     """A server of the current path and form, pointed at the fake upstream."""
     srv = Server(path_id, _env(path_id, form, upstream))
     yield srv
-    srv.stop()
-    assert not srv.problems(), "\n".join(srv.problems())
+    REAPER.retire(srv, __name__)  # waited for, and its log read, at the module's end
 
 
 def _twin(path_id: str, form: str, served: str) -> str:

@@ -22,6 +22,7 @@ import pytest
 from tests.clients import metric, wait_for
 from tests.contract.test_auth import ACME, GLOBEX, KEYS, bearer
 from tests.probe_agents import probe_text, read_probe
+from tests.reaper import REAPER
 from tests.servers import Server
 
 AUTH = bearer(ACME)
@@ -33,8 +34,7 @@ def srv(path_id: str) -> Iterator[Server]:
     server = Server(path_id, {"STREAMBRIDGE_API_KEYS": KEYS,
                               "STREAMBRIDGE_MAX_BACKGROUND": "3"})
     yield server
-    server.stop()
-    assert not server.problems(), "\n".join(server.problems())
+    REAPER.retire(server, __name__)  # waited for, and its log read, at the module's end
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,7 @@ def grace_srv(path_id: str) -> Iterator[Server]:
     server = Server(path_id, {"STREAMBRIDGE_RECONNECT_GRACE": "1",
                               "STREAMBRIDGE_LEASE_TTL": "1", "STREAMBRIDGE_LEASE_RENEW": "0.2"})
     yield server
-    server.stop()
-    assert not server.problems(), "\n".join(server.problems())
+    REAPER.retire(server, __name__)  # waited for, and its log read, at the module's end
 
 
 def probe_file() -> str:

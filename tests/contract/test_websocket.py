@@ -31,6 +31,7 @@ from tests.clients import metric, wait_for
 from tests.contract.test_auth import ACME, GLOBEX, KEYS, bearer
 from tests.contract.test_resume import body, cut, positions, probe_file, sse_events, text_of
 from tests.probe_agents import probe_text, read_probe
+from tests.reaper import REAPER
 from tests.servers import Server
 
 AUTH = bearer(ACME)
@@ -55,8 +56,7 @@ def srv(path_id: str) -> Iterator[Server]:
                               "STREAMBRIDGE_MAX_BODY_BYTES": str(LIMIT),
                               "STREAMBRIDGE_SEND_TIMEOUT": "1"})
     yield server
-    server.stop()
-    assert not server.problems(), "\n".join(server.problems())
+    REAPER.retire(server, __name__)  # waited for, and its log read, at the module's end
 
 
 def ws_url(server: Server) -> str:

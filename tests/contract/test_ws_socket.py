@@ -21,6 +21,7 @@ from websockets.sync.client import ClientConnection
 from tests.contract.test_resume import body
 from tests.contract.test_websocket import ended, recv_until, socket, start, ws_text
 from tests.probe_agents import probe_text
+from tests.reaper import REAPER
 from tests.servers import Server
 from tests.ws_raw import RawSocket
 
@@ -47,8 +48,7 @@ def srv(path_id: str) -> Iterator[Server]:
     server = Server(path_id, {"STREAMBRIDGE_DATABASE_URL": "none",
                               "STREAMBRIDGE_SEND_TIMEOUT": str(SEND_TIMEOUT)})
     yield server
-    server.stop()
-    assert not server.problems(), "\n".join(server.problems())
+    REAPER.retire(server, __name__)  # waited for, and its log read, at the module's end
 
 
 def _rss(server: Server) -> int:
