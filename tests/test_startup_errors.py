@@ -80,12 +80,21 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], expected: str)
     assert expected in ours[0], out
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize(("env", "expected"), [b[1:] for b in BAD_SETTINGS],
-                         ids=[b[0] for b in BAD_SETTINGS])
+# Every bad setting on each distinct start-up: the command line (its preflight runs before
+# any path starts), the user's gunicorn command and the hybrid front's. ``serve --path
+# legacy`` and ``--path hybrid`` run that same preflight before they exec gunicorn, so they
+# get two settings each (one parsed, one a resource reached), not all ten again.
+MATRIX = [pytest.param(path, *b[1:], id=f"{b[0]}-{path}") for b in BAD_SETTINGS
+          for path in ("serve-async", "gunicorn", "hybrid-gunicorn")]
+MATRIX += [pytest.param(path, *b[1:], id=f"{b[0]}-{path}") for b in BAD_SETTINGS
+           if b[0] in ("heartbeat-nan", "database-unreachable")
+           for path in ("serve-legacy", "serve-hybrid")]
+
+
+@pytest.mark.parametrize(("path", "env", "expected"), MATRIX)
 def test_a_bad_setting_is_one_line_and_a_non_zero_exit(
         path: str, env: dict[str, str], expected: str) -> None:
-    """Each bad setting stops each path at start-up with one line naming it."""
+    """Each bad setting stops each way to start at start-up with one line naming it."""
     assert_one_line_error(run(PATHS[path], env), expected)
 
 
