@@ -1,14 +1,15 @@
-"""The Flask branch's stream bodies, written from the loop instead of an a2wsgi thread.
+"""The Flask branch's stream bodies, written from the loop instead of a WSGI thread.
 
 Through a2wsgi each chunk of a Flask-branch stream crossed threads twice more than
 on the native branch (pump -> janus -> WSGI thread -> a2wsgi's
 ``run_coroutine_threadsafe`` -> loop -> socket) and each stream held a WSGI thread for
 its whole life: under a 500-stream burst the worker was GIL-bound (issue 10,
-docs/ARCHITECTURE.md). The front now lets the Flask view run in its thread as before
+docs/ARCHITECTURE.md). The front lets the Flask view run in its thread as before
 (auth, admission, headers, the first frame within the header hold); when the view
-returns a streambridge stream (``legacy_bridge.WSGIBody``) the shim hands that body to
-the front and gives a2wsgi only the first frame, so the thread is free at once, and
-``write_body`` sends the rest of the frames from the loop.
+returns a streambridge stream (``legacy_bridge.WSGIBody``) the WSGI adapter
+(``_hybrid_wsgi.WSGIBranch``) returns that body to the front with the headers, so the
+thread is free at once, and ``write_body`` sends its frames, the first included, from
+the loop.
 
 What stays as before: the pump (send timeout on a full queue, drain, metrics, the
 one outcome), the sync agent's thread, ``body.close()`` on a disconnect (the front's
@@ -27,7 +28,6 @@ from legacy_bridge import WSGIBody
 
 log = logging.getLogger("streambridge.hybrid")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-LOOP_BODY = "streambridge.loop_body"  # environ/scope key: hand a WSGIBody to the front
 
 
 class _StuckSend:
@@ -65,7 +65,8 @@ class _StuckSend:
 async def write_body(body: WSGIBody, send: Send) -> None:
     """Send ``body``'s remaining frames from the loop, then end the response.
 
-    The response's start and first frame were sent already (by a2wsgi, from the view).
+    The response's start was sent already; the first frame (read by the view) is the
+    first ``frames_on_loop`` yields.
     Ends early when the client leaves (``body.close()`` shuts the frames queue), when a
     write waits longer than the send timeout, or when the server cancels the request.
     """

@@ -2,8 +2,6 @@
 
 - ``FlaggedRegistry``: the agent registry each branch's service sees; it narrows an
   agent to the form (sync or async) the flag picks for that branch.
-- ``expose_disconnect``: the WSGI shim that hands the front's hooks to the Flask
-  extension (``streambridge.on_disconnect`` and ``legacy_bridge.ROUTE_HOOK``).
 - ``Handoff``: one Flask-branch request's hand-over of a declared endpoint to the
   native branch (the flag said async after the user's view built the agent request).
 - ``run_lifespan``: runs a mounted ASGI app's lifespan (the native app's start-up
@@ -14,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from async_core import Agent, AgentRegistry, Settings
-from legacy_bridge import LOOP_BRIDGE, ROUTE_HOOK, WSGIBody
 
 from ._flagfile import FlagStore
-from ._hybrid_body import LOOP_BODY
 from .flags import Path, form_for
 
 ON_DISCONNECT = "streambridge.on_disconnect"
@@ -79,31 +75,6 @@ def with_path_header(message: dict[str, Any], path: str) -> dict[str, Any]:
     return {**message, "headers": [*headers, (b"x-stream-path", path.encode())]}
 
 
-def expose_disconnect(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """WSGI shim: copy the front's bridge and hooks (disconnect, route) from the ASGI
-    scope to the environ, and hand a streambridge stream body to the front (``LOOP_BODY``): a2wsgi
-    then gets the first frame only and frees the thread; the front writes the rest."""
-
-    def shim(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        scope = environ.get("asgi.scope")  # a2wsgi keeps the scope in the environ
-        if scope is not None:
-            for key in (LOOP_BRIDGE, ON_DISCONNECT, ROUTE_HOOK):
-                if key in scope:
-                    environ[key] = scope[key]
-        # a2wsgi's wsgi.input ends with the ASGI body; without this flag werkzeug reads a
-        # chunked body (no Content-Length) as empty: a valid request got 400 (issue 10).
-        environ.setdefault("wsgi.input_terminated", True)
-        result = app(environ, start_response)
-        if isinstance(result, WSGIBody) and scope is not None and LOOP_BODY in scope:
-            scope[LOOP_BODY](result)
-            # The first frame (read by the view) leaves from here at once, as before; the
-            # front writes the rest after a2wsgi's end of body, which it drops.
-            return [next(result)]
-        return result
-
-    return shim
-
-
 class Handoff:
     """A declared endpoint's request, handed from the Flask branch to the native one.
 
@@ -117,23 +88,15 @@ class Handoff:
         self.body: dict[str, Any] | None = None
         self.path: str | None = None  # the flag's decision, once the view asked
         self.cookies: list[tuple[bytes, bytes]] = []
-        self.stream: WSGIBody | None = None  # a Flask-branch stream the front writes
 
     def take(self, body: dict[str, Any]) -> None:
         """Keep ``body`` for the native branch (called from the WSGI thread)."""
         self.body = body
 
-    def take_stream(self, stream: WSGIBody) -> None:
-        """Keep the view's stream body for the front to write from the loop (WSGI thread)."""
-        self.stream = stream
-
     def send(self, send: Send) -> Send:
         """The Flask branch's ``send``: passes through unless the request was handed off."""
 
         async def flask_send(message: dict[str, Any]) -> None:
-            if (self.stream is not None and message["type"] == "http.response.body"
-                    and not message.get("more_body", False)):
-                return  # a2wsgi's end of body: the front writes the rest of the stream
             if self.body is None:  # X-Stream-Path on the legacy branch's errors too
                 await send(message if self.path is None else with_path_header(message, self.path))
             elif message["type"] == "http.response.start":

@@ -3,8 +3,8 @@
 The front reads a chat request's body itself (the flag needs the agent and the
 conversation), so each branch gets a ``receive`` that first replays those
 messages. For the Flask branch, ``DisconnectWatch`` also keeps listening once the
-body is in (a2wsgi never does: a2wsgi#48) and calls back whoever registered
-through ``on_disconnect`` — from any thread, since Flask views run in a2wsgi's.
+body is in (a WSGI app never does: a2wsgi#48) and calls back whoever registered
+through ``on_disconnect`` — from any thread, since Flask views run in WSGI threads.
 """
 
 from __future__ import annotations

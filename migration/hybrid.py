@@ -2,7 +2,8 @@
 # - Routing: POST on a chat route (async_core.protocol.ROUTES) reads the request body
 #   (bounded by max_body_bytes), asks the flag (flags.decide) and replays the body into
 #   the chosen branch: "async" is async_core's Starlette app, served natively; "legacy" is
-#   the Flask app mounted through a2wsgi: the reference app, or the user's own
+#   the Flask app run by our WSGI adapter (_hybrid_wsgi.WSGIBranch, which replaced a2wsgi):
+#   the reference app, or the user's own
 #   (--app / STREAMBRIDGE_APP), whose contract routes count only if it registered the
 #   blueprint. Everything else (health, readiness, metrics, the page, the user's own
 #   routes) goes to Flask untouched. A chat request with no
@@ -22,22 +23,24 @@
 # - One loop: gunicorn's uvicorn worker already runs a loop, so the legacy branch does not
 #   start a Bridge's loop thread: the front builds a Bridge on this loop
 #   (Bridge.on_running_loop) and hands it to the Flask extension in each request's environ
-#   (LOOP_BRIDGE); the extension's own bridge is never started. A Flask
-#   view (in an a2wsgi thread) blocks on bridge.call() while the loop opens the session,
-#   and reads the first frame through the Bridge's janus queue (headers leave with it,
-#   as in production legacy). The janus queue is created in the WSGI thread, and janus
-#   binds its async side to the loop of its first async use: the pump task, on this loop
-#   (test_hybrid pins it). When the view returns a stream body (legacy_bridge.WSGIBody),
-#   the shim hands it to the front (LOOP_BODY) and gives a2wsgi the first frame only:
-#   the thread is free, and _hybrid_body.write_body sends the other frames from the
-#   loop (the queue's async side), so a chunk no longer crosses to a thread and back.
+#   (LOOP_BRIDGE); the extension's own bridge is never started. The request's body is
+#   read on the loop before a WSGI thread is taken (a slow sender holds none; the view's
+#   reads are in memory). A Flask view (in a WSGI thread) blocks on bridge.call() while
+#   the loop opens the session, and reads the first frame through the Bridge's janus
+#   queue (headers leave with it, as in production legacy). The janus queue is created
+#   in the WSGI thread, and janus binds its async side to the loop of its first async
+#   use: the pump task, on this loop (test_hybrid pins it). When the view returns a
+#   stream body (legacy_bridge.WSGIBody), the adapter hands it back with the headers in
+#   one hop the thread does not wait for: the thread is free, and
+#   _hybrid_body.write_body sends the frames (the first included) from the loop (the
+#   queue's async side), so a chunk never crosses to a thread and back.
 #   The legacy branch's service shares the native one's parts (StreamService(shares=...)):
 #   one Lifecycle, Admission, store, log and key limits (asyncio semaphores can only be
 #   shared on one loop): max_streams, the rate limit, readiness and the drain are per
 #   process, whichever branch serves; its own are the label, the agents' flagged form
 #   and the path's default form. Sync agents of both run on one bounded ThreadGlue.
-# - Disconnects: a2wsgi never reads receive() after the body, so it never sees the client
-#   leave (a2wsgi#48) and uvicorn drops writes silently (uvicorn#2276): the WSGI thread
+# - Disconnects: a WSGI app never reads receive() after the body, so it never sees the
+#   client leave (a2wsgi#48) and uvicorn drops writes silently (uvicorn#2276): the WSGI thread
 #   would pump heartbeats to nobody forever. The front owns receive() for Flask-branch
 #   requests: a watcher task awaits http.disconnect once the body was read, and calls the
 #   callbacks registered through environ["streambridge.on_disconnect"]; the Flask extension
@@ -46,13 +49,12 @@
 #   within milliseconds, as on the async branch. A write stuck in flow control for the
 #   send timeout ends the stream as send_timeout (the writer's timer; the pump's is
 #   for a full queue) and the connection is closed.
-# - Threads: a2wsgi's pool (10 by default, and silently queueing) is sized to the stream
-#   and buffered slots plus 16, so admission refuses streams first; a request finding every
-#   thread busy waits up to admission_timeout for one, then gets 503 and a log line. A
-#   stream holds its thread only until its first frame; a buffered answer, to its end.
-#   a2wsgi documents its pool size (workers) and send_queue_size, not a close: the front
-#   never queues work in the pool (the semaphore), so at shutdown nothing waits there,
-#   and its idle threads end at interpreter exit (concurrent.futures joins them).
+# - Threads: the WSGI pool (a2wsgi's was 10 by default, and silently queueing) is sized to
+#   the stream and buffered slots plus 16, so admission refuses streams first; a request
+#   whose body is in and finds every thread busy waits up to admission_timeout for one,
+#   then gets 503 and a log line. A stream holds its thread only until its first frame; a
+#   buffered answer, to its end. The front never queues work in the pool (the semaphore),
+#   and the lifespan shutdown lets its idle threads end.
 # - Shutdown: SIGTERM drains the shared lifecycle (both branches' streams end in-band with
 #   error "shutdown") before uvicorn's own handler runs; uvicorn-worker does not pass
 #   gunicorn's graceful timeout to uvicorn (uvicorn#2094), so HybridWorker sets
@@ -65,7 +67,6 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from a2wsgi import WSGIMiddleware
 from flask import Flask
 from prometheus_client import Counter
 from starlette.responses import JSONResponse
@@ -80,17 +81,17 @@ from legacy_bridge import LOOP_BRIDGE, ROUTE_HOOK, Bridge, JanusRunner, StreamBr
 from legacy_bridge.app import create_app as create_flask_app
 
 from ._flagfile import FlagSettings, FlagStore
-from ._hybrid_body import LOOP_BODY, write_body
+from ._hybrid_body import write_body
 from ._hybrid_branches import (
     ON_DISCONNECT,
     FlaggedRegistry,
     Handoff,
-    expose_disconnect,
     run_lifespan,
     with_path_header,
     wsgi_threads,
 )
 from ._hybrid_serve import FrontSettings, load_app
+from ._hybrid_wsgi import WSGIBranch
 from ._watch import DisconnectWatch, replay
 from .flags import Decision, RouteRequest, decide
 
@@ -152,12 +153,12 @@ class HybridFront:
         if threads is None:
             threads = FrontSettings.from_env().hybrid_threads
         self.threads = wsgi_threads(s, threads)
-        # send_queue_size: a2wsgi holds up to that many written chunks per stream (each a
-        # join of up to 16 frames) between the WSGI thread and uvicorn; its default of 10
-        # held ~30 MB for a stalled reader. One keeps backpressure as tight as gthread's.
-        self.wsgi = WSGIMiddleware(expose_disconnect(self.flask_app.wsgi_app),  # type: ignore[arg-type]
-                                   workers=self.threads, send_queue_size=1)
-        # Counted here, not by a2wsgi's executor, which would queue the excess silently.
+        # room: chunks of a response queued between the WSGI thread and uvicorn (each a
+        # join of up to 16 frames); a2wsgi's default of 10 held ~30 MB for a stalled
+        # reader. Two (one being sent, one waiting) keep backpressure as tight as gthread's.
+        self.wsgi = WSGIBranch(self.flask_app.wsgi_app, threads=self.threads,
+                               max_body=s.max_body_bytes, room=2)
+        # Counted here, not by the executor, which would queue the excess silently.
         self._threads_free = asyncio.Semaphore(self.threads)
         self._shutdown_native: Callable[[], Awaitable[None]] | None = None
 
@@ -171,7 +172,7 @@ class HybridFront:
             await self.async_app(scope, receive, send)
         elif scope["type"] == "websocket":  # /v1/ws is served natively, whatever the flags
             await self.async_app(scope, receive, send)
-        else:
+        elif scope["type"] == "http":
             await self._legacy(scope, receive, send, [])
 
     # -- chat routes: decide, then serve ------------------------------------------
@@ -271,29 +272,33 @@ class HybridFront:
 
     async def _legacy(self, scope: Scope, receive: Receive, send: Send,
                       messages: list[dict[str, Any]]) -> None:
-        if scope["type"] != "http":
-            await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
+        watch = DisconnectWatch(receive, messages)
+        # The body first, on the loop: a slow client holds no WSGI thread while it sends.
+        body = await self.wsgi.read_body(watch.receive)
+        if body is None or not await self._take_thread():
+            await watch.aclose()
+            if body is not None:
+                log.warning("all %d WSGI threads are busy: 503 for %s", self.threads,
+                            scope["path"])
+                error = Overloaded(f"all {self.threads} WSGI threads of this worker are busy",
+                                   retry_after=max(1.0, self.settings.admission_timeout))
+                await JSONResponse(error.body(), error.status, error.headers())(
+                    scope, receive, send)
             return
-        if not await self._take_thread():
-            log.warning("all %d WSGI threads are busy: 503 for %s", self.threads, scope["path"])
-            error = Overloaded(f"all {self.threads} WSGI threads of this worker are busy",
-                               retry_after=max(1.0, self.settings.admission_timeout))
-            await JSONResponse(error.body(), error.status, error.headers())(scope, receive, send)
-            return
-        watch, handoff = DisconnectWatch(receive, messages), Handoff()
-        flask_scope = {**scope, LOOP_BRIDGE: self.bridge, ON_DISCONNECT: watch.on_disconnect,
-                       ROUTE_HOOK: self._route_hook(scope, handoff),
-                       LOOP_BODY: handoff.take_stream}
+        handoff = Handoff()
+        hooks = {LOOP_BRIDGE: self.bridge, ON_DISCONNECT: watch.on_disconnect,
+                 ROUTE_HOOK: self._route_hook(scope, handoff)}
+        stream = None
         try:
             try:
-                await self.wsgi(flask_scope, watch.receive, handoff.send(send))  # type: ignore[arg-type]
+                stream = await self.wsgi(scope, body, handoff.send(send), hooks)
             finally:
                 self._threads_free.release()
-            if handoff.stream is not None:  # the view streams: write it from the loop
-                await write_body(handoff.stream, send)
+            if stream is not None:  # the view streams: its frames are written from the loop
+                await write_body(stream, send)
         finally:
-            if handoff.stream is not None:
-                handoff.stream.close()  # a no-op once written; else the stream ends here
+            if stream is not None:
+                stream.close()  # a no-op once written; else the stream ends here
             await watch.aclose()
         if handoff.body is not None and not watch.disconnected:
             await self._native(scope, receive, handoff.native_send(send), handoff.body)
@@ -344,6 +349,7 @@ class HybridFront:
             log.warning("sync agents still running at shutdown")
         if self._shutdown_native is not None:
             await self._shutdown_native()
+        self.wsgi.close()
         await send({"type": "lifespan.shutdown.complete"})
 
 

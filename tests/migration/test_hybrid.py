@@ -285,7 +285,7 @@ def test_legacy_branch_runs_on_the_servers_own_loop(monkeypatch: pytest.MonkeyPa
             await shutdown()
 
     response, same_loop = asyncio.run(main())
-    front.wsgi.executor.shutdown(wait=True)
+    front.wsgi.close(wait=True)
     assert same_loop
     assert response.headers["x-stream-path"] == "legacy"
     assert "event: done" in response.text
@@ -341,7 +341,7 @@ def _serve_in_process(monkeypatch: pytest.MonkeyPatch, app: object, config: obje
     try:
         return asyncio.run(main())
     finally:
-        front.wsgi.executor.shutdown(wait=True)
+        front.wsgi.close(wait=True)
 
 
 @pytest.mark.parametrize("mode", ["legacy", "async"])
