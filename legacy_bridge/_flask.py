@@ -41,6 +41,7 @@ from async_core.ws_protocol import WS_PATH
 
 from ._bridge import LOOP_BRIDGE, Bridge
 from ._endpoints import Endpoint, ToRequest, endpoint_view, read_json_object
+from ._frames import FIRST_ON_LOOP
 from ._websocket import not_a_websocket, websocket_view
 
 F = TypeVar("F", bound=ToRequest)
@@ -206,7 +207,10 @@ class StreamBridge:
         if on_disconnect is not None:
             on_disconnect(body.close)
         try:
-            body.first()  # headers leave with the first frame, as on the async path
+            # Headers leave with the first frame, as on the async path. A server that
+            # writes the body from its loop waits for that frame there (FIRST_ON_LOOP).
+            if not request.environ.get(FIRST_ON_LOOP):
+                body.first()
         except StreamBridgeError as error:  # failed before the first byte: plain HTTP
             kept = {k: v for k, v in headers.items()
                     if k.lower() not in ("cache-control", "x-accel-buffering")}

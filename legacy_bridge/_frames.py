@@ -22,6 +22,9 @@ from ._janus_queue import QueueShutDown, SeamQueue
 log = logging.getLogger("streambridge.legacy")
 FRAME_QUEUE = 4  # frames (each a coalesced batch) queued for the body: what a stalled client pins
 FAILURE_HANDOVER = 30.0  # seconds the body gets to read a failure when send_timeout is 0
+# environ key: the server waits for the first frame on its loop (WSGIBody.afirst) and
+# answers a failure before it; the view returns the body at once (migration/hybrid.py).
+FIRST_ON_LOOP = "streambridge.first_on_loop"
 
 
 class _FailedBeforeFirstByte:
@@ -68,6 +71,18 @@ class WSGIBody:
         except StopIteration:
             self._first = b""
 
+    async def afirst(self) -> None:
+        """``first()`` on the loop, for a server that writes the body from there (the
+        hybrid front: ``FIRST_ON_LOOP`` in the environ), so no thread waits for it.
+
+        Raises:
+            StreamBridgeError: the stream failed before its first byte: answer with it.
+        """
+        try:
+            self._first = self._take(await self._frames.aget_batch())
+        except QueueShutDown:  # closed meanwhile (the client left), or EOF
+            self._done, self._first = True, b""
+
     def __next__(self) -> bytes:
         if self._first is not None:
             first, self._first = self._first, None
@@ -77,6 +92,9 @@ class WSGIBody:
         except QueueShutDown:  # EOF: the terminal frame was read
             self._done = True
             raise StopIteration from None
+        return self._take(chunks)
+
+    def _take(self, chunks: list[Any]) -> bytes:
         if isinstance(chunks[0], _FailedBeforeFirstByte):
             self._done = True  # taking it ended the pump's wait (issue 10, item 8)
             raise chunks[0].error

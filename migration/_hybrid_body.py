@@ -23,11 +23,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 from async_core import Outcome
+from async_core.exceptions import StreamBridgeError
 from legacy_bridge import WSGIBody
 
 log = logging.getLogger("streambridge.hybrid")
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Message = dict[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+# What a failed stream's answer does not keep of the view's headers (as legacy_bridge's
+# own answer: the stream's content type and anti-buffering headers).
+_STREAM_ONLY = frozenset((b"content-type", b"content-length", b"cache-control",
+                          b"x-accel-buffering"))
 
 
 class _StuckSend:
@@ -60,6 +68,27 @@ class _StuckSend:
     def cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+
+
+async def write_stream(start: Message, body: WSGIBody, send: Send) -> None:
+    """Wait on the loop for ``body``'s first frame, then send ``start`` and the frames.
+
+    The Flask view returned the body at once (``legacy_bridge.FIRST_ON_LOOP``), so no
+    WSGI thread waits for the agent. A stream that fails before its first byte is
+    answered as the legacy path answers it: the error's status and JSON body, with the
+    view's headers (``X-Stream-Id``, CORS, cookies) but not the stream's own.
+    """
+    try:
+        await body.afirst()
+    except StreamBridgeError as error:
+        answer = JSONResponse(error.body(), error.status, error.headers())
+        kept = [(k, v) for k, v in start["headers"] if k.lower() not in _STREAM_ONLY]
+        await send({"type": "http.response.start", "status": answer.status_code,
+                    "headers": [*kept, *answer.raw_headers]})
+        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+        return
+    await send(start)
+    await write_body(body, send)
 
 
 async def write_body(body: WSGIBody, send: Send) -> None:

@@ -18,9 +18,10 @@ WSGI threads were found waiting there (py-spy: in a2wsgi's ``Body.read`` and
   (``call_soon_threadsafe``). At most ``room`` chunks are queued for the loop
   (backpressure: a thread whose client does not read waits).
 - when the app returns a ``legacy_bridge.WSGIBody`` (a streambridge stream), the thread
-  returns it with the headers and is free: the caller sends the start here and
-  writes the frames from the loop (``_hybrid_body.write_body``). The thread never
-  waits on the loop for a stream's response.
+  returns it with the headers and is free: the caller waits for the first frame, sends
+  the start and writes the frames from the loop (``_hybrid_body.write_stream``). The
+  thread never waits on the loop for a stream's response, nor for its first frame
+  (``legacy_bridge.FIRST_ON_LOOP``).
 
 The executor is the one pool of the branch (``threads`` workers); the front counts
 its own requests in (``HybridFront._take_thread``), so no work ever queues in it.
@@ -169,7 +170,7 @@ class WSGIBranch:
                 return io.BufferedReader(_LoopInput(b"".join(parts), loop, receive))
 
     async def __call__(self, scope: Scope, body: io.BufferedIOBase, send: Send,
-                       extra: dict[str, Any] | None = None) -> WSGIBody | None:
+                       extra: dict[str, Any] | None = None) -> tuple[Message, WSGIBody] | None:
         """Run the app in a thread for one request; its response goes to ``send``.
 
         Args:
@@ -177,8 +178,8 @@ class WSGIBranch:
             extra: entries added to the WSGI environ.
 
         Returns:
-            The stream body the app returned (its response start already sent): the
-            caller writes it and closes it. None: the response was sent whole.
+            The response start (not sent) and the stream body the app returned: the
+            caller sends them and closes the body. None: the response was sent whole.
         """
         environ = build_environ(scope, body)
         environ.update(extra or {})
@@ -194,14 +195,14 @@ class WSGIBranch:
             raise
         if isinstance(item, BaseException):
             raise item  # the app raised (Flask answers its own errors: rare)
-        result = item.value
         if response.start is None:
             raise RuntimeError("the WSGI app returned without calling start_response")
+        if item.value is not None:
+            return response.start, item.value
         if not response.started:
             await send(response.start)
-        if result is None:
-            await send(_END)
-        return result
+        await send(_END)
+        return None
 
     def close(self, *, wait: bool = False) -> None:
         """Let the pool's idle threads end (``wait``: for them to end)."""

@@ -77,11 +77,19 @@ from async_core import create_app as create_async_app
 from async_core.exceptions import BadRequest, Overloaded, PayloadTooLarge
 from async_core.protocol import ROUTES, drain_limit, load_body, new_id
 from async_core.read_timeout import read_timeout_protocol
-from legacy_bridge import LOOP_BRIDGE, ROUTE_HOOK, Bridge, JanusRunner, StreamBridge, ThreadGlue
+from legacy_bridge import (
+    FIRST_ON_LOOP,
+    LOOP_BRIDGE,
+    ROUTE_HOOK,
+    Bridge,
+    JanusRunner,
+    StreamBridge,
+    ThreadGlue,
+)
 from legacy_bridge.app import create_app as create_flask_app
 
 from ._flagfile import FlagSettings, FlagStore
-from ._hybrid_body import write_body
+from ._hybrid_body import write_stream
 from ._hybrid_branches import (
     ON_DISCONNECT,
     FlaggedRegistry,
@@ -287,18 +295,18 @@ class HybridFront:
             return
         handoff = Handoff()
         hooks = {LOOP_BRIDGE: self.bridge, ON_DISCONNECT: watch.on_disconnect,
-                 ROUTE_HOOK: self._route_hook(scope, handoff)}
-        stream = None
+                 ROUTE_HOOK: self._route_hook(scope, handoff), FIRST_ON_LOOP: True}
+        stream, flask_send = None, handoff.send(send)
         try:
             try:
-                stream = await self.wsgi(scope, body, handoff.send(send), hooks)
+                stream = await self.wsgi(scope, body, flask_send, hooks)
             finally:
                 self._threads_free.release()
-            if stream is not None:  # the view streams: its frames are written from the loop
-                await write_body(stream, send)
+            if stream is not None:  # the view streams: written from the loop, first frame on
+                await write_stream(*stream, flask_send)
         finally:
             if stream is not None:
-                stream.close()  # a no-op once written; else the stream ends here
+                stream[1].close()  # a no-op once written; else the stream ends here
             await watch.aclose()
         if handoff.body is not None and not watch.disconnected:
             await self._native(scope, receive, handoff.native_send(send), handoff.body)

@@ -108,3 +108,25 @@ def test_a_flask_branch_stream_frees_its_wsgi_thread_after_its_first_frame() -> 
             c.close()
         srv.stop()
     assert not srv.problems(), srv.problems()
+
+
+def test_a_flask_branch_stream_waits_for_its_first_frame_without_a_wsgi_thread() -> None:
+    """With one WSGI thread, three streams whose agents take 1.5 s to their first token
+    wait at once, and the Flask branch answers another request meanwhile."""
+    srv = Server("hybrid-0", {"STREAMBRIDGE_HYBRID_THREADS": "1", "STREAMBRIDGE_HEADER_HOLD": "5",
+                              "STREAMBRIDGE_ADMISSION_TIMEOUT": "0.3"})
+    try:
+        body = chat_body(tokens=3, first_token_delay_ms=1500)
+        started = time.monotonic()
+        clients = [RawStream(srv.port, "/v1/chat", body) for _ in range(3)]
+        # /readyz and /healthz are Flask routes: each needs the WSGI thread
+        wait_for(lambda: httpx.get(srv.url("/readyz"), timeout=5).json().get("active_streams") == 3)
+        health = httpx.get(srv.url("/healthz"), timeout=5)
+        assert health.status_code == 200, health.text
+        assert time.monotonic() - started < 1.4  # all this while the agents are silent
+        for c in clients:
+            raw = c.read_until(b"event: done", 1, timeout=10)
+            assert raw.startswith(b"HTTP/1.1 200") and b"x-stream-path: legacy" in raw.lower()
+    finally:
+        srv.stop()
+    assert not srv.problems(), srv.problems()
