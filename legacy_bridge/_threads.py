@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import _thread
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,16 +23,12 @@ class _Slot:
 class AgentThreads:
     """Native daemon threads for sync agents, kept for the next agent when one finishes.
 
-    The caller is the loop thread. ``threading.Thread.start`` makes it wait until the
-    new thread runs, which under a burst means until the new thread won the GIL from
-    every other runnable one: measured at 100 ms of time-to-first-chunk for 30 streams
-    opened at once, and under 500 at once the loop spent most of a second starting
-    agent threads one by one (py-spy; issue 10, "Load"). A new thread is therefore
-    started with ``_thread.start_new_thread``, which returns at once; and a finished
-    agent's thread waits ``idle_s`` for the next agent (the warmest first), so a warm
-    worker hands an agent over with one lock release. Such threads are daemons (an
-    agent stuck in upstream I/O must not block interpreter exit) and are not listed by
-    ``threading.enumerate``.
+    Starting a thread costs its caller a wait until the new thread runs
+    (``Thread.start``), and the caller is the loop thread: measured at 100 ms of
+    time-to-first-chunk for 30 streams opened at once. A finished agent's thread
+    waits ``idle_s`` for the next agent instead (the warmest first), so a warm
+    worker hands an agent over with one lock release. Daemon: an agent stuck in
+    upstream I/O must not block interpreter exit.
     """
 
     def __init__(self, allocate_lock: Callable[[], Any], idle_s: float = 30.0) -> None:
@@ -45,7 +41,8 @@ class AgentThreads:
         with self._lock:
             slot = self._idle.pop() if self._idle else None
         if slot is None:
-            _thread.start_new_thread(self._work, (job,))
+            threading.Thread(target=self._work, args=(job,), name="streambridge-agent",
+                             daemon=True).start()
             return
         slot.job = job
         slot.wake.release()
