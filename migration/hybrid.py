@@ -70,13 +70,11 @@ from typing import Any
 from flask import Flask
 from prometheus_client import Counter
 from starlette.responses import JSONResponse
-from uvicorn_worker import UvicornWorker
 
 from async_core import Settings, StreamService, install_sigterm_drain
 from async_core import create_app as create_async_app
 from async_core.exceptions import BadRequest, Overloaded, PayloadTooLarge
 from async_core.protocol import ROUTES, drain_limit, load_body, new_id
-from async_core.read_timeout import read_timeout_protocol
 from legacy_bridge import (
     FIRST_ON_LOOP,
     LOOP_BRIDGE,
@@ -99,6 +97,7 @@ from ._hybrid_branches import (
     wsgi_threads,
 )
 from ._hybrid_serve import FrontSettings, load_app
+from ._hybrid_worker import HybridWorker  # noqa: F401 - the name the gunicorn conf gives
 from ._hybrid_wsgi import WSGIBranch
 from ._watch import DisconnectWatch, replay
 from .flags import Decision, RouteRequest, decide
@@ -380,27 +379,3 @@ def create_app(app: str | None = None) -> HybridFront:
     front = FrontSettings.from_env()  # parsed once, here
     spec = app or front.app
     return HybridFront(app=load_app(spec) if spec else None, threads=front.hybrid_threads)
-
-
-class HybridWorker(UvicornWorker):
-    """gunicorn's uvicorn worker, with uvicorn's graceful timeout set (uvicorn#2094)
-    and a bound on the time to send a request (``STREAMBRIDGE_REQUEST_READ_TIMEOUT``).
-
-    uvicorn-worker leaves ``timeout_graceful_shutdown`` unset (wait forever), so a
-    stream that never ends would hold the worker until gunicorn's SIGKILL. The drain
-    runs first (``drain_grace`` + 1 s); uvicorn then gets what is left of gunicorn's
-    ``graceful_timeout`` minus a margin for the lifespan shutdown.
-    """
-
-    CONFIG_KWARGS: dict[str, Any] = {"loop": "asyncio", "http": "auto", "lifespan": "on"}
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        settings = Settings.from_env()
-        self.config.timeout_graceful_shutdown = max(
-            1, int(self.cfg.graceful_timeout - settings.drain_grace - 3))
-        self.config.http = read_timeout_protocol(settings.request_read_timeout)
-        # /v1/ws: protocol pings at the heartbeat interval (async_core/_ws.py)
-        heartbeat = settings.policy.heartbeat
-        self.config.ws_ping_interval = heartbeat if heartbeat != float("inf") else None
-        self.config.ws_per_message_deflate = False  # as async_core/_serve.py, and why
