@@ -9,7 +9,11 @@ SQLite file per server, the log lines that fail a test.
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +61,32 @@ def served_path(path_id: str, conversation_id: str, agent: str = "demo") -> str:
     return decide(config, RouteRequest(agent, conversation_id)).path
 
 
+@functools.cache
+def _migrated_template() -> str:
+    """An embedded SQLite file at the schema head, made once per test process by the CLI."""
+    path = os.path.join(tempfile.mkdtemp(prefix="sb-db-template-"), "streambridge.sqlite3")
+    subprocess.run([sys.executable, "-m", "async_core.cli", "db", "upgrade"], check=True,
+                   env={**os.environ, "STREAMBRIDGE_DATABASE_PATH": path},
+                   stdout=subprocess.DEVNULL, cwd=REPO)
+    return path
+
+
+def fresh_database() -> str:
+    """The path of a new embedded SQLite file, already migrated (a copy of one template).
+
+    A server then starts as it restarts in production, on a database at the head
+    revision, and skips Alembic (about 0.2 s of CPU a start). The first start on an
+    empty file (the migration under its file lock) is what the examples' tests and
+    ``tests/store`` run.
+    """
+    template = _migrated_template()
+    path = os.path.join(tempfile.mkdtemp(prefix="sb-db-"), "streambridge.sqlite3")
+    for suffix in ("", "-wal"):
+        if os.path.exists(template + suffix):
+            shutil.copyfile(template + suffix, path + suffix)
+    return path
+
+
 class Server(ServerProcess):
     """A running ``streambridge serve`` subprocess on a path of the harness' table.
 
@@ -71,9 +101,7 @@ class Server(ServerProcess):
         self.path_id = path_id
         full_env = {**BASE_ENV, **PATHS[path_id].env, **(env or {})}
         # Each server gets its own embedded SQLite file unless the test names one.
-        self.db_path = full_env.setdefault(
-            "STREAMBRIDGE_DATABASE_PATH", os.path.join(tempfile.mkdtemp(prefix="sb-db-"),
-                                                       "streambridge.sqlite3"))
+        self.db_path = full_env.setdefault("STREAMBRIDGE_DATABASE_PATH", fresh_database())
         super().__init__(path_id, serve_command(path_id, args=args or ()), env=full_env,
                          cwd=REPO)
 

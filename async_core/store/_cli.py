@@ -90,8 +90,6 @@ def preflight(host: str, settings: Settings | None = None) -> str | None:
     configuration stops the command with one clear sentence instead of a worker
     traceback.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
     from .._registry import default_registry
     from ..auth import ApiKeys, check_bind
     from ..webhooks import WebhookConfig
@@ -108,8 +106,16 @@ def preflight(host: str, settings: Settings | None = None) -> str | None:
             asyncio.run(_check_database(url))
         if settings.log.redis_url:
             asyncio.run(_check_log(settings))
-    except (StreamBridgeError, ValueError, OSError, SQLAlchemyError, TimeoutError) as e:
+    except (StreamBridgeError, ValueError, OSError, TimeoutError) as e:
         return getattr(e, "message", None) or _one_line(e)
+    except Exception as e:
+        # SQLAlchemy is imported only by a URL that needs it (not the default SQLite
+        # file): an error of its own means it is loaded, so this import is free.
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if not isinstance(e, SQLAlchemyError):
+            raise
+        return _one_line(e)
     return None
 
 
@@ -126,12 +132,8 @@ async def _check_log(settings: Settings) -> None:
 
 async def _check_database(url: str) -> None:
     """Connect once (a server database) or check the file can be created (SQLite)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
     from ._db import create_engine, sqlite_path
 
-    shown = make_url(url).render_as_string(hide_password=True)
     path = sqlite_path(url)
     if path is not None:
         parent = path.parent
@@ -141,6 +143,10 @@ async def _check_database(url: str) -> None:
             raise StoreConfigError(f"the SQLite database {path} cannot be written "
                                    "(STREAMBRIDGE_DATABASE_PATH / STREAMBRIDGE_DATABASE_URL)")
         return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    shown = make_url(url).render_as_string(hide_password=True)
     engine = create_engine(url)
     try:
         async with asyncio.timeout(CONNECT_CHECK_SECONDS), engine.connect() as conn:

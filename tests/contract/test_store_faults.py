@@ -15,7 +15,7 @@ import pytest
 
 from tests.clients import RawStream, metric, stream, wait_for
 from tests.contract.test_conversations import header
-from tests.servers import Server
+from tests.servers import Server, fresh_database
 from tests.webhooks.receiver import SECRET, Receiver
 
 AGENTS = "tests.probe_agents:AGENTS,tests.store.agents:AGENTS"
@@ -108,14 +108,13 @@ def test_a_refused_row_is_dead_lettered_and_the_rest_written(path_id: str,
                                                              receiver: Receiver) -> None:
     """A row the database refuses is retried, then dead-lettered with one log line and a
     metric; the other tenants' transcripts and webhooks go on, and SIGTERM loses nothing."""
-    first = Server(path_id, env())  # creates the schema
-    first.stop()
-    conn = sqlite3.connect(first.db_path)
+    db = fresh_database()  # at the schema head, made by `streambridge db upgrade`
+    conn = sqlite3.connect(db)
     for op in ("INSERT", "UPDATE"):
         conn.execute(POISON.format(op=op))
     conn.commit()
     conn.close()
-    srv = Server(path_id, env(receiver, STREAMBRIDGE_DATABASE_PATH=first.db_path))
+    srv = Server(path_id, env(receiver, STREAMBRIDGE_DATABASE_PATH=db))
     try:
         bad = stream(srv.url("/v1/chat"), history_body("POISON"), headers=auth(ACME))
         good = [stream(srv.url("/v1/chat"), history_body(f"fine {i}"), headers=auth(GLOBEX))

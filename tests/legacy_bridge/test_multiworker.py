@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import httpx
 
 from tests.clients import chat_body, metric
@@ -9,8 +12,14 @@ from tests.servers import Server
 
 
 def test_metrics_sum_every_worker() -> None:
-    """Requests spread over 3 workers are all counted, whichever worker serves /metrics."""
-    srv = Server("legacy-gthread", args=["--workers", "3"])
+    """Requests spread over 3 workers are all counted, whichever worker serves /metrics.
+
+    The three workers start together on an empty embedded database: each one's start-up
+    migration waits for the file lock, and none fails (the bad-line check below).
+    """
+    empty = os.path.join(tempfile.mkdtemp(prefix="sb-db-"), "streambridge.sqlite3")
+    srv = Server("legacy-gthread", {"STREAMBRIDGE_DATABASE_PATH": empty},
+                 args=["--workers", "3"])
     try:
         pids = set()
         for _ in range(12):

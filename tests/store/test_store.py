@@ -53,6 +53,50 @@ def delivery(msg_id: str, url: str = "http://127.0.0.1:9/hook", **kw: object) ->
             "last_error": None, "created_at": now, "finished_at": None, **kw}
 
 
+def test_the_head_this_code_knows_is_alembics_head() -> None:
+    """head_revision() (a constant, so start-up needs no Alembic) is the migrations' head."""
+    from alembic.script import ScriptDirectory
+
+    from async_core.store._migrate import alembic_config
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def test_current_revision_reads_what_alembic_reads(db_url: str) -> None:
+    """Our version-table read agrees with Alembic's MigrationContext at base and head."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = create_engine(db_url)
+    try:
+        for step in (None, "head"):
+            if step:
+                await upgrade(engine, step)
+            async with engine.connect() as conn:
+                theirs = await conn.run_sync(
+                    lambda c: MigrationContext.configure(c).get_current_revision())
+            assert await current_revision(engine) == theirs
+        assert theirs == head_revision()
+    finally:
+        await engine.dispose()
+
+
+def test_a_server_start_on_a_current_database_does_not_import_alembic(tmp_path: object) -> None:
+    """Start-up on a database at head reads its revision and leaves Alembic unimported."""
+    db = f"{tmp_path}/s.sqlite3"
+    code = (
+        "import asyncio, sys\n"
+        "from async_core.store import create_engine, ensure_current, upgrade\n"
+        "async def main(first):\n"
+        "    e = create_engine(f'sqlite+aiosqlite:///{sys.argv[1]}')\n"
+        "    await (upgrade(e) if first else ensure_current(e, auto=True))\n"
+        "    await e.dispose()\n"
+        "asyncio.run(main(sys.argv[2] == 'first'))\n"
+        "print('alembic' in sys.modules)\n")
+    out = [subprocess.run([sys.executable, "-c", code, db, step], capture_output=True,
+                          text=True, check=True).stdout.strip() for step in ("first", "again")]
+    assert out == ["True", "False"]
+
+
 async def test_migrations_are_idempotent_and_reversible(db_url: str) -> None:
     """upgrade twice is a no-op; downgrade to base and up again works."""
     engine = create_engine(db_url)
