@@ -31,7 +31,7 @@ FORBIDDEN = {
                         "httpx", "anyio", "legacy_bridge", "migration"},
     # The engine alone (what the WSGI side uses) loads no ASGI server or framework.
     "async_core.engine": {"starlette", "sse_starlette", "uvicorn", "flask", "janus", "gevent"},
-    # The WSGI side never imports Starlette (nor the hybrid front's a2wsgi).
+    # The WSGI side never imports Starlette (nor a2wsgi, which the hybrid front replaced).
     "legacy_bridge": {"starlette", "sse_starlette", "uvicorn", "a2wsgi", "migration"},
     "legacy_bridge.app": {"starlette", "sse_starlette", "uvicorn", "a2wsgi", "migration"},
 }
