@@ -20,19 +20,20 @@ if TYPE_CHECKING:
     from ._bridge import LOOP_BRIDGE, Bridge, bridges
     from ._endpoints import ROUTE_HOOK, Endpoint
     from ._flask import StreamBridge, error_response
-    from ._frames import FIRST_ON_LOOP, WSGIBody
+    from ._frames import FIRST_ON_LOOP, STREAM_ONLY_HEADERS, WSGIBody
     from ._glue import ThreadGlue
     from ._seam import JanusRunner
     from ._serve import serve
     from .app import create_app
 
 __all__ = ["Bridge", "Endpoint", "FIRST_ON_LOOP", "JanusRunner", "LOOP_BRIDGE", "ROUTE_HOOK",
-           "StreamBridge", "ThreadGlue", "WSGIBody", "bridges", "create_app", "error_response",
-           "janus_runner", "serve"]
+           "STREAM_ONLY_HEADERS", "StreamBridge", "ThreadGlue", "WSGIBody", "bridges",
+           "create_app", "error_response", "janus_runner", "serve"]
 
 _WHERE = {"StreamBridge": "_flask", "error_response": "_flask", "Bridge": "_bridge",
           "LOOP_BRIDGE": "_bridge", "Endpoint": "_endpoints", "ROUTE_HOOK": "_endpoints",
           "JanusRunner": "_seam", "WSGIBody": "_frames", "FIRST_ON_LOOP": "_frames",
+          "STREAM_ONLY_HEADERS": "_frames",
           "ThreadGlue": "_glue",
           "bridges": "_bridge", "create_app": "app", "serve": "_serve"}
 

@@ -41,7 +41,7 @@ from async_core.ws_protocol import WS_PATH
 
 from ._bridge import LOOP_BRIDGE, Bridge
 from ._endpoints import Endpoint, ToRequest, endpoint_view, read_json_object
-from ._frames import FIRST_ON_LOOP
+from ._frames import FIRST_ON_LOOP, STREAM_ONLY_HEADERS
 from ._websocket import not_a_websocket, websocket_view
 
 F = TypeVar("F", bound=ToRequest)
@@ -212,8 +212,7 @@ class StreamBridge:
             if not request.environ.get(FIRST_ON_LOOP):
                 body.first()
         except StreamBridgeError as error:  # failed before the first byte: plain HTTP
-            kept = {k: v for k, v in headers.items()
-                    if k.lower() not in ("cache-control", "x-accel-buffering")}
+            kept = {k: v for k, v in headers.items() if k.lower() not in STREAM_ONLY_HEADERS}
             return _json(error.body(), error.status, {**kept, **error.headers()})
         # direct_passthrough: the server iterates (and closes) the body itself, without
         # werkzeug's two wrapping generators per chunk; it yields bytes only.

@@ -25,6 +25,11 @@ FAILURE_HANDOVER = 30.0  # seconds the body gets to read a failure when send_tim
 # environ key: the server waits for the first frame on its loop (WSGIBody.afirst) and
 # answers a failure before it; the view returns the body at once (migration/hybrid.py).
 FIRST_ON_LOOP = "streambridge.first_on_loop"
+# What the answer to a failure before the first byte drops of the view's headers: the
+# stream's own (its content type and anti-buffering headers). The hybrid front's answer
+# drops the same ones (migration/_hybrid_body.py).
+STREAM_ONLY_HEADERS = frozenset(("content-type", "content-length", "cache-control",
+                                 "x-accel-buffering"))
 
 
 class _FailedBeforeFirstByte:

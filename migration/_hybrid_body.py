@@ -27,15 +27,13 @@ from starlette.responses import JSONResponse
 
 from async_core import Outcome
 from async_core.exceptions import StreamBridgeError
-from legacy_bridge import WSGIBody
+from legacy_bridge import STREAM_ONLY_HEADERS, WSGIBody
 
 log = logging.getLogger("streambridge.hybrid")
 Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
-# What a failed stream's answer does not keep of the view's headers (as legacy_bridge's
-# own answer: the stream's content type and anti-buffering headers).
-_STREAM_ONLY = frozenset((b"content-type", b"content-length", b"cache-control",
-                          b"x-accel-buffering"))
+# What a failed stream's answer does not keep of the view's headers: legacy_bridge's list.
+_STREAM_ONLY = frozenset(name.encode() for name in STREAM_ONLY_HEADERS)
 
 
 class _StuckSend:

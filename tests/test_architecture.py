@@ -89,8 +89,8 @@ def test_cross_package_public_apis_are_pinned() -> None:
     """What legacy_bridge and migration reach for in other packages is exported on purpose."""
     assert legacy_bridge.__all__ == [
         "Bridge", "Endpoint", "FIRST_ON_LOOP", "JanusRunner", "LOOP_BRIDGE", "ROUTE_HOOK",
-        "StreamBridge", "ThreadGlue", "WSGIBody", "bridges", "create_app", "error_response",
-        "janus_runner", "serve",
+        "STREAM_ONLY_HEADERS", "StreamBridge", "ThreadGlue", "WSGIBody", "bridges",
+        "create_app", "error_response", "janus_runner", "serve",
     ]
     assert async_core.store.__all__ == [
         "IN_PROGRESS", "Persistence", "Snapshot", "Store", "StoreConfigError",
