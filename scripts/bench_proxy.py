@@ -7,9 +7,12 @@ What is compared
 
     - ``direct``: by the client itself (the baseline: no proxy at all);
     - through ``streambridge serve`` on each path (``legacy-gthread`` with
-      ``--threads 128``, ``legacy-gevent``, ``async``), asking the ``ollama`` agent
-      for the same script; each path runs its own twin (sync on legacy, async on
-      async). Native SSE to the client.
+      ``--threads 128``, ``legacy-gevent``, ``async`` on asyncio and on uvloop),
+      asking the ``ollama`` agent for the same script; each path runs its own twin
+      (sync on legacy, async on async). Native SSE to the client;
+    - through each peer of ``scripts/_proxy_peers.py`` (bare Starlette + httpx on
+      both loops, an sse-starlette relay, bare Flask + ``requests`` under gunicorn
+      gthread and gevent), asked Ollama's own request.
 
 How it is measured
     ``async_core.harness.StreamClient`` (raw asyncio HTTP/1.1, one connection a stream)
@@ -17,16 +20,19 @@ How it is measured
 
     - TTFC: request written → first token read (perf_counter).
     - lag: read wall time − the upstream's send wall time, for every token.
-    - added TTFC p50 = TTFC p50 through the path − TTFC p50 direct; added lag p50
-      likewise: the inter-chunk delay the proxy adds.
+    - added TTFC p50 = TTFC p50 through the target − TTFC p50 direct at the same
+      stream count (p99 likewise, and lag likewise): what the proxy adds.
+    - CPU: the target's process tree (gunicorn's worker included), per token.
 
-    Targets (issue 4): added TTFC ≤ 3 ms p50 and added inter-chunk delay ≤ 1 ms
-    p50 at 10 ms pacing and 100 concurrent streams. Rounds alternate the order of
-    the targets so background load on the shared 2-core machine hits all alike;
-    samples are pooled over rounds. Loopback only; every process is ours and is
-    stopped by PID.
+    Targets (issue 16): streambridge async and legacy-gevent ahead of every peer on
+    each figure at 1 and 100 streams; legacy-gthread within 1.5x of the Flask
+    gthread passthrough. Each round runs every target at every count, the order
+    reversed between rounds so background load on the shared 2-core machine hits
+    all alike; samples are pooled over rounds. Loopback only; every process is ours
+    and is stopped by PID.
 
-Run: ``.venv/bin/python scripts/bench_proxy.py [--streams 100] [--tokens 100] [--rounds 2]``
+Run: ``.venv/bin/python scripts/bench_proxy.py [--streams 1,100] [--rounds 3]
+[--paths ...] [--peers ...]``
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from _benchlib import REPO, pct, raise_fd_limit
+from _proxy_peers import PEERS, peer_command
 
 from async_core.harness import (
     ProcessTree,
@@ -59,8 +66,6 @@ from async_core.harness import (
 )
 
 EXTRA_ARGS = {"legacy-gthread": ["--threads", "128"]}  # paths: async_core.harness.PATHS
-TARGET_TTFC_MS, TARGET_LAG_MS = 3.0, 1.0
-SINGLE = "direct-1"  # the baseline at one stream: what the machine gives with no load
 API_KEY = "sk-fake-upstream-key"
 LISTEN = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
@@ -100,16 +105,14 @@ async def phase(port: int, request: bytes, streams: int, max_wait: float) -> lis
 
 
 async def run(args: argparse.Namespace, upstream: ServerProcess,
-              servers: dict[str, ServerProcess]) -> dict[str, dict[str, list[float]]]:
+              servers: dict[str, ServerProcess]) -> dict[tuple[str, int], dict[str, list[float]]]:
     script = {"clock": True, "tokens": args.tokens, "pace_ms": args.pace_ms}
-    up_port = upstream.port
-    requests = {"direct": (up_port, direct_request(up_port, script))}
+    requests = {"direct": (upstream.port, direct_request(upstream.port, script))}
     for name, srv in servers.items():
-        requests[name] = (srv.port, proxy_request(srv.port, script))
+        requests[name] = (srv.port, _request(name, srv.port, script))
     warm = {**script, "tokens": 5}
     for name, (port, _) in requests.items():  # pools, imports, first connections
-        req = direct_request(port, warm) if name == "direct" else proxy_request(port, warm)
-        await phase(port, req, min(args.streams, 20), 30)
+        await phase(port, _request(name, port, warm), min(max(args.streams), 20), 30)
     cpus = {"upstream": ProcessTree(upstream.pid),
             "client": ProcessTree(os.getpid(), children=False),
             **{name: ProcessTree(srv.pid) for name, srv in servers.items()}}
@@ -123,12 +126,19 @@ async def run(args: argparse.Namespace, upstream: ServerProcess,
             spy.wait(timeout=60)
 
 
+def _request(name: str, port: int, script: dict[str, Any]) -> bytes:
+    """A peer and the baseline are asked Ollama's own request; streambridge its native one."""
+    if name == "direct" or name in PEERS:
+        return direct_request(port, script)
+    return proxy_request(port, script)
+
+
 def start_py_spy(out_dir: str, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
-    """py-spy (``PY_SPY``, default /tmp/tools/bin/py-spy) on each process tree, GIL only."""
+    """py-spy (``PY_SPY``, default the venv's) on each process tree, GIL only."""
     if not out_dir:
         return []
     os.makedirs(out_dir, exist_ok=True)
-    exe = os.environ.get("PY_SPY", "/tmp/tools/bin/py-spy")
+    exe = os.environ.get("PY_SPY", str(Path(sys.executable).parent / "py-spy"))
     spies = [subprocess.Popen([exe, "record", "--gil", "--nonblocking", "--subprocesses",
                                "-f", "raw", "-r", "200", "-p", str(pid),
                                "-o", os.path.join(out_dir, f"{name}.txt")],
@@ -139,84 +149,86 @@ def start_py_spy(out_dir: str, pids: dict[str, int]) -> list[subprocess.Popen[by
 
 
 async def measure(args: argparse.Namespace, requests: dict[str, tuple[int, bytes]],
-                  servers: dict[str, ServerProcess],
-                  cpus: dict[str, ProcessTree]) -> dict[str, dict[str, list[float]]]:
-    """The measured rounds: every target in turn, order alternating between rounds."""
-    names = [*requests, SINGLE] if args.streams > 1 else list(requests)
-    samples: dict[str, dict[str, list[float]]] = {
-        n: {"ttfc": [], "lag": [], "tokens": [], "bad": [], "up": [], "srv": [], "cli": [],
-            "wall": []} for n in names}
+                  servers: dict[str, ServerProcess], cpus: dict[str, ProcessTree],
+                  ) -> dict[tuple[str, int], dict[str, list[float]]]:
+    """The measured rounds: every target at every stream count, the order alternating
+    between rounds (and the counts interleaved) so background load hits all alike."""
+    keys = [(name, n) for n in args.streams for name in requests]
+    samples: dict[tuple[str, int], dict[str, list[float]]] = {
+        k: {"ttfc": [], "lag": [], "tokens": [], "bad": [], "srv": []} for k in keys}
     max_wait = 30 + args.tokens * args.pace_ms / 1000 * 3
     for round_no in range(args.rounds):
-        for name in names if round_no % 2 == 0 else names[::-1]:
-            port, request = requests["direct" if name == SINGLE else name]
-            streams = 1 if name == SINGLE else args.streams
-            before = {k: c.cpu() for k, c in cpus.items()}
+        for name, streams in keys if round_no % 2 == 0 else keys[::-1]:
+            port, request = requests[name]
+            before = cpus[name].cpu() if name in cpus else 0.0
             started = time.monotonic()
             clients = await phase(port, request, streams, max_wait)
             wall = time.monotonic() - started
             await asyncio.sleep(0.25)  # what the streams' ends still cost is theirs
-            after = {k: c.cpu() for k, c in cpus.items()}
-            s = samples[name]
+            s = samples[name, streams]
             s["ttfc"] += [c.ttfc * 1000 for c in clients if c.ttfc is not None]
             s["lag"] += [lag * 1000 for c in clients for lag in c.lags]
             s["tokens"].append(sum(c.tokens for c in clients))
             s["bad"].append(sum(1 for c in clients if c.status != 200 or
                                 c.tokens != args.tokens))
-            s["up"].append(after["upstream"] - before["upstream"])
-            s["cli"].append(after["client"] - before["client"])
-            s["srv"].append(after[name] - before[name] if name in servers else 0.0)
-            s["wall"].append(wall)
-            print(f"  round {round_no + 1} {name:<15} {wall:5.2f} s",
+            s["srv"].append(cpus[name].cpu() - before if name in cpus else 0.0)
+            print(f"  round {round_no + 1} {name:<22} x{streams:<4} {wall:5.2f} s",
                   file=sys.stderr, flush=True)
     return samples
 
 
-def render(samples: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> str:
-    """The table: each target's TTFC and lag, and what it adds to the direct baseline.
+def render(samples: dict[tuple[str, int], dict[str, list[float]]],
+           args: argparse.Namespace) -> str:
+    """One table per stream count: what each target adds to ``direct`` at that count.
 
-    CPU columns are µs of CPU per token delivered, over the whole phase (setup and
-    teardown of the connections included): the upstream's, the proxy's (its whole
-    process tree) and the client's; ``busy`` is all three over the phase's wall time
-    (2.0 = both cores saturated).
+    ``+TTFC``/``+lag`` are the target's percentile minus direct's same percentile;
+    ``CPU/tok`` is µs of the proxy's CPU (its whole process tree, connection setup
+    and teardown included) per token delivered. The load average is the machine's
+    at the end of the run (the machine is shared).
     """
-    base_ttfc, base_lag = pct(samples["direct"]["ttfc"], 50), pct(samples["direct"]["lag"], 50)
-    lines = [f"proxy mode: {args.streams} concurrent streams x {args.tokens} tokens, "
-             f"{args.pace_ms:g} ms pacing, {args.rounds} round(s); times in ms, "
-             "CPU in us per token",
-             f"{'target':<15}{'bad':>5}{'TTFC p50':>10}{'TTFC p99':>10}{'lag p50':>9}"
-             f"{'lag p99':>9}{'+TTFC p50':>11}{'+lag p50':>10}{'up':>6}{'proxy':>7}"
-             f"{'client':>7}{'busy':>6}  targets (+3 / +1 ms)"]
-    for name, s in samples.items():
-        ttfc50, lag50 = pct(s["ttfc"], 50), pct(s["lag"], 50)
-        tokens = max(1.0, sum(s["tokens"]))
-        cpu = [sum(s[k]) / tokens * 1e6 for k in ("up", "srv", "cli")]
-        busy = (sum(s["up"]) + sum(s["srv"]) + sum(s["cli"])) / max(1e-9, sum(s["wall"]))
-        added = "" if name in ("direct", SINGLE) else (
-            f"{ttfc50 - base_ttfc:>11.2f}{lag50 - base_lag:>10.2f}")
-        verdict = "" if name in ("direct", SINGLE) else (
-            "met" if ttfc50 - base_ttfc <= TARGET_TTFC_MS and lag50 - base_lag
-            <= TARGET_LAG_MS else "MISSED")
-        lines.append(f"{name:<15}{int(sum(s['bad'])):>5}{ttfc50:>10.2f}{pct(s['ttfc'], 99):>10.2f}"
-                     f"{lag50:>9.2f}{pct(s['lag'], 99):>9.2f}{added:<21}"
-                     f"{cpu[0]:>6.0f}{cpu[1]:>7.0f}{cpu[2]:>7.0f}{busy:>6.2f}  {verdict}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [f"proxy mode: {args.tokens} tokens at {args.pace_ms:g} ms, {args.rounds} "
+             f"interleaved round(s), one worker each; ms, CPU in us/token; load avg {load}"]
+    for n in args.streams:
+        d = samples["direct", n]
+        base = {(k, q): pct(d[k], q) for k in ("ttfc", "lag") for q in (50, 99)}
+        lines += ["", f"{n} concurrent stream(s): direct TTFC p50/p99 "
+                  f"{base['ttfc', 50]:.2f}/{base['ttfc', 99]:.2f}, lag p50/p99 "
+                  f"{base['lag', 50]:.2f}/{base['lag', 99]:.2f}",
+                  f"{'target':<23}{'bad':>4}{'+TTFC p50':>10}{'+TTFC p99':>10}"
+                  f"{'+lag p50':>9}{'+lag p99':>9}{'CPU/tok':>8}"]
+        for (name, count), s in samples.items():
+            if count != n or name == "direct":
+                continue
+            added = [pct(s[k], q) - base[k, q] for k in ("ttfc", "lag") for q in (50, 99)]
+            cpu = sum(s["srv"]) / max(1.0, sum(s["tokens"])) * 1e6
+            lines.append(f"{name:<23}{int(sum(s['bad'])):>4}{added[0]:>10.2f}{added[1]:>10.2f}"
+                         f"{added[2]:>9.2f}{added[3]:>9.2f}{cpu:>8.0f}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start the fake upstream and one server per path, run the rounds, print the table."""
+    """Start the fake upstream, one server per path and per peer, run the rounds, print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--streams", default="1,100",
+                        help="comma-separated concurrent stream counts")
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--pace-ms", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--paths", default="legacy-gthread,legacy-gevent,async",
-                        help="comma-separated; also: async-uvloop")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--paths", default="legacy-gthread,legacy-gevent,async,async-uvloop",
+                        help="comma-separated streambridge paths (async_core.harness.PATHS)")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help="comma-separated peers (scripts/_proxy_peers.py); '' for none")
+    parser.add_argument("--before", default="", metavar="DIR",
+                        help="a checkout of the code before a change (git archive main | "
+                             "tar -x -C DIR): each path also runs from it, as PATH@before")
     parser.add_argument("--py-spy", default="", metavar="DIR",
                         help="record each server (and the upstream) with py-spy --gil "
                              "during the measured rounds; raw profiles go to DIR")
     args = parser.parse_args(argv)
-    raise_fd_limit(4 * args.streams + 256)
+    args.streams = [int(n) for n in args.streams.split(",")]
+    most = max(args.streams)
+    raise_fd_limit(4 * most + 256)
     tmp = Path(tempfile.mkdtemp(prefix="sb-bench-proxy-"))
     upstream = start_upstream(tmp)
     servers: dict[str, ServerProcess] = {}
@@ -224,12 +236,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {"STREAMBRIDGE_OLLAMA_URL": upstream.base_url,
                "STREAMBRIDGE_OPENAI_BASE_URL": upstream.base_url + "/v1",
                "STREAMBRIDGE_OPENAI_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1",
-               "STREAMBRIDGE_MAX_STREAMS": str(2 * args.streams + 50),
+               "STREAMBRIDGE_MAX_STREAMS": str(2 * most + 50),
                "STREAMBRIDGE_HEARTBEAT": "15", "STREAMBRIDGE_DRAIN_GRACE": "2"}
-        for path in args.paths.split(","):
-            servers[path] = ServerProcess(path, serve_command(path, args=EXTRA_ARGS.get(
-                path, [])), env={**env, "STREAMBRIDGE_DATABASE_PATH": str(tmp / f"{path}.db")},
-                cwd=REPO, log_dir=tmp)
+        paths = list(filter(None, args.paths.split(",")))
+        # python -m (and gunicorn) import from the working directory first: a path run
+        # from the --before checkout serves the old code, measured in the same rounds.
+        for name, cwd in [*((p, REPO) for p in paths),
+                          *((f"{p}@before", Path(args.before)) for p in paths if args.before)]:
+            path = name.removesuffix("@before")
+            servers[name] = ServerProcess(name, serve_command(path, args=EXTRA_ARGS.get(
+                path, [])), env={**env, "STREAMBRIDGE_DATABASE_PATH": str(tmp / f"{name}.db")},
+                cwd=cwd, log_dir=tmp)
+        for peer in filter(None, args.peers.split(",")):
+            servers[peer] = ServerProcess(peer, peer_command(peer), cwd=REPO, log_dir=tmp, env={
+                "PEER_UPSTREAM": upstream.base_url, "PYTHONUNBUFFERED": "1"})
         samples = asyncio.run(run(args, upstream, servers))
     finally:
         for srv in servers.values():
