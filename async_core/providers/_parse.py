@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 from ..agents import AgentItem, AgentRequest, Finish, Usage
 from ..wire import NDJSONDecoder, SSEDecoder, WireDecodeError
 from . import _errors as errors
+from ._fast import ollama_delta, openai_delta
 from ._settings import ProviderSettings
 
 Provider = Literal["ollama", "openai"]
@@ -111,8 +112,32 @@ class OllamaChatParser:
     def __init__(self) -> None:
         self._decoder = NDJSONDecoder(max_line_bytes=MAX_LINE)
         self.finished = False
+        self._whole = True  # the decoder holds no partial line
+        self._started = False  # the decoder has seen the stream's start (its BOM rule)
 
     def feed(self, data: bytes) -> list[AgentItem]:
+        if self._whole and not self.finished and data.endswith(b"\n"):
+            # Whole lines: each plain delta without json.loads (_fast); the first
+            # other line and the rest go the full way.
+            out: list[AgentItem] = []
+            lines = data.split(b"\n")
+            for i in range(len(lines) - 1):
+                line = lines[i]
+                text = ollama_delta(line) if len(line) <= MAX_LINE else None
+                if text is None:
+                    return out + self._full(b"\n".join(lines[i:]))
+                if not self._started:
+                    self._started = True
+                    self._decoder.feed(b"\n")  # past the start: a later BOM is an error
+                if text:
+                    out.append(text)
+            return out
+        return self._full(data)
+
+    def _full(self, data: bytes) -> list[AgentItem]:
+        if data:
+            self._whole = data.endswith(b"\n")
+            self._started = True
         try:
             objs = self._decoder.feed(data)
         except WireDecodeError as e:
@@ -174,6 +199,11 @@ class OpenAIChatParser:
             if message.data.startswith("[DONE]"):
                 self.finished = True
                 break
+            text = openai_delta(message.data)  # the common chunk without json.loads
+            if text is not None:
+                if text:
+                    out.append(text)
+                continue
             try:
                 chunk = json.loads(message.data)
             except ValueError:
