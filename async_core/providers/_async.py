@@ -7,8 +7,8 @@ and with it the upstream connection, so the upstream sees the disconnect.
 
 One connection pool per event loop (its connections belong to that loop), created
 on first use: a pool per stream would pay for an SSL context and a connection each
-time. It is ours (``_transport.PoolTransport``: httpcore's HTTP/1.1 connections,
-pooled in O(1), on plain asyncio sockets), unless an environment proxy applies to
+time. It is ours (``_transport.PoolTransport``: our HTTP/1.1 connections, parsed by
+httptools, pooled in O(1), on plain asyncio sockets), unless an environment proxy applies to
 the upstream: then an ``httpx.AsyncClient`` with httpx's own transport, as before.
 
 Every read is bounded by this module's deadlines (first chunk, then idle per read),
@@ -123,10 +123,13 @@ async def stream_async(provider: Provider, request: AgentRequest,
         # No content coding (the upstreams send none when streaming): the raw body,
         # without httpx's decoder and re-chunking layers on every token.
         coded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
-        chunks = response.aiter_bytes() if coded else response.aiter_raw()
         # On our transport the socket reads enforce the deadlines (a timer only when
-        # a read waits); elsewhere a timeout scope around each chunk does.
+        # a read waits); elsewhere a timeout scope around each chunk does. There the
+        # raw body is read from its stream itself: httpx's aiter_raw adds a generator
+        # and a context manager per chunk and nothing this loop uses.
         bounded = bound_reads(response, deadline=first_deadline)
+        chunks = response.aiter_bytes() if coded else (
+            aiter(response.stream) if bounded else response.aiter_raw())  # type: ignore[arg-type]
         deadline = first_deadline
         while True:
             try:
@@ -145,6 +148,8 @@ async def stream_async(provider: Provider, request: AgentRequest,
             # Read on after the terminal chunk: the body's end keeps the connection.
             for item in parser.feed(chunk):
                 yield item
+            if parser.error is not None:  # after the items that came before it
+                raise parser.error
         for item in parser.close():
             yield item
     except (TimeoutError, httpx.TimeoutException):

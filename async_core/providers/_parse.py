@@ -89,9 +89,15 @@ def build_call(provider: Provider, request: AgentRequest, settings: ProviderSett
 
 
 class ChunkParser(Protocol):
-    """Upstream body chunks in, agent items out (one per provider)."""
+    """Upstream body chunks in, agent items out (one per provider).
+
+    Items a chunk completes before an error are returned first: the error is then
+    held in ``error`` and raised by the next ``feed`` or ``close`` (a twin raises it
+    as soon as it has passed those items on). Nothing decoded is lost.
+    """
 
     finished: bool
+    error: errors.UpstreamError | None
 
     def feed(self, data: bytes) -> list[AgentItem]:
         """Consume body bytes; return the items they complete.
@@ -106,7 +112,30 @@ class ChunkParser(Protocol):
         ...
 
 
-class OllamaChatParser:
+class _Parser:
+    """What both parsers share: the items before an error come out first."""
+
+    finished = False
+    error: errors.UpstreamError | None = None
+
+    def feed(self, data: bytes) -> list[AgentItem]:
+        """Consume body bytes; return the items they complete (see ``ChunkParser``)."""
+        if self.error is not None:
+            raise self.error
+        out: list[AgentItem] = []
+        try:
+            self._feed(data, out)
+        except errors.UpstreamError as e:
+            if not out:
+                raise
+            self.error = e
+        return out
+
+    def _feed(self, data: bytes, out: list[AgentItem]) -> None:
+        raise NotImplementedError
+
+
+class OllamaChatParser(_Parser):
     """Ollama ``/api/chat`` NDJSON: ``message.content`` deltas, stats on the ``done`` line."""
 
     def __init__(self) -> None:
@@ -115,49 +144,51 @@ class OllamaChatParser:
         self._whole = True  # the decoder holds no partial line
         self._started = False  # the decoder has seen the stream's start (its BOM rule)
 
-    def feed(self, data: bytes) -> list[AgentItem]:
+    def _feed(self, data: bytes, out: list[AgentItem]) -> None:
         if self._whole and not self.finished and data.endswith(b"\n"):
             # Whole lines: each plain delta without json.loads (_fast); the first
             # other line and the rest go the full way.
-            out: list[AgentItem] = []
             lines = data.split(b"\n")
             for i in range(len(lines) - 1):
                 line = lines[i]
                 text = ollama_delta(line) if len(line) <= MAX_LINE else None
                 if text is None:
-                    return out + self._full(b"\n".join(lines[i:]))
+                    return self._full(b"\n".join(lines[i:]), out)
                 if not self._started:
                     self._started = True
                     self._decoder.feed(b"\n")  # past the start: a later BOM is an error
                 if text:
                     out.append(text)
-            return out
-        return self._full(data)
+            return None
+        return self._full(data, out)
 
-    def _full(self, data: bytes) -> list[AgentItem]:
+    def _full(self, data: bytes, out: list[AgentItem]) -> None:
         if data:
             self._whole = data.endswith(b"\n")
             self._started = True
         try:
             objs = self._decoder.feed(data)
         except WireDecodeError as e:
+            self._items(list(e.decoded or ()), out)  # the lines before the bad one
             raise errors.UpstreamError("upstream_error",
                                        f"ollama upstream sent a malformed line: {e}") from None
-        return self._items(objs)
+        self._items(objs, out)
 
     def close(self) -> list[AgentItem]:
+        if self.error is not None:
+            raise self.error
         if self.finished:
             return []
+        items: list[AgentItem] = []
         try:
-            items = self._items(self._decoder.flush())
+            self._items(self._decoder.flush(), items)
         except WireDecodeError:
             items = []
         if not self.finished:
             raise errors.dropped("ollama")
         return items
 
-    def _items(self, objs: list[Any]) -> list[AgentItem]:
-        out: list[AgentItem] = []
+    def _items(self, objs: list[Any], out: list[AgentItem]) -> None:
         for obj in objs:
             if self.finished:
                 break
@@ -176,23 +207,25 @@ class OllamaChatParser:
                 if "prompt_eval_count" in obj or "eval_count" in obj:
                     out.append(Usage(_count(obj.get("prompt_eval_count")),
                                      _count(obj.get("eval_count"))))
-        return out
 
 
-class OpenAIChatParser:
+class OpenAIChatParser(_Parser):
     """OpenAI chat-completion chunks over SSE, up to ``data: [DONE]``."""
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder(max_line_bytes=MAX_LINE)
         self.finished = False
 
-    def feed(self, data: bytes) -> list[AgentItem]:
+    def _feed(self, data: bytes, out: list[AgentItem]) -> None:
         try:
             messages = self._decoder.feed(data)
         except WireDecodeError as e:
+            self._messages(list(e.decoded or ()), out)  # the events before the bad one
             raise errors.UpstreamError("upstream_error",
                                        f"openai upstream sent a malformed event: {e}") from None
-        out: list[AgentItem] = []
+        self._messages(messages, out)
+
+    def _messages(self, messages: list[Any], out: list[AgentItem]) -> None:
         for message in messages:
             if self.finished:
                 break
@@ -227,9 +260,10 @@ class OpenAIChatParser:
             if isinstance(usage, dict):
                 out.append(Usage(_count(usage.get("prompt_tokens")),
                                  _count(usage.get("completion_tokens"))))
-        return out
 
     def close(self) -> list[AgentItem]:
+        if self.error is not None:
+            raise self.error
         if not self.finished:
             raise errors.dropped("openai", "no [DONE]")
         return []

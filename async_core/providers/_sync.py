@@ -132,6 +132,8 @@ def stream_sync(provider: Provider, request: AgentRequest,
             # Read on after the terminal chunk: the body's end returns the connection
             # to the pool instead of closing it.
             yield from parser.feed(chunk)
+            if parser.error is not None:  # after the items that came before it
+                raise parser.error
         yield from parser.close()
     except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
         raise errors.timed_out(provider, not got_first, settings.upstream_idle_timeout

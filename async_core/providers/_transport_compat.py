@@ -1,7 +1,7 @@
 """What the async twin's transport needs from the libraries under it, checked and translated.
 
-Two seams of ``_transport``: httpcore's exceptions raised as httpx's (httpx's own map
-is private), and a stream transport recognised by its methods rather than its class
+Two seams of ``_transport`` and ``_http11``: httpcore's exceptions raised as httpx's
+(httpx's own map is private), and a stream transport recognised by its methods rather than its class
 (uvloop's transports subclass no asyncio transport class: issue 16).
 """
 
@@ -50,15 +50,23 @@ def stream_transport(transport: object) -> asyncio.Transport:
     return transport  # type: ignore[return-value]  # structurally an asyncio.Transport
 
 
+def mapped_error(error: Exception) -> Exception:
+    """``error`` as the httpx exception callers expect (itself if not httpcore's)."""
+    if isinstance(error, httpx.HTTPError):
+        return error
+    for theirs, ours in _EXCEPTIONS:
+        if isinstance(error, theirs):
+            return ours(str(error))
+    return error
+
+
 @contextlib.contextmanager
 def mapped_errors() -> Iterator[None]:
     """Raise httpcore's exceptions as the httpx ones callers expect."""
     try:
         yield
-    except httpx.HTTPError:
-        raise
     except Exception as e:
-        for theirs, ours in _EXCEPTIONS:
-            if isinstance(e, theirs):
-                raise ours(str(e)) from e
-        raise
+        mapped = mapped_error(e)
+        if mapped is e:
+            raise
+        raise mapped from e

@@ -142,3 +142,20 @@ def test_options_outside_what_the_settings_allow_are_a_400() -> None:
     with pytest.raises(BadRequest, match="not allowed"):
         validate_options("openai", {"model": "gpt-5-pro"})
     assert validate_options("ollama", {"temperature": 0.1}) == {"temperature": 0.1}
+
+
+@pytest.mark.parametrize(("parser", "data"), [
+    (OllamaChatParser, OLLAMA.split(b"\n", 2)[0] + b"\n" + OLLAMA.split(b"\n", 2)[1]
+     + b'\n{"error":"model crashed"}\n'),
+    (OpenAIChatParser, _openai_chunk({"content": "Hel"}) + _openai_chunk({"content": "lo \u2028"})
+     + b'data: {"error":{"message":"model crashed"}}\n\n'),
+])
+def test_deltas_before_an_error_in_the_same_chunk_come_out_first(parser: type,
+                                                                 data: bytes) -> None:
+    """One read holding deltas then an in-band error: the deltas are returned, the error
+    raised next (a coalesced read loses nothing)."""
+    p = parser()
+    assert p.feed(data) == ["Hel", "lo \u2028"]
+    assert p.error is not None and p.error.code == "upstream_error"
+    with pytest.raises(UpstreamError, match="model crashed"):
+        p.close()
