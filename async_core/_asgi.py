@@ -48,9 +48,20 @@ class SessionResponse(EventSourceResponse):
     """
 
     def __init__(self, session: Streamable, headers: dict[str, str]) -> None:
+        # Not EventSourceResponse.__init__ (its headers are kept, below): its
+        # MutableHeaders.update, an isinstance on a typing alias and an anyio.Lock were
+        # about a tenth of the CPU of a burst of 500 new streams (py-spy; issue 16 item 3),
+        # and __call__ below uses none of what it builds.
         self.session = session
-        super().__init__(_never(), headers=headers, media_type=session.encoder.media_type,
-                         ping=0)
+        self.status_code = 200
+        self.media_type = session.encoder.media_type
+        self.background = None
+        self.body_iterator = _never()
+        merged = {name.lower(): value for name, value in headers.items()}
+        merged.setdefault("cache-control", "no-store")
+        merged["connection"] = "keep-alive"
+        merged["x-accel-buffering"] = "no"
+        self.init_headers(merged)
         self._sending_since: float | None = None
         self._stopped_by: Outcome | None = None
         self._timer: asyncio.TimerHandle | None = None
