@@ -95,12 +95,15 @@ class Plan:
     unpaced_streams: int = 20
     unpaced_multi_rounds: int = 2
     open_streams: int = 1_000    # streams held open for the RSS figure
+    bursts: tuple[int, ...] = (50, 500)  # new streams at once (TTFC of a burst)
+    burst_rounds: int = 3
     phase_timeout: float = 120.0
 
 
 QUICK = Plan(ttfc_requests=20, paced_tokens=100, single_rounds=1, concurrent=50,
              concurrent_rounds=1, unpaced_tokens=5_000, unpaced_rounds=2, unpaced_streams=10,
-             unpaced_multi_rounds=1, open_streams=200, phase_timeout=30.0)
+             unpaced_multi_rounds=1, open_streams=200, bursts=(50,), burst_rounds=1,
+             phase_timeout=30.0)
 
 
 # -- phases ----------------------------------------------------------------------------
@@ -117,7 +120,7 @@ async def benchmark(servers: dict[str, BenchServer], plan: Plan) -> dict[str, An
     log(f"RSS with {plan.open_streams} open streams")
     rss: dict[str, float] = {}
     rss_client: dict[str, float] = {}
-    for app in APPS:
+    for app in servers:
         rss[app], rss_client[app] = await rss_per_stream(servers[app], plan.open_streams,
                                                          plan.phase_timeout)
 
@@ -128,6 +131,9 @@ async def benchmark(servers: dict[str, BenchServer], plan: Plan) -> dict[str, An
         log(f"{streams} stream(s) x {plan.paced_tokens} tokens @ {plan.interval_ms:g} ms, "
             f"{rounds} rounds")
         await phases.run(phase, rounds, streams, paced, keep_lags=True)
+    for n in plan.bursts:
+        log(f"burst of {n} new streams x 5 tokens @ 10 ms, {plan.burst_rounds} rounds")
+        await phases.run(f"burst{n}", plan.burst_rounds, n, {"tokens": 5, "interval_ms": 10})
     for phase, streams, rounds in (("unpaced1", 1, plan.unpaced_rounds),
                                    ("unpacedN", plan.unpaced_streams, plan.unpaced_multi_rounds)):
         log(f"unpaced {streams} x {plan.unpaced_tokens} tokens, {rounds} rounds")
@@ -159,8 +165,11 @@ class Row:
             self.ok = self.ratio >= float(self.target[2:])
 
 
-def summarize(raw: dict[str, Any], plan: Plan) -> tuple[list[Row], dict[str, Any]]:
-    """Turn the samples into table rows and the diagnostics (client CPU, errors)."""
+def summarize(raw: dict[str, Any], plan: Plan, engine: str = "engine"
+              ) -> tuple[list[Row], dict[str, Any]]:
+    """Turn the samples of ``engine`` (or ``before``) and the baseline into table rows and
+    the diagnostics (client CPU, errors)."""
+    apps = (engine, "baseline")
     samples: dict[str, dict[str, list[Sample]]] = raw["samples"]
 
     def pooled(phase: str, app: str, attr: str) -> list[float]:
@@ -181,36 +190,41 @@ def summarize(raw: dict[str, Any], plan: Plan) -> tuple[list[Row], dict[str, Any
     n, u, k = plan.concurrent, plan.unpaced_tokens, plan.unpaced_streams
     rows: list[Row] = []
     for label, phases in (("1 stream", ("ttfc1", "paced1")), (f"{n} streams", ("pacedN",))):
-        ttfc = {a: [v for ph in phases for v in pooled(ph, a, "ttfc")] for a in APPS}
-        lags = {a: pooled(phases[-1], a, "lags") for a in APPS}
+        ttfc = {a: [v for ph in phases for v in pooled(ph, a, "ttfc")] for a in apps}
+        lags = {a: pooled(phases[-1], a, "lags") for a in apps}
         rows += [
-            Row(f"TTFC p50, {label}", "ms", ms(ttfc["engine"], 50), ms(ttfc["baseline"], 50),
+            Row(f"TTFC p50, {label}", "ms", ms(ttfc[engine], 50), ms(ttfc["baseline"], 50),
                 "<=1.1"),
-            Row(f"TTFC p99, {label}", "ms", ms(ttfc["engine"], 99), ms(ttfc["baseline"], 99)),
-            Row(f"lag p50, {label}", "ms", ms(lags["engine"], 50), ms(lags["baseline"], 50)),
-            Row(f"lag p99, {label}", "ms", ms(lags["engine"], 99), ms(lags["baseline"], 99),
-                "<=1.5" if label != "1 stream" else ""),
+            Row(f"TTFC p99, {label}", "ms", ms(ttfc[engine], 99), ms(ttfc["baseline"], 99)),
+            Row(f"lag p50, {label}", "ms", ms(lags[engine], 50), ms(lags["baseline"], 50),
+                "<=1.2" if label != "1 stream" else ""),
+            Row(f"lag p99, {label}", "ms", ms(lags[engine], 99), ms(lags["baseline"], 99),
+                "<=1.2" if label != "1 stream" else ""),
         ]
-    rows.append(Row(f"server CPU/token, {n} paced", "us", median("pacedN", "engine", cpu_us),
-                    median("pacedN", "baseline", cpu_us)))
+    rows.append(Row(f"server CPU/token, {n} paced", "us", median("pacedN", engine, cpu_us),
+                    median("pacedN", "baseline", cpu_us), "<=1.2"))
+    for b in plan.bursts:
+        ttfc = {a: pooled(f"burst{b}", a, "ttfc") for a in apps}
+        rows += [Row(f"TTFC p{p}, burst of {b}", "ms", ms(ttfc[engine], p),
+                     ms(ttfc["baseline"], p), target) for p, target in ((50, ""), (99, "<=1.5"))]
     for phase, label in (("unpaced1", f"1x{u}"), ("unpacedN", f"{k}x{u}")):
         rows += [
-            Row(f"tokens/s unpaced, {label}", "tok/s", median(phase, "engine", rate),
+            Row(f"tokens/s unpaced, {label}", "tok/s", median(phase, engine, rate),
                 median(phase, "baseline", rate), ">=1.0"),
-            Row(f"server CPU/token, {label}", "us", median(phase, "engine", cpu_us),
+            Row(f"server CPU/token, {label}", "us", median(phase, engine, cpu_us),
                 median(phase, "baseline", cpu_us), "<=1.5"),
         ]
     rows.append(Row(f"RSS per open stream ({plan.open_streams})", "KB",
-                    raw["rss"]["engine"] / 1024, raw["rss"]["baseline"] / 1024, "<=1.5"))
+                    raw["rss"][engine] / 1024, raw["rss"]["baseline"] / 1024, "<=1.5"))
     client_cpu = {f"{phase}/{app}": max(s.client_cpu for s in by_app[app])
-                  for phase, by_app in samples.items() for app in APPS}
+                  for phase, by_app in samples.items() for app in apps}
     client_cpu.update({f"rss/{app}": v for app, v in raw["rss_client"].items()})
     incomplete = {f"{phase}/{app}": sum(s.incomplete for s in by_app[app])
-                  for phase, by_app in samples.items() for app in APPS}
+                  for phase, by_app in samples.items() for app in apps}
     extra = {"client_cpu_max_share": client_cpu,
              "incomplete_streams": {k2: v for k2, v in incomplete.items() if v},
-             "lag_samples": {a: len(pooled("pacedN", a, "lags")) for a in APPS},
-             "ttfc_samples": {a: len(pooled("ttfc1", a, "ttfc")) for a in APPS}}
+             "lag_samples": {a: len(pooled("pacedN", a, "lags")) for a in apps},
+             "ttfc_samples": {a: len(pooled("ttfc1", a, "ttfc")) for a in apps}}
     return rows, extra
 
 
@@ -242,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="30-second smoke run")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures as JSON")
+    parser.add_argument("--before", metavar="DIR", help="also run the engine of another "
+                        "checkout (PYTHONPATH=DIR, e.g. a `git archive main`), same run")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     raise_fd_limit(plan.open_streams * 2 + 1024)
@@ -253,12 +269,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server = servers[app] = BenchServer(app, uvicorn_cmd(FACTORIES[app]), {},
                                                     Path(tmp), children=False)
                 log(f"{server.name}: pid {server.pid}, port {server.port}")
+            if args.before:
+                servers["before"] = BenchServer("before", uvicorn_cmd(FACTORIES["engine"]),
+                                                {"PYTHONPATH": args.before}, Path(tmp),
+                                                children=False)
             raw = asyncio.run(benchmark(servers, plan))
         finally:
             for server in servers.values():
                 server.stop()
     rows, extra = summarize(raw, plan)
     print(render(rows, extra))
+    if args.before:
+        print(f"\nthe engine of {args.before}, same run:")
+        print(render(*summarize(raw, plan, "before")))
     log(f"done in {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"plan": asdict(plan), "rows": [asdict(r) for r in rows],
