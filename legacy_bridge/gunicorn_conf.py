@@ -56,6 +56,12 @@ def _number(name: str, default: str, kind: type[int] | type[float] = int) -> Any
 
 
 _grace = _number("STREAMBRIDGE_DRAIN_GRACE", "10", float)
+# gthread: how long a thread holding the GIL runs before a waiting one may take it
+# (sys.setswitchinterval; Python's own is 5 ms, 0 keeps it). Each paced token wakes two
+# threads of ours (the agent's, the view's) while the loop thread is busy: with 5 ms the
+# GIL changed hands by force more often, 8.6 switches and 199 us of CPU per token against
+# 7.4 and 180 us with 20 ms (scripts/bench_legacy.py, docs/ARCHITECTURE.md).
+_switch_interval = _number("STREAMBRIDGE_SWITCH_INTERVAL", "0.02", float)
 
 bind = os.environ.get("STREAMBRIDGE_BIND", "127.0.0.1:8000")
 workers = _number("STREAMBRIDGE_WORKERS", "1")
@@ -127,6 +133,9 @@ def post_worker_init(worker: Any) -> None:
     # stops reading blocks our writes after about this much, so the send timeout
     # catches it soon.
     gunicorn_worker_started(worker.sockets, Settings.from_env().socket_send_buffer)
+    monkey = sys.modules.get("gevent.monkey")
+    if _switch_interval and not (monkey is not None and monkey.is_module_patched("threading")):
+        sys.setswitchinterval(_switch_interval)  # the whole worker process: gthread only
     for bridge in bridges():
         try:
             bridge.start()

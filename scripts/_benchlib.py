@@ -4,12 +4,15 @@
   with ``ProcessTree`` (the process alone, or with gunicorn's workers);
 - ``Sample``/``run_phase``/``rss_per_stream``: one measured phase of concurrent streams;
 - the disconnect phase's helpers (``leave_phase`` and the agent's record);
+- ``thread_roles``: CPU and switches of each kind of thread (loop, agent, WSGI);
 - command lines, progress, table cells.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import resource
 import sys
 import time
@@ -52,6 +55,7 @@ class BenchServer(ServerProcess):
         self.tree = ProcessTree(self.pid, children=children)
         self.cpu, self.rss, self.switches = self.tree.cpu, self.tree.rss, self.tree.switches
         self.worker_pids = [p.pid for p in self.tree.procs()[1:]]
+        self.roles_dir: Path | None = None  # where the agent notes thread names, if set
 
     async def wait_idle(self, max_wait: float) -> None:
         """Wait (bounded) until the server holds no established TCP connection."""
@@ -85,6 +89,7 @@ class Sample:
     lags: list[float] = field(default_factory=list)
     incomplete: int = 0
     switches: int = 0  # voluntary context switches of the server's threads
+    roles: dict[str, float] = field(default_factory=dict)  # thread_roles over the phase
 
 
 async def run_phase(server: BenchServer, streams: int, options: dict[str, Any], *,
@@ -93,6 +98,7 @@ async def run_phase(server: BenchServer, streams: int, options: dict[str, Any], 
     """Run ``streams`` concurrent streams to their end and measure them."""
     cpu0, client0, t0 = server.cpu(), time.process_time(), time.perf_counter()
     switches0 = server.switches()
+    roles0 = thread_roles(server)
     clients = await open_streams(server.port, streams, chat_request(server.port, options),
                                  keep_lags=keep_lags, rcvlowat=rcvlowat)
     await wait_all(clients, server.name, max_wait, lambda c: c.closed)
@@ -101,6 +107,7 @@ async def run_phase(server: BenchServer, streams: int, options: dict[str, Any], 
                     server_cpu=server.cpu() - cpu0,
                     client_cpu=(time.process_time() - client0) / wall,
                     switches=server.switches() - switches0)
+    sample.roles = {k: v - roles0.get(k, 0.0) for k, v in thread_roles(server).items()}
     for c in clients:
         if c.ttfc is not None:
             sample.ttfc.append(c.ttfc)
@@ -108,6 +115,48 @@ async def run_phase(server: BenchServer, streams: int, options: dict[str, Any], 
         if not c.complete or c.tokens != expect_tokens:
             sample.incomplete += 1
     return sample
+
+
+ROLES = (("streambridge-loop", "loop"), ("streambridge-agent", "agent"),
+         ("ThreadPoolExecutor", "WSGI"))  # Python thread name prefix -> role
+
+
+def thread_roles(server: BenchServer) -> dict[str, float]:
+    """``{"<role> cpu": seconds, "<role> sw": voluntary switches}`` so far, summed over
+    the live threads of the server's workers, each named by the agent's note
+    (``bench_legacy_apps._note_threads``); a thread it has not named yet is "other"."""
+    out: dict[str, float] = {}
+    if server.roles_dir is None:
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in server.worker_pids:
+        try:
+            names = json.loads((server.roles_dir / f"threads-{pid}.json").read_text())
+            tids = os.listdir(f"/proc/{pid}/task")
+        except (OSError, ValueError):
+            continue
+        for tid in tids:
+            name = names.get(tid, "")
+            role = next((r for prefix, r in ROLES if name.startswith(prefix)),
+                        "main" if tid == str(pid) else "other")
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+                status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            except OSError:
+                continue  # the thread ended while we read
+            fields = stat.split()
+            out[f"{role} cpu"] = out.get(f"{role} cpu", 0.0) + (
+                int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            switches = status.split("voluntary_ctxt_switches:", 1)[1].split()[0]
+            out[f"{role} sw"] = out.get(f"{role} sw", 0.0) + int(switches)
+    return out
+
+
+def store_env(variant: str, store: bool, tmp: Path) -> dict[str, str]:
+    """Persistence off, or an embedded SQLite file of the variant's own."""
+    if not store:
+        return {"STREAMBRIDGE_DATABASE_URL": "none"}
+    return {"STREAMBRIDGE_DATABASE_PATH": str(tmp / f"{variant}.sqlite3")}
 
 
 class Phases:

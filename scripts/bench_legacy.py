@@ -73,6 +73,7 @@ from _benchlib import (
     raise_fd_limit,
     render_tables,
     rss_per_stream,
+    store_env,
 )
 
 from async_core.harness import percentile, serve_command
@@ -199,6 +200,10 @@ def figures(raw: dict[str, Any], plan: Plan) -> dict[str, dict[str, float]]:
         # Thread wake-ups: each hop between OS threads is one (plus the GIL hand-over).
         fig.setdefault(f"switches/tok @10ms, {n} str", {})[name] = median(
             "pacedN", name, lambda s: s.switches / s.tokens if s.tokens else math.nan)
+        for role in ("loop", "agent", "WSGI"):  # which hop costs what (gthread variants)
+            for key, label, scale in (("cpu", "CPU us/tok", 1e6), ("sw", "switches/tok", 1)):
+                fig.setdefault(f" {label} {role} thr", {})[name] = median("pacedN", name, (
+                    lambda s, k=f"{role} {key}", x=scale: s.roles.get(k, 0.0) * x / s.tokens))
         for phase, label in (("unpaced1", "1"), ("unpacedN", str(k))):
             fig.setdefault(f"tok/s unpaced, {label} str", {})[name] = median(
                 phase, name, lambda s: s.tokens / s.wall)
@@ -242,13 +247,6 @@ def targets(fig: dict[str, dict[str, float]], plan: Plan) -> dict[str, dict[str,
     return out
 
 
-def store_env(variant: str, store: bool, tmp: Path) -> dict[str, str]:
-    """Persistence off, or an embedded SQLite file of the variant's own."""
-    if not store:
-        return {"STREAMBRIDGE_DATABASE_URL": "none"}
-    return {"STREAMBRIDGE_DATABASE_PATH": str(tmp / f"{variant}.sqlite3")}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the five servers, run the benchmark, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -273,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server = servers[v] = BenchServer(v, COMMANDS[v], {
                     **env, **VARIANT_ENV.get(v, {}), **store_env(v, args.store, Path(tmp))},
                     Path(tmp))
+                server.roles_dir = state_dir
                 log(f"{server.name}: pid {server.pid}, workers {server.worker_pids}, "
                     f"port {server.port}")
             raw = asyncio.run(benchmark(servers, plan, state_dir))

@@ -66,11 +66,25 @@ def _record(sid: str | None) -> IO[str] | None:
     return open(path, "w", buffering=1)  # noqa: SIM115 - closed in the agent's finally
 
 
+def _note_threads() -> None:
+    """Write ``$BENCH_STATE_DIR/threads-<pid>.json`` (native thread id -> Python name),
+    so the benchmark can split the worker's CPU by thread role (``_benchlib.thread_roles``)."""
+    state = os.environ.get("BENCH_STATE_DIR")
+    if state is None:
+        return
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    path = os.path.join(state, f"threads-{os.getpid()}.json")
+    with open(f"{path}.{threading.get_native_id()}", "w") as f:
+        json.dump(names, f)
+    os.replace(f.name, path)
+
+
 def bench_sync(request: AgentRequest) -> Iterator[str]:
     """Yield ``tokens`` tokens, each its production wall time; ``time.sleep`` paces them."""
     opts = bench_options(request.options)
     interval = opts["interval_ms"] / 1000.0
     log = _record(opts["sid"])
+    _note_threads()
     try:
         if opts["first_token_delay_ms"]:
             time.sleep(opts["first_token_delay_ms"] / 1000.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -108,3 +109,11 @@ async def surrogate_async(request: AgentRequest) -> AsyncIterator[str]:
 
 
 AGENTS.append(Agent(name="probe-surrogate", sync_fn=surrogate_sync, async_fn=surrogate_async))
+
+
+def switch_sync(request: AgentRequest) -> Iterator[str]:
+    """``probe-switch``: one token, the serving process's ``sys.getswitchinterval()``."""
+    yield repr(sys.getswitchinterval())
+
+
+AGENTS.append(Agent(name="probe-switch", sync_fn=switch_sync))
