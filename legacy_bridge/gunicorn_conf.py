@@ -16,7 +16,8 @@ Threads (gthread): one OS thread per open stream, plus a few for short requests.
 ``--threads 32`` means the 33rd concurrent stream waits for a thread (its first
 chunk arrives only when one frees up), so size threads to your stream count:
 ``threads = STREAMBRIDGE_THREADS`` (default 64). gevent has no such cap below
-``worker_connections`` (default 1000).
+``worker_connections`` (default 1000). A gthread worker runs with a GIL switch
+interval of ``STREAMBRIDGE_SWITCH_INTERVAL`` (default 20 ms; Python's is 5 ms).
 
 Start-up checks: before binding, the master checks what ``streambridge serve``
 checks (settings, API keys, binding beyond loopback without keys, the agent

@@ -34,7 +34,8 @@ How it is measured
     - CPU µs/token: user+system CPU of the server's whole process tree (psutil) over
       the phase / tokens received; "@10 ms" is the concurrent paced phase.
     - switches/token: voluntary context switches of every live thread of the tree
-      (/proc/<pid>/task/*/status) over the concurrent paced phase / tokens.
+      (/proc/<pid>/task/*/status) over the concurrent paced phase / tokens; the
+      indented rows split CPU and switches by thread (``_benchlib.thread_roles``).
     - tokens/s unpaced: tokens received / wall time (``SO_RCVLOWAT`` reads).
     - RSS/stream: tree RSS with N streams open (first token read, second due in
       ``rss_hold_ms``) minus before, / N; taken first, on fresh heaps.

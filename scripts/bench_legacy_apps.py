@@ -66,13 +66,19 @@ def _record(sid: str | None) -> IO[str] | None:
     return open(path, "w", buffering=1)  # noqa: SIM115 - closed in the agent's finally
 
 
+_noted = 0  # threads in this process when _note_threads last wrote
+
+
 def _note_threads() -> None:
     """Write ``$BENCH_STATE_DIR/threads-<pid>.json`` (native thread id -> Python name),
     so the benchmark can split the worker's CPU by thread role (``_benchlib.thread_roles``)."""
+    global _noted
     state = os.environ.get("BENCH_STATE_DIR")
-    if state is None:
+    threads = threading.enumerate()
+    if state is None or len(threads) == _noted:  # a thread count already noted: no write
         return
-    names = {t.native_id: t.name for t in threading.enumerate()}
+    _noted = len(threads)
+    names = {t.native_id: t.name for t in threads}
     path = os.path.join(state, f"threads-{os.getpid()}.json")
     with open(f"{path}.{threading.get_native_id()}", "w") as f:
         json.dump(names, f)
