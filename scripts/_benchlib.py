@@ -128,7 +128,6 @@ def thread_roles(server: BenchServer) -> dict[str, float]:
     out: dict[str, float] = {}
     if server.roles_dir is None:
         return out
-    tick = os.sysconf("SC_CLK_TCK")
     for pid in server.worker_pids:
         try:
             names = json.loads((server.roles_dir / f"threads-{pid}.json").read_text())
@@ -139,14 +138,12 @@ def thread_roles(server: BenchServer) -> dict[str, float]:
             name = names.get(tid, "")
             role = next((r for prefix, r in ROLES if name.startswith(prefix)),
                         "main" if tid == str(pid) else "other")
-            try:
-                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+            try:  # schedstat: ns on the CPU, exact (stat's ticks miss short runs)
+                ran = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]
                 status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
             except OSError:
                 continue  # the thread ended while we read
-            fields = stat.split()
-            out[f"{role} cpu"] = out.get(f"{role} cpu", 0.0) + (
-                int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            out[f"{role} cpu"] = out.get(f"{role} cpu", 0.0) + int(ran) / 1e9
             switches = status.split("voluntary_ctxt_switches:", 1)[1].split()[0]
             out[f"{role} sw"] = out.get(f"{role} sw", 0.0) + int(switches)
     return out
