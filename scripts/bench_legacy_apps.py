@@ -66,7 +66,7 @@ def _record(sid: str | None) -> IO[str] | None:
     return open(path, "w", buffering=1)  # noqa: SIM115 - closed in the agent's finally
 
 
-_noted = 0  # threads in this process when _note_threads last wrote
+_noted: set[int | None] = set()  # the threads _note_threads last wrote
 
 
 def _note_threads() -> None:
@@ -75,9 +75,10 @@ def _note_threads() -> None:
     global _noted
     state = os.environ.get("BENCH_STATE_DIR")
     threads = threading.enumerate()
-    if state is None or len(threads) == _noted:  # a thread count already noted: no write
+    ids = {t.native_id for t in threads}
+    if state is None or ids <= _noted:  # every thread already noted: no write
         return
-    _noted = len(threads)
+    _noted = ids
     names = {t.native_id: t.name for t in threads}
     path = os.path.join(state, f"threads-{os.getpid()}.json")
     with open(f"{path}.{threading.get_native_id()}", "w") as f:
