@@ -1,8 +1,8 @@
 """Benchmark: the legacy path (gthread, gevent) and the async path against today's baselines.
 
-What is compared (one run, five servers up at once, 1 worker each, 127.0.0.1)
-    All stream the same sync agent, ``bench_legacy_apps.bench_sync``: tokens that are
-    their own production wall time, paced by ``time.sleep(interval_ms)``.
+What is compared (one run, seven servers up at once, 1 worker each, 127.0.0.1)
+    All stream the same sync agent, ``bench_legacy_apps.bench_sync`` (tokens that are
+    their own production wall time, paced by ``time.sleep(interval_ms)``):
 
     - direct:   Flask view iterating the agent, ``gunicorn -k gthread --threads 256``;
     - polling:  Flask view + agent thread + ``queue.Queue`` polled with
@@ -10,15 +10,15 @@ What is compared (one run, five servers up at once, 1 worker each, 127.0.0.1)
     - legacy-gthread: ``streambridge serve --path legacy --worker-class gthread
       --threads 256`` (the reference app; agent registered through
       ``STREAMBRIDGE_AGENTS=bench_legacy_apps:AGENTS``);
+    - legacy-gthread-5ms: the same with Python's GIL switch interval (5 ms, not 20);
     - legacy-gevent:  the same with ``--worker-class gevent`` (1000 connections);
     - async:    ``streambridge serve --path async`` (uvicorn) with
       ``STREAMBRIDGE_AGENT_FORM=sync``: the sync agent through the janus runner;
     - async-twin: the same server running the agent's async twin (``asyncio.sleep``
       pacing): the engine with no thread hop, for reference (no target applies).
 
-    Persistence is off (``STREAMBRIDGE_DATABASE_URL=none``) unless ``--store``: the
-    baselines store nothing. With ``--store`` each product server writes its own
-    embedded SQLite file in the run's temporary directory.
+    Persistence is off (``STREAMBRIDGE_DATABASE_URL=none``; the baselines store nothing)
+    unless ``--store``: then each product server has an SQLite file of its own.
 
     The baselines send ``data: <token>\\n\\n`` per token; the product sends its native
     SSE (``id``/``event: delta``/JSON data, coalesced deltas), as users get it.
@@ -79,24 +79,26 @@ from _benchlib import (
 
 from async_core.harness import percentile, serve_command
 
-VARIANTS = ("direct", "polling", "legacy-gthread", "legacy-gevent", "async", "async-twin")
+VARIANTS = ("direct", "polling", "legacy-gthread", "legacy-gthread-5ms", "legacy-gevent", "async",
+            "async-twin")
 PRODUCT = ("legacy-gthread", "legacy-gevent", "async")
-BASE = "direct"
-THREADS = "256"
+BASE, THREADS = "direct", "256"
 COMMANDS: dict[str, list[str]] = {
     "direct": gunicorn_cmd("bench_legacy_apps:direct_app()",
                            ["--worker-class", "gthread", "--threads", THREADS]),
     "polling": gunicorn_cmd("bench_legacy_apps:polling_app()",
                             ["--worker-class", "gthread", "--threads", THREADS]),
     "legacy-gthread": serve_command("legacy-gthread", args=["--threads", THREADS]),
+    "legacy-gthread-5ms": serve_command("legacy-gthread", args=["--threads", THREADS]),
     "legacy-gevent": serve_command("legacy-gevent"),
     "async": serve_command("async-auto"),  # uvicorn's own loop choice, as before
     "async-twin": serve_command("async-auto"),
 }
 # async: the sync agent through the janus runner on uvicorn's loop; async-twin: its
-# async twin, natively (the engine without any seam).
-VARIANT_ENV: dict[str, dict[str, str]] = {"async": {"STREAMBRIDGE_AGENT_FORM": "sync"},
-                                          "async-twin": {"STREAMBRIDGE_AGENT_FORM": "async"}}
+# async twin, natively (the engine without any seam); 0: Python's own switch interval.
+VARIANT_ENV = {"async": {"STREAMBRIDGE_AGENT_FORM": "sync"},
+               "async-twin": {"STREAMBRIDGE_AGENT_FORM": "async"},
+               "legacy-gthread-5ms": {"STREAMBRIDGE_SWITCH_INTERVAL": "0"}}
 CPU_TARGET_US = 25.0
 
 
@@ -141,7 +143,7 @@ async def benchmark(servers: dict[str, BenchServer], plan: Plan,
     log("RSS per open stream")
     rss: dict[str, dict[str, float]] = {}
     for name in VARIANTS:
-        count = plan.open_threaded if name in ("direct", "polling", "legacy-gthread") \
+        count = plan.open_threaded if name.startswith(("direct", "polling", "legacy-gthread")) \
             else plan.open_async
         per, _ = await rss_per_stream(servers[name], count, t, plan.rss_hold_ms, close=False)
         rss[name] = {"streams": count, "bytes": per}
@@ -249,7 +251,7 @@ def targets(fig: dict[str, dict[str, float]], plan: Plan) -> dict[str, dict[str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start the five servers, run the benchmark, print the tables."""
+    """Start the servers, run the benchmark, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (~1 minute)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures as JSON")
