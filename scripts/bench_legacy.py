@@ -10,7 +10,7 @@ What is compared (one run, seven servers up at once, 1 worker each, 127.0.0.1)
     - legacy-gthread: ``streambridge serve --path legacy --worker-class gthread
       --threads 256`` (the reference app; agent registered through
       ``STREAMBRIDGE_AGENTS=bench_legacy_apps:AGENTS``);
-    - legacy-gthread-5ms: the same with Python's GIL switch interval (5 ms, not 20);
+    - gthread-5ms: the same with Python's GIL switch interval (5 ms, not 20);
     - legacy-gevent:  the same with ``--worker-class gevent`` (1000 connections);
     - async:    ``streambridge serve --path async`` (uvicorn) with
       ``STREAMBRIDGE_AGENT_FORM=sync``: the sync agent through the janus runner;
@@ -79,7 +79,7 @@ from _benchlib import (
 
 from async_core.harness import percentile, serve_command
 
-VARIANTS = ("direct", "polling", "legacy-gthread", "legacy-gthread-5ms", "legacy-gevent", "async",
+VARIANTS = ("direct", "polling", "legacy-gthread", "gthread-5ms", "legacy-gevent", "async",
             "async-twin")
 PRODUCT = ("legacy-gthread", "legacy-gevent", "async")
 BASE, THREADS = "direct", "256"
@@ -89,7 +89,7 @@ COMMANDS: dict[str, list[str]] = {
     "polling": gunicorn_cmd("bench_legacy_apps:polling_app()",
                             ["--worker-class", "gthread", "--threads", THREADS]),
     "legacy-gthread": serve_command("legacy-gthread", args=["--threads", THREADS]),
-    "legacy-gthread-5ms": serve_command("legacy-gthread", args=["--threads", THREADS]),
+    "gthread-5ms": serve_command("legacy-gthread", args=["--threads", THREADS]),
     "legacy-gevent": serve_command("legacy-gevent"),
     "async": serve_command("async-auto"),  # uvicorn's own loop choice, as before
     "async-twin": serve_command("async-auto"),
@@ -98,7 +98,7 @@ COMMANDS: dict[str, list[str]] = {
 # async twin, natively (the engine without any seam); 0: Python's own switch interval.
 VARIANT_ENV = {"async": {"STREAMBRIDGE_AGENT_FORM": "sync"},
                "async-twin": {"STREAMBRIDGE_AGENT_FORM": "async"},
-               "legacy-gthread-5ms": {"STREAMBRIDGE_SWITCH_INTERVAL": "0"}}
+               "gthread-5ms": {"STREAMBRIDGE_SWITCH_INTERVAL": "0"}}
 CPU_TARGET_US = 25.0
 
 
@@ -143,7 +143,7 @@ async def benchmark(servers: dict[str, BenchServer], plan: Plan,
     log("RSS per open stream")
     rss: dict[str, dict[str, float]] = {}
     for name in VARIANTS:
-        count = plan.open_threaded if name.startswith(("direct", "polling", "legacy-gthread")) \
+        count = plan.open_threaded if "gevent" not in name and "async" not in name \
             else plan.open_async
         per, _ = await rss_per_stream(servers[name], count, t, plan.rss_hold_ms, close=False)
         rss[name] = {"streams": count, "bytes": per}
