@@ -10,7 +10,8 @@ bytes:
   (the ``POST /v1/chat`` body of a ``start``);
 - server messages: ``server_message`` (``{"stream_id","id","event","data"}``),
   ``error_message`` (the contract's ``{"code","message"}`` plus the message type),
-  ``event_message`` (one native NDJSON frame of a stream, as a socket message);
+  ``event_message`` (one native NDJSON frame of a stream, as a socket message),
+  ``text_frame`` (a message's wire bytes: the legacy path writes its frames itself);
 - the numbers: close codes, the send queue's slow-consumer bounds (``SendBudget``),
   the protocol ping interval and the largest frame.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +32,7 @@ __all__ = [
     "MESSAGE_TYPES", "PING_INTERVAL", "PING_MESSAGE", "SEND_QUEUE", "SEND_QUEUE_BYTES",
     "STREAM_FORMAT", "SendBudget", "WS_PATH", "check_frame", "check_type", "cursor_of",
     "decode", "error_message", "event_message", "message_head", "relay_frame",
-    "server_message", "start_call", "stream_id_of",
+    "server_message", "start_call", "stream_id_of", "text_frame",
 ]
 
 WS_PATH = "/v1/ws"
@@ -203,3 +205,15 @@ def relay_frame(stream_id: str, head: str, frame: bytes) -> str:
         return event_message(stream_id, text)
     kind, event_id, members = found.groups()
     return f'{head}{event_id}","event":"{kind}","data":{{{members}}}}}'
+
+
+def text_frame(payload: bytes) -> bytes:
+    """The wire bytes of one server text frame carrying ``payload`` (UTF-8) whole:
+    FIN, opcode 1, unmasked (RFC 6455 5.1: a server never masks), no extension (every
+    path declines permessage-deflate), the length in 7, 16 or 64 bits (5.2)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload

@@ -21,18 +21,25 @@ from async_core.exceptions import BadRequest
 from async_core.ws_protocol import CLOSE_WAIT, MAX_FRAME, PING_INTERVAL
 
 from ._bridge import Bridge
-from ._ws_link import Close, LoopEnd, SocketLink, serve_session, shutdown_fd
+from ._ws_link import LoopEnd, SocketLink, serve_session, shutdown_fd
+from ._ws_writer import SocketWriter
+
+# permessage-deflate is declined (simple-websocket would accept it whenever offered):
+# its zlib state cost ~105 KiB per socket and compression dominated the CPU per token,
+# and the loop writes its frames itself, uncompressed (ws_protocol.text_frame)
+_EXTENSIONS = "HTTP_SEC_WEBSOCKET_EXTENSIONS"
 
 
 class _Conn:
-    """The connection as simple-websocket uses it: each send whole (``sendall``), and its
-    close only a shutdown (gunicorn closes the descriptor after the view returned)."""
+    """The connection as simple-websocket uses it: each send whole, through the link's
+    writer (one writer at a time with the loop's frames), and its close only a shutdown
+    (gunicorn closes the descriptor after the view returned)."""
 
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
+    def __init__(self, sock: Any, writer: SocketWriter) -> None:
+        self._sock, self._writer = sock, writer
 
     def send(self, data: bytes) -> int:
-        self._sock.sendall(data)
+        self._writer.write(data)
         return len(data)
 
     def recv(self, size: int) -> bytes:
@@ -97,14 +104,16 @@ def serve_socket(bridge: Bridge, environ: dict[str, Any]) -> str:
     key = next((k for k in ("gunicorn.socket", "werkzeug.socket") if k in environ), None)
     if key is None:
         raise BadRequest("this server cannot hand over the connection for a WebSocket")
-    conn = _Conn(environ[key])
     bridge.start()
-    link = SocketLink(bridge.glue, conn.fileno())
+    link = SocketLink(bridge.glue, environ[key])
+    conn = _Conn(environ[key], link.writer)
+    offer = {k: v for k, v in environ.items() if k != _EXTENSIONS}
     try:
-        ws = Server({**environ, key: conn}, ping_interval=PING_INTERVAL,
+        ws = Server({**offer, key: conn}, ping_interval=PING_INTERVAL,
                     max_message_size=MAX_FRAME, event_class=lambda: _PokingEvent(link.poke),
                     thread_class=lambda target: _Reader(target, link.poke))
     except Exception as error:  # simple-websocket's ConnectionError and wsproto's
+        link.stop(release=True)
         raise BadRequest(f"the WebSocket handshake failed: {error}") from None
     auth = environ.get("HTTP_AUTHORIZATION")
     end = LoopEnd(link, {"authorization": auth} if auth is not None else {})
@@ -130,20 +139,19 @@ def _relay(ws: Server, link: SocketLink,
     """Write what the session sends and pass on what the client sends, until either ends;
     True when the client left (and the session was told)."""
     while True:
-        batch, over = link.take()
+        close, over = link.take()
         received, left = _received(ws)
         if received or left:
             deliver(received, left)
         if left:
             return True
-        for item in batch:
-            try:
-                if isinstance(item, Close):
-                    ws.close(item.code, item.reason)
-                    return False
-                ws.send(item)
-            except (ConnectionClosed, OSError):
+        try:
+            link.writer.flush()  # what the loop could not write without blocking
+            if close is not None:
+                ws.close(close.code, close.reason)
                 return False
+        except (ConnectionClosed, OSError):
+            return False
         if over:
             return False
 

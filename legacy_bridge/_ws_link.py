@@ -8,10 +8,16 @@
 #   cancel, heartbeats, the 1013 policy) is async_core's WebSocketSession, run as a task
 #   on the bridge's loop over a LoopEnd: the same code as on the async path, opening
 #   and following streams with the same StreamService the SSE routes use.
-# - One SocketLink per socket between the worlds (a native lock and a HybridCondition):
-#     loop -> socket: send_text appends to the outbox; past WINDOW texts the session
-#       waits for the view to take them (its own send queue then applies the 1013
-#       policy). The view takes the whole outbox per pass and writes it (sendall).
+# - One SocketLink per socket between the worlds (the lock and HybridCondition of its
+#   SocketWriter, _ws_writer.py, which owns every write to the connection):
+#     loop -> socket: send_text builds the text frame on the loop (ws_protocol.text_frame:
+#       permessage-deflate is declined, so a frame is a header and the UTF-8 bytes) and
+#       adds it to the loop's batch; one callback per loop pass hands the whole batch to
+#       the writer, which writes it then and there without blocking when nobody else
+#       writes. What the kernel does not take wakes the view, which writes it blocking;
+#       past the writer's WINDOW the session waits (its own send queue then applies the
+#       1013 policy). simple-websocket's own writes (pongs, pings, close frames, from
+#       the reader or the view) go through the same writer: frames never interleave.
 #     socket -> loop: the reader's event (simple-websocket's event_class) and its end
 #       (thread_class) poke the link; the view hands what was received to the loop.
 #   The view blocks in one place (the link's condition) or in a write; nobody blocks
@@ -32,12 +38,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from async_core import WebSocketSession
-from async_core.ws_protocol import CLOSE_WAIT
+from async_core.ws_protocol import CLOSE_WAIT, text_frame
 
-from ._doorbell import resolve_soon
-from ._glue import HybridCondition, ThreadGlue
+from ._glue import ThreadGlue
+from ._ws_writer import SocketWriter
 
-WINDOW = 16  # texts handed to the view and not yet written: the socket's write buffer
+BATCH = 64 << 10  # bytes of frames one loop pass hands over at once, at most
 CLOSE_GOING_AWAY = 1001  # the worker is stopping
 
 
@@ -66,48 +72,66 @@ def shutdown_fd(fd: int) -> None:
 
 
 class SocketLink:
-    """What the loop and the view share for one socket (see the design block)."""
+    """What the loop and the view share for one socket (see the design block).
 
-    def __init__(self, glue: ThreadGlue, fd: int) -> None:
-        self._lock = glue.allocate_lock()
-        self._cond = HybridCondition(self._lock, glue)
-        self._outbox: list[str | Close] = []
+    Args:
+        glue: the worker's blocking primitives.
+        sock: the server's socket, taken over for the WebSocket.
+    """
+
+    def __init__(self, glue: ThreadGlue, sock: Any) -> None:
+        self.writer = SocketWriter(glue, sock)
+        self._lock, self._cond = self.writer.lock, self.writer.cond
+        self._batch: list[bytes] = []  # the loop's frames of this pass (loop only)
+        self._batched = 0
+        self._flushing = False  # a flush is scheduled on the loop
+        self._close: Close | None = None
         self._poked = self._over = False
-        self._room: asyncio.Future[None] | None = None  # the session waits for the view
-        self._fd: int | None = fd  # the connection, until the view hands it back
+        self._fd: int | None = sock.fileno()  # the connection, until the view hands it back
         self.gone = False  # the view writes no more (the client left, or it closed)
 
     # -- the loop's side ----------------------------------------------------------
 
     async def send(self, text: str) -> None:
-        """Hand ``text`` to the view; past ``WINDOW`` waiting ones, wait for room.
+        """Write ``text`` as a frame with the others of this loop pass; past the
+        writer's window, wait for room.
 
         Raises:
             ConnectionResetError: the view writes no more (the client left).
         """
-        fut = None
-        with self._lock:
-            if self.gone:
-                raise ConnectionResetError("the client left")
-            self._outbox.append(text)
-            self._cond.notify()
-            if len(self._outbox) >= WINDOW:
-                fut = self._room = asyncio.get_running_loop().create_future()
-        if fut is not None:
-            await fut
+        if self.gone or self._close is not None or self.writer.broken:
+            raise ConnectionResetError("the client left")
+        frame = text_frame(text.encode())
+        self._batch.append(frame)
+        self._batched += len(frame)
+        if self._batched >= BATCH:
+            self.flush()
+        elif not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        await self.writer.room()
+
+    def flush(self) -> None:
+        """Hand this pass's frames to the writer, in one write (on the loop)."""
+        self._flushing = False
+        if self._batch:
+            batch, self._batch, self._batched = self._batch, [], 0
+            self.writer.offer(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def post_close(self, code: int, reason: str | None) -> None:
-        """Have the view write a close frame after what it holds (no-op once gone)."""
+        """Have the view write a close frame after what was sent (no-op once gone)."""
+        self.flush()
         with self._lock:
-            if not self.gone:
-                self._outbox.append(Close(code, reason))
-                self._cond.notify()
+            if not self.gone and self._close is None:
+                self._close = Close(code, reason)
+                self._cond.notify_all()
 
     def end(self) -> None:
         """The session is over: the view writes what is left and returns."""
+        self.flush()
         with self._lock:
             self._over = True
-            self._cond.notify()
+            self._cond.notify_all()
 
     def force_close(self) -> None:
         """Free a view stuck writing to a client that reads nothing (loop timer)."""
@@ -121,28 +145,29 @@ class SocketLink:
         """The reader received something, or ended (its thread or greenlet)."""
         with self._lock:
             self._poked = True
-            self._cond.notify()
+            # all: the reader itself, or the view, may wait on the writer's condition
+            self._cond.notify_all()
 
-    def take(self) -> tuple[list[str | Close], bool]:
-        """Block until there is work: (texts to write, whether the session is over)."""
+    def take(self) -> tuple[Close | None, bool]:
+        """Block until there is work: (the close frame to write after what waits,
+        whether the session is over). What waits is written by ``writer.flush``."""
         with self._lock:
-            while not (self._outbox or self._poked or self._over):
+            while not (self.writer.wants_view() or self._poked or self._over
+                       or self._close is not None):
                 self._cond.wait()
-            batch, self._outbox, self._poked = self._outbox, [], False
-            over = self._over
-            room, self._room = self._room, None
-        resolve_soon(room)
-        return batch, over
+            self._poked = False
+            return self._close, self._over
 
     def stop(self, *, release: bool = False) -> None:
-        """The view writes no more; with ``release``, it returns the connection."""
+        """The view writes no more for the session; with ``release``, it is done with
+        the connection (nothing is written any more, the loop's descriptor is closed)."""
         with self._lock:
             self.gone = True
-            self._outbox = []
             if release:
                 self._fd = None
-            room, self._room = self._room, None
-        resolve_soon(room)
+        self.writer.free_room()
+        if release:
+            self.writer.close()
 
 
 class LoopEnd:
