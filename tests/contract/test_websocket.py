@@ -22,6 +22,7 @@ import psutil
 import pytest
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
@@ -33,6 +34,7 @@ from tests.contract.test_resume import body, cut, positions, probe_file, sse_eve
 from tests.probe_agents import probe_text, read_probe
 from tests.reaper import REAPER
 from tests.servers import Server
+from tests.ws_raw import RawSocket
 
 AUTH = bearer(ACME)
 LIMIT = 65536
@@ -326,6 +328,47 @@ def test_sockets_that_go_mid_stream_free_their_streams_and_threads(srv: Server,
     if path_id == "legacy-gthread":  # before any request: one could add a pool thread
         wait_for(lambda: worker.num_threads() <= threads - 4, timeout=CLOSE_WAIT + 2)
     wait_for(lambda: active() == before, timeout=3)
+
+
+def test_per_message_deflate_is_declined(srv: Server) -> None:
+    """The client offers permessage-deflate (as browsers do); every path declines it:
+    token messages are small, and it cost ~40% more CPU per token (scripts/bench_ws.py)
+    and, on the legacy path, ~105 KiB of zlib state per socket."""
+    with socket(srv, None) as ws:
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert ws.protocol.extensions == []
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+
+
+def test_frames_stay_whole_while_the_client_pings_through_a_fast_stream(srv: Server) -> None:
+    """A client pings all through an unpaced stream of 8 KB deltas and reads in small
+    bites (a 4 KiB receive buffer, so the server's writes often wait half-done): the
+    pongs (on the legacy path written by simple-websocket's reader while the loop and
+    the view write the deltas) never land inside a text frame, so every frame parses
+    and the text is whole; and every ping is answered."""
+    raw = RawSocket(srv.port, AUTH, rcvbuf=4096)
+    tokens, pad, pings = 1000, 8000, 0
+    try:
+        raw.send({"type": "start", **body(tokens, 0), "options": {
+            "tokens": tokens, "interval_ms": 0, "pad": pad}})
+        deadline, seen, done = time.monotonic() + 30, 0, False
+        while time.monotonic() < deadline and raw.proto.close_rcvd is None and not done:
+            raw.proto.send_ping(str(pings).encode())
+            raw.flush()
+            pings += 1
+            raw.read_for(0.003)
+            done = any(f.opcode is Opcode.TEXT and b'"event":"done"' in f.data
+                       for f in raw.frames[seen:])
+            seen = len(raw.frames)
+        raw.read_for(0.5)  # the last pongs
+    finally:
+        raw.close()
+    messages = [m for m in raw.messages() if m["event"] != "ping"]
+    sid = messages[0]["stream_id"]
+    assert ws_text(messages, sid) == probe_text(tokens, pad)
+    assert messages[-1]["event"] == "done"
+    pongs = [f.data for f in raw.frames if f.opcode is Opcode.PONG]
+    assert pongs == [str(i).encode() for i in range(pings)]
 
 
 def test_a_frame_over_16_mib_is_closed_1009_and_the_server_goes_on(srv: Server,

@@ -105,15 +105,6 @@ def test_the_first_delta_follows_started_without_waiting_for_an_ack(srv: Server)
     assert min(gaps) < 0.015, [f"{g * 1000:.1f} ms" for g in gaps]
 
 
-def test_per_message_deflate_is_declined(srv: Server) -> None:
-    """The client offers permessage-deflate (as browsers do); the server declines it:
-    token messages are small, and it cost ~40% more CPU per token (scripts/bench_ws.py)."""
-    with socket(srv, None) as ws:
-        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
-        assert ws.protocol.extensions == []
-        assert "Sec-WebSocket-Extensions" not in ws.response.headers
-
-
 def test_a_frame_over_the_size_limit_is_closed_1009(srv: Server) -> None:
     """A frame over uvicorn's ``ws_max_size`` (16 MiB) is a frame-level violation: 1009,
     sent as soon as the frame's header says how long it is."""
