@@ -2,7 +2,9 @@
 
 What is compared
     One ``streambridge serve`` process per path (``async``; ``hybrid-100``: the hybrid
-    front, chat routes native, ``/v1/ws`` always native), serving the benchmark agent
+    front, chat routes native, ``/v1/ws`` always native; ``legacy-gthread`` and
+    ``legacy-gevent``: gunicorn, the socket taken over by simple-websocket, its frames
+    written by the worker's loop), serving the benchmark agent
     of ``bench_apps.py`` (tokens are their own production wall time). On each path,
     ``--streams`` concurrent streams of ``--tokens`` tokens paced at ``--pace-ms``:
 
@@ -262,7 +264,7 @@ async def many_sockets(count: int, tokens: int, pace_ms: float, deflate: bool,
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments and run the comparison, or the many-sockets check."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--paths", default="async,hybrid-100")
+    parser.add_argument("--paths", default="async,hybrid-100,legacy-gthread,legacy-gevent")
     parser.add_argument("--streams", default="1,100", help="concurrencies, comma-separated")
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--pace-ms", type=float, default=10.0)
