@@ -313,7 +313,12 @@ def test_sockets_that_go_mid_stream_free_their_streams_and_threads(srv: Server,
     before = active()
     probes = [probe_file() for _ in range(4)]
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket(srv)) for _ in probes]
+        # max_queue=None: a client holding more than max_queue (16) unread messages stops
+        # reading the socket, so its close() never saw the server's close frame and waited
+        # its close_timeout (10 s) while the other streams ran to their end (the flake)
+        sockets = [stack.enter_context(connect(ws_url(srv), additional_headers=AUTH,
+                                               open_timeout=10, max_queue=None))
+                   for _ in probes]
         for ws, probe in zip(sockets, probes, strict=True):
             sid = start(ws, body(500, 10, probe))
             recv_until(ws, lambda m, sid=sid: m["event"] == "delta" and m["stream_id"] == sid)
