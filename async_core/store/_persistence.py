@@ -37,6 +37,7 @@ from ._writer import TranscriptWriter
 
 log = logging.getLogger("streambridge.store")
 Messages = tuple[Mapping[str, str], ...]
+MAX_TICK = 0.25  # seconds: a long checkpoint interval does not delay final transcripts more
 
 
 def stored_outcome(outcome: Outcome) -> str:
@@ -48,6 +49,15 @@ def stored_outcome(outcome: Outcome) -> str:
     return "interrupted"
 
 
+def commit_tick(settings: Settings) -> float:
+    """The least time between two checkpoint commits: a quarter checkpoint interval.
+
+    A SIGKILL then loses at most a checkpoint interval and a quarter (plus one
+    commit) of text, and a busy server commits at most four times an interval.
+    """
+    return min(max(settings.checkpoint_interval, 0.0) / 4, MAX_TICK)
+
+
 class Persistence:
     """Conversations, checkpoints, final transcripts and webhooks of one process.
 
@@ -56,12 +66,14 @@ class Persistence:
 
     claim_timeout = 5.0  # seconds admission waits for a claim (the admission timeout)
 
-    def __init__(self, engine: AsyncEngine, webhooks: WebhookConfig | None) -> None:
+    def __init__(self, engine: AsyncEngine, webhooks: WebhookConfig | None, *,
+                 tick: float = 0.0) -> None:
         self.engine = engine
         self.store = Store(engine)
         self.webhooks = webhooks
         self.worker = DeliveryWorker(self.store, webhooks) if webhooks else None
-        self.writer = TranscriptWriter(self.store, self.worker.wake if self.worker else None)
+        self.writer = TranscriptWriter(self.store, self.worker.wake if self.worker else None,
+                                       tick=tick)
         self._streams: dict[str, tuple[str, Messages]] = {}
         self._writer_id = process_token()
         self._marking: set[asyncio.Task[None]] = set()
@@ -86,7 +98,7 @@ class Persistence:
         engine = create_engine(url)
         try:
             await ensure_current(engine, auto=is_sqlite(url))
-            self = cls(engine, webhooks)
+            self = cls(engine, webhooks, tick=commit_tick(settings))
             self.claim_timeout = max(settings.admission_timeout, 1.0)
             recovered = await self.store.recover(self._writer_id.rsplit(":", 1)[0])
             if recovered:

@@ -31,7 +31,9 @@ States: RUNNING ──aclose()──► FLUSHING ──pending empty or timeout�
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -64,10 +66,14 @@ class TranscriptWriter:
         store: where to write.
         on_final: called after a commit that wrote final transcripts (wakes the
             webhook worker: their deliveries are now in the outbox).
+        tick: the least time between two snapshot commits (seconds): every
+            checkpoint filed meanwhile goes in the next one. ``flush`` and
+            ``aclose`` never wait for it.
     """
 
-    def __init__(self, store: Store, on_final: Callable[[], None] | None = None) -> None:
-        self._store, self._on_final = store, on_final
+    def __init__(self, store: Store, on_final: Callable[[], None] | None = None, *,
+                 tick: float = 0.0) -> None:
+        self._store, self._on_final, self._tick = store, on_final, tick
         self._pending: dict[str, Snapshot] = {}
         self._writing: dict[str, Snapshot] = {}  # the batch being committed
         self._claims: list[Claim] = []
@@ -78,6 +84,7 @@ class TranscriptWriter:
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._claimed = asyncio.Event()  # wakes the claims lane
+        self._urgent = asyncio.Event()  # someone waits (flush): skip the tick
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._claims_task: asyncio.Task[None] | None = None
@@ -128,6 +135,7 @@ class TranscriptWriter:
     async def flush(self, within: float | None = None) -> bool:
         """Wait until everything submitted so far is written (False after ``within`` s)."""
         target = self._submitted
+        self._urgent.set()
         try:
             async with asyncio.timeout(within):
                 async with self._changed:
@@ -149,17 +157,31 @@ class TranscriptWriter:
             await cancel_and_wait(task)
 
     async def _run(self) -> None:
-        await self._lane(self._wake, self._commit_snapshots)
+        await self._lane(self._wake, self._commit_snapshots, self._tick, self._urgent)
 
     async def _run_claims(self) -> None:
         await self._lane(self._claimed, self._commit_claims)
 
     @staticmethod
-    async def _lane(wake: asyncio.Event, commit: Callable[[], Awaitable[bool]]) -> None:
-        """Commit whenever ``wake`` is set; after a failed pass, retry with backoff."""
-        delay = 0.05
+    async def _lane(wake: asyncio.Event, commit: Callable[[], Awaitable[bool]],
+                    tick: float = 0.0, urgent: asyncio.Event | None = None) -> None:
+        """Commit whenever ``wake`` is set, at most once a ``tick`` unless ``urgent``;
+        after a failed pass, retry with backoff."""
+        loop = asyncio.get_running_loop()
+        delay, last = 0.05, -math.inf
         while True:
             await wake.wait()
+            pause = last + tick - loop.time()
+            if pause > 0 and urgent is not None and not urgent.is_set():
+                # Each commit costs the same whether it holds 1 checkpoint or 100
+                # (the thread hop, BEGIN/COMMIT, the WAL frames of shared pages): the
+                # streams' checkpoints of one tick share one (issue 16, item 5).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await urgent.wait()
+            if urgent is not None:
+                urgent.clear()
+            last = loop.time()
             wake.clear()
             if await commit():
                 delay = 0.05
