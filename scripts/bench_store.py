@@ -38,7 +38,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from _benchlib import SCRIPTS, BenchServer, Phases, Sample, log, raise_fd_limit
 

@@ -39,6 +39,10 @@ UPSERT_CONVERSATIONS = (
     "ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at")
 NEW_CONVERSATIONS = ("INSERT INTO conversations (id, tenant, created_at, updated_at) "
                      "VALUES {values} ON CONFLICT (id) DO NOTHING")
+# A later checkpoint of a stream whose rows are committed: its answer's text only (the
+# asked turns and the conversation row do not change until the final transcript).
+UPDATE_TEXT = ("UPDATE turns SET content = ?, tokens = ?, writer = ?, updated_at = ? "
+               "WHERE stream_id = ? AND position = ? AND outcome = 'in_progress'")
 STATEMENT_BYTES = 1 << 20
 DISABLED = "SELECT url FROM webhook_endpoints WHERE disabled_at IS NOT NULL"
 
@@ -117,10 +121,16 @@ def claim(db: sqlite3.Connection, claims: Mapping[str, str], now: float) -> dict
 
 
 def write(db: sqlite3.Connection, conversations: Iterable[Sequence[Any]],
-          turns: Iterable[Mapping[str, Any]], deliveries: Sequence[Mapping[str, Any]]) -> None:
-    """Upsert the conversations and turns of a batch; add its webhook deliveries."""
+          turns: Iterable[Mapping[str, Any]], deliveries: Sequence[Mapping[str, Any]],
+          texts: Sequence[Sequence[Any]] = ()) -> None:
+    """Upsert the conversations and turns of a batch; add its webhook deliveries.
+
+    ``texts``: ``UPDATE_TEXT`` parameters of checkpoints whose rows exist.
+    """
     insert_rows(db, UPSERT_CONVERSATIONS, list(conversations))
     insert_rows(db, UPSERT_TURNS, [tuple(t[c] for c in TURN_COLUMNS) for t in turns])
+    if texts:
+        db.executemany(UPDATE_TEXT, texts)
     if deliveries:
         disabled = {url for (url,) in db.execute(DISABLED)}
         rows = [d for d in deliveries if d["url"] not in disabled]

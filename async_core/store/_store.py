@@ -13,7 +13,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,11 @@ class Store:
             where=turns.c.outcome == IN_PROGRESS)
         self._new_deliveries = ins(webhook_outbox).on_conflict_do_nothing(
             index_elements=["id"])
+        self._update_text = update(turns).where(
+            turns.c.stream_id == bindparam("b_stream"), turns.c.position == bindparam("b_pos"),
+            turns.c.outcome == IN_PROGRESS).values(
+            content=bindparam("b_content"), tokens=bindparam("b_tokens"),
+            writer=bindparam("b_writer"), updated_at=bindparam("b_now"))
 
     # -- conversations --------------------------------------------------------------
 
@@ -123,8 +128,14 @@ class Store:
 
     # -- transcripts and outbox -----------------------------------------------------
 
-    async def write(self, snapshots: Sequence[Snapshot]) -> None:
+    async def write(self, snapshots: Sequence[Snapshot],
+                    stored: Container[str] = frozenset()) -> None:
         """Write checkpoints and final transcripts (with their deliveries) atomically.
+
+        ``stored``: the streams whose rows a committed write created. A checkpoint
+        of one of them updates its answer's row only: rewriting the asked turns and
+        the conversation row at every checkpoint doubled the writer's work (their
+        values change with the final transcript only).
 
         One transaction. On SQLite it is one call in the connection's thread
         (``_sqlite_batch``: one loop round trip, however many snapshots), and one
@@ -142,10 +153,18 @@ class Store:
         now = time.time()
         if self._sqlite:
             for part in _by_size(snapshots, TRANSACTION_BYTES):
-                await _sqlite_batch.run(self.engine, functools.partial(_write_sqlite, part, now))
+                await _sqlite_batch.run(self.engine, functools.partial(
+                    _write_sqlite, part, now, stored))
             return
         deliveries = _delivery_rows(snapshots)
+        texts = [s for s in snapshots if _text_only(s, stored)]
+        snapshots = [s for s in snapshots if not _text_only(s, stored)]
         async with self.engine.begin() as conn:
+            if texts:
+                await conn.execute(self._update_text, [
+                    {"b_stream": s.stream_id, "b_pos": len(s.messages),
+                     "b_content": storable(s.text), "b_tokens": s.tokens,
+                     "b_writer": s.writer, "b_now": now} for s in texts])
             for i in range(0, len(snapshots), WRITE_SLICE):
                 part = snapshots[i:i + WRITE_SLICE]
                 conversation_rows = [{"id": c[0], "tenant": c[1], "created_at": now,
@@ -286,11 +305,20 @@ def _conversation_rows(snapshots: Sequence[Snapshot],
     return {s.conversation_id: (s.conversation_id, s.tenant, now, now) for s in snapshots}
 
 
-def _write_sqlite(snapshots: Sequence[Snapshot], now: float, db: sqlite3.Connection) -> None:
+def _text_only(snap: Snapshot, stored: Container[str]) -> bool:
+    """Whether ``snap`` is a checkpoint whose rows exist: only its text is written."""
+    return not snap.final and snap.stream_id in stored
+
+
+def _write_sqlite(snapshots: Sequence[Snapshot], now: float, stored: Container[str],
+                  db: sqlite3.Connection) -> None:
     """The rows of ``snapshots``, built and written in the connection's thread."""
-    _sqlite_batch.write(db, _conversation_rows(snapshots, now).values(),
-                        [row for snap in snapshots for row in _turn_rows(snap, now)],
-                        _delivery_rows(snapshots))
+    full = [s for s in snapshots if not _text_only(s, stored)]
+    _sqlite_batch.write(db, _conversation_rows(full, now).values(),
+                        [row for snap in full for row in _turn_rows(snap, now)],
+                        _delivery_rows(full),
+                        [(storable(s.text), s.tokens, s.writer, now, s.stream_id,
+                          len(s.messages)) for s in snapshots if _text_only(s, stored)])
 
 
 def _by_size(snapshots: Sequence[Snapshot], most: int) -> Iterator[Sequence[Snapshot]]:

@@ -79,6 +79,7 @@ class TranscriptWriter:
         self._claims: list[Claim] = []
         self._attempts: dict[str, int] = {}  # stream id -> refused writes so far
         self._dead: set[str] = set()  # dead-lettered streams still running
+        self._stored: set[str] = set()  # running streams whose rows a commit created
         self._submitted = 0  # generation of the newest submitted snapshot
         self._written = 0  # every generation up to this one is committed
         self._changed = asyncio.Condition()
@@ -237,6 +238,10 @@ class TranscriptWriter:
             retry = True
         for snap in committed:
             self._attempts.pop(snap.stream_id, None)
+            if snap.final:
+                self._stored.discard(snap.stream_id)
+            else:
+                self._stored.add(snap.stream_id)
         if not retry:
             if not self._pending:
                 generation = self._submitted
@@ -251,7 +256,7 @@ class TranscriptWriter:
                      committed: list[Snapshot]) -> list[tuple[Snapshot, BaseException]]:
         """Write ``snaps``; bisect a refused batch. Returns what failed, and why."""
         try:
-            await self._store.write(snaps)
+            await self._store.write(snaps, self._stored)
         except Exception as error:
             if len(snaps) == 1 or transient(error):
                 return [(snap, error) for snap in snaps]
@@ -275,6 +280,8 @@ class TranscriptWriter:
         self._attempts.pop(snap.stream_id, None)
         if not snap.final:
             self._dead.add(snap.stream_id)
+        else:
+            self._stored.discard(snap.stream_id)
         metrics.transcript_dead_lettered("final" if snap.final else "checkpoint")
         log.error("dead letter: transcript of stream %s (conversation %s, tenant %s, %s, "
                   "%d chars, %d webhook deliveries) refused %d times, dropped: %s",
