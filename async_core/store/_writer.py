@@ -10,7 +10,11 @@ for SQLite's one write lock (issue 10, item 9: that queue, held across loop turn
 of a saturated loop, ran past the busy timeout and answered 500 ``database is
 locked``); and a claim, which a client waits for, never waits for a snapshot batch
 (on SQLite both lanes' transactions are one thread hop each, see ``_sqlite_batch``,
-so they hold the lock for milliseconds and the busy timeout orders them).
+so they hold the lock for milliseconds and the busy timeout orders them). The
+snapshots lane commits at most once a ``tick`` (a quarter checkpoint interval, see
+``_persistence.commit_tick``): the checkpoints of every stream in that window share
+one commit; ``flush`` skips the wait. Once a stream's rows are committed, its later
+checkpoints rewrite the answer's row only (``Store.write``'s ``stored``).
 
 Failures, which never block the other rows (issue 10, item 1):
 

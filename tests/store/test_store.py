@@ -208,6 +208,46 @@ async def test_the_writer_coalesces_and_flushes(store: Store) -> None:
     await writer.aclose()
 
 
+async def test_later_checkpoints_rewrite_the_answer_and_the_final_settles_every_row(
+        store: Store) -> None:
+    """A checkpoint after the first updates the answer's text; the final sets each outcome."""
+    writer = TranscriptWriter(store)
+    writer.start()
+    for text_ in ("ab", "abcd"):
+        writer.submit(snap(sid="s9", cid="c9", text_=text_))
+        assert await writer.flush(within=10)
+    turns = await store.history("c9", "t1")
+    assert turns is not None and [t["outcome"] for t in turns] == [IN_PROGRESS] * 2
+    assert (turns[1]["content"], turns[1]["tokens"]) == ("abcd", 4)
+    writer.submit(snap(sid="s9", cid="c9", text_="abcdef", outcome="completed"))
+    writer.submit(snap(sid="s9", cid="c9", text_="late"))  # a checkpoint after the end
+    assert await writer.flush(within=10)
+    turns = await store.history("c9", "t1")
+    assert turns is not None and [t["outcome"] for t in turns] == ["completed"] * 2
+    assert [t["content"] for t in turns] == ["hi", "abcdef"]
+    await writer.aclose()
+
+
+async def test_checkpoints_of_one_tick_share_a_commit_and_flush_skips_the_tick(
+        store: Store) -> None:
+    """After a commit, checkpoints wait for the tick, unless someone flushes."""
+    writer = TranscriptWriter(store, tick=30.0)
+    writer.start()
+    writer.submit(snap(sid="s10", cid="c10", text_="a"))
+    assert await writer.flush(within=10)  # the first commit is at once
+    writer.submit(snap(sid="s11", cid="c11", text_="b"))
+    writer.submit(snap(sid="s12", cid="c12", text_="c"))
+    await asyncio.sleep(0.3)
+    assert writer.pending_for("c11") and writer.pending_for("c12")  # waiting for the tick
+    started = time.monotonic()
+    assert await writer.flush(within=10)
+    assert time.monotonic() - started < 5  # not the 30 s tick
+    for cid, text_ in (("c11", "b"), ("c12", "c")):
+        turns = await store.history(cid, "t1")
+        assert turns is not None and turns[1]["content"] == text_
+    await writer.aclose()
+
+
 async def test_sqlite_runs_in_wal_mode(tmp_path: object) -> None:
     """The embedded default is a WAL-mode SQLite file with a busy timeout."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/wal.sqlite3")
