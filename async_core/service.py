@@ -235,10 +235,15 @@ class StreamService:
         request = AgentRequest(messages, options, call.conversation_id, stream_id)
         metrics.stream_started(self.path)
         tee = None if lease is None else LogTee(self.log, lease)
+        # A filed checkpoint waits up to one commit tick: filing it that much sooner keeps
+        # what a SIGKILL loses within one checkpoint interval.
+        every_s = self.settings.checkpoint_interval
+        if store is not None:
+            every_s = max(every_s - store.commit_tick, 0.0)
         wiring = SessionSettings(
             policy=self.settings.policy, hooks=self.hooks, lifecycle=self.lifecycle,
             progress=store.progress if store is not None else None,
-            progress_every=(self.settings.checkpoint_tokens, self.settings.checkpoint_interval))
+            progress_every=(self.settings.checkpoint_tokens, every_s))
         session = StreamSession(
             wiring, agent=agent, request=request, encoder=make_encoder(call.format, meta),
             info=info, release=release, sync_runner=self.sync_runner if use_sync else None,

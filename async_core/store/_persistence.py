@@ -52,8 +52,9 @@ def stored_outcome(outcome: Outcome) -> str:
 def commit_tick(settings: Settings) -> float:
     """The least time between two checkpoint commits: a quarter checkpoint interval.
 
-    A SIGKILL then loses at most a checkpoint interval and a quarter (plus one
-    commit) of text, and a busy server commits at most four times an interval.
+    A busy server commits at most four times an interval. Streams file their
+    checkpoints a tick sooner than the interval (``StreamService``), so a SIGKILL still
+    loses at most one checkpoint interval (plus one commit) of text.
     """
     return min(max(settings.checkpoint_interval, 0.0) / 4, MAX_TICK)
 
@@ -74,6 +75,7 @@ class Persistence:
         self.worker = DeliveryWorker(self.store, webhooks) if webhooks else None
         self.writer = TranscriptWriter(self.store, self.worker.wake if self.worker else None,
                                        tick=tick)
+        self.commit_tick = tick  # a filed checkpoint may wait this long for its commit
         self._streams: dict[str, tuple[str, Messages]] = {}
         self._writer_id = process_token()
         self._marking: set[asyncio.Task[None]] = set()
