@@ -5,7 +5,11 @@ its own position and drops what it has already seen, so a follower that joins la
 first catches up with ``XRANGE`` from its replay position to where the multiplexer is,
 then takes live entries: no gap, no repeat. After a reconnection the owner checks the
 log's epoch; a recreated log resets the followers explicitly and they read it from
-its start.
+its start. Ids are dense (``fence-1``, ``fence-2``, ...), so the multiplexer's entries
+must follow one another: one that does not (the owner dropped entries past
+``redis_max_buffered`` and started the log anew, which ``XREAD`` from the last id cannot
+tell, or ``MAXLEN`` trimmed entries this process never read) resets the followers too
+(``epoch`` if the log's epoch changed, else ``trimmed``): never a silent gap.
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ if TYPE_CHECKING:
     from ._redis import RedisLog
 
 Raw = list[tuple[bytes, list[bytes]]]  # (id, [event, JSON data]) as XREAD sends them
+Item = tuple[str, Raw] | Reset  # what a follower's queue carries: (epoch, entries) or a reset
 PAGE = 1000
+
+
+def follows(last: tuple[int, int], first: tuple[int, int]) -> bool:
+    """Whether ``first`` is the id right after ``last`` (the append script's gap rule)."""
+    return (last == (0, 0) and first[1] == 1) or (first[0] == last[0]
+                                                   and first[1] == last[1] + 1)
 
 
 def to_entry(eid: EventId, event: str, data: Mapping[str, Any] | bytes) -> Entry:
@@ -53,12 +64,19 @@ class Remote:
         self._log = owner
         self._key = S.keys(stream_id)[0].encode()
         self._pos = b"0-0"  # the last id the multiplexer handed over
-        self._subs: set[asyncio.Queue[tuple[str | None, Raw] | None]] = set()
+        self._subs: set[asyncio.Queue[Item]] = set()
         self._held: Raw = []  # entries waiting for the epoch of a recreated log
         self._fetching = False
+        self._any_next = False  # after a reset: the next entry may have any id
+        self._gap_epoch: str | None = None  # the epoch a gap was seen in (reset pending)
 
     def _on_entries(self, entries: Raw) -> None:
-        self._pos = entries[-1][0]
+        last, self._pos = self._pos, entries[-1][0]
+        any_next, self._any_next = self._any_next, False
+        if (self.epoch is not None and not any_next
+                and not follows(parse_native(last), parse_native(entries[0][0]))):
+            # A gap (see the module docstring): reset once the log's epoch is known.
+            self._gap_epoch, self.epoch = self.epoch, None
         if self.epoch is None:
             self._held.extend(entries)
             if not self._fetching:
@@ -78,6 +96,11 @@ class Remote:
                     self.epoch = raw.decode()
         finally:
             self._fetching = False
+        if self._gap_epoch is not None:
+            reset = Reset("epoch" if self.epoch != self._gap_epoch else "trimmed")
+            self._gap_epoch = None
+            for q in self._subs:
+                q.put_nowait(reset)
         held, self._held = self._held, []
         if held:
             for q in self._subs:
@@ -89,13 +112,16 @@ class Remote:
             return
         self.epoch = epoch
         self._pos = b"0-0"
+        self._any_next = True  # a recreated log's first id may be any
+        self._gap_epoch = None  # this reset stands for a gap seen meanwhile, too
+        self._held = []  # the log is read again from its start
         self._log.mux.restart_key(self._key, b"0-0")
         for q in self._subs:
-            q.put_nowait(None)
+            q.put_nowait(Reset("epoch"))
 
     async def follow(self, pos: bytes) -> AsyncIterator[ReadItem]:
         """Yield live entries after ``pos`` (the follower's replay position)."""
-        q: asyncio.Queue[tuple[str | None, Raw] | None] = asyncio.Queue()
+        q: asyncio.Queue[Item] = asyncio.Queue()
         if not self._subs:
             self._pos = pos
             self._log.mux.follow(self._key, pos, self._on_entries)
@@ -112,12 +138,11 @@ class Remote:
             seen = parse_native(pos)
             while True:
                 item = await q.get()
-                if item is None:
-                    yield Reset("epoch")
+                if isinstance(item, Reset):
+                    yield item
                     seen = (0, 0)
                     continue
                 epoch, entries = item
-                assert epoch is not None
                 for native, flat in entries:
                     position = parse_native(native)
                     if position <= seen:

@@ -479,3 +479,28 @@ async def test_the_heartbeat_renews_every_lease_in_one_round_trip(make_log: Any,
     assert 3 <= beats <= 21, beats  # ~20 heartbeats of 50 ms at most, one ZADD each
     for lease in leases:
         await a.finish(lease, "done", {})
+
+
+async def test_a_live_reader_resets_when_the_log_starts_anew(make_log: Any,
+                                                            redis_url: str) -> None:
+    """A reader following live while the owner drops entries past `redis_max_buffered`
+    (Redis paused, every connection kept: no reconnection tells it) gets a reset, then
+    every entry after it in order: the new epoch's ids follow the old ones, so the
+    multiplexer's XREAD used to hand them over as if nothing was missing."""
+    a, b = await make_log(redis_max_buffered=10), await make_log()
+    lease = await a.create("anew", tenant="t", conversation_id="c")
+    for i in range(3):
+        a.append(lease, "delta", {"text": str(i)})
+    reader = asyncio.create_task(collect(b.read("anew", None)))
+    await _until(lambda: bool(b.mux.follows), "the reader never followed live")
+    await asyncio.sleep(0.2)  # the three are stored and read
+    redis.Redis.from_url(redis_url).client_pause(400)
+    for i in range(3, 40):
+        a.append(lease, "delta", {"text": str(i)})
+        await asyncio.sleep(0.005)
+    await asyncio.wait_for(a.finish(lease, "done", {}), 10)
+    got = texts(await reader)
+    assert got[:3] == ["0", "1", "2"] and "RESET" in got, " ".join(got)
+    after = got[got.index("RESET") + 1:]
+    assert after[-1] == "done" and after[:-1] == [str(i) for i in range(int(after[0]), 40)], got
+    assert int(after[0]) > 3, got  # entries were dropped, so the reset was due
