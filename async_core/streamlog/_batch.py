@@ -95,12 +95,13 @@ def fill(batch: Batch, s: LogSettings, sha: dict[str, str], *, one_call: bool,
         ends.append(st.terminal if st.pending[-1:] == sent[-1:] else "")
         if one_call:
             groups.append([st.lease.stream_id, st.lease.fence, st.tenant, st.conv,
-                           ends[-1], "1" if force else "0", sent])
+                           ends[-1], "1" if force else "0", sent, st.pending[0][0]])
         else:
             cmds.append(("EVALSHA", sha["APPEND"], 4, *S.keys(st.lease.stream_id),
                          *S.append_args(s, fence=st.lease.fence, epoch=epoch, tenant=st.tenant,
                                         conv=st.conv, terminal=ends[-1],
-                                        force_epoch=force, entries=sent)))
+                                        force_epoch=force, entries=sent,
+                                        oldest=st.pending[0][0])))
     if one_call:
         cmds.append(("EVALSHA", sha["APPEND_MANY"], 0, s.log_maxlen,
                      int(s.log_retention * 1000), int(s.lease_ttl * 1000), epoch,

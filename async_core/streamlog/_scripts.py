@@ -56,16 +56,22 @@ return token
 # KEYS log meta owner ctl; ARGV fence new_epoch tenant conv maxlen retention_ms ttl_ms
 # terminal_status force_epoch; items: the decoded [id, event, data] entries (APPEND
 # passes them as ARGV[10], one JSON argument a batch: packing three arguments an entry
-# cost the client more).
+# cost the client more); oldest: the owner's oldest entry not known to be stored
+# (ARGV[11] of APPEND).
 # → {'ok', epoch, recreated}, {'stale', epoch} or {'gap', epoch}. Ids at or below `last`
 # were already written by an earlier try and are skipped (retries are idempotent); a
 # first new id that does not follow `last` is refused whole ('gap', nothing written).
+# A log that is gone (Redis lost its data) is recreated only by a batch that starts at
+# `oldest`: a batch sent while an earlier one was in flight, and the earlier one failed
+# (NOSCRIPT from the restarted Redis), would otherwise recreate it without the earlier
+# one's entries, a silent gap.
 _APPEND_FN = """
-local function append(KEYS, ARGV, items)
+local function append(KEYS, ARGV, items, oldest)
   local m = redis.call('HMGET', KEYS[2], 'epoch', 'last')  -- one call, not two
   local epoch = m[1]
   local recreated = 0
   if not epoch then
+    if items[1][1] ~= oldest then return {'gap', ARGV[2]} end
     epoch = ARGV[2]
     recreated = 1
     redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'conv', ARGV[4], 'status', 'running',
@@ -115,13 +121,13 @@ local function append(KEYS, ARGV, items)
   return {'ok', epoch, recreated}
 end
 """
-APPEND = _APPEND_FN + "return append(KEYS, ARGV, cjson.decode(ARGV[10]))\n"
+APPEND = _APPEND_FN + "return append(KEYS, ARGV, cjson.decode(ARGV[10]), ARGV[11])\n"
 
 
 def append_args(settings: LogSettings, *, fence: str, epoch: str, tenant: str, conv: str,
-                terminal: str, force_epoch: bool, entries: list[tuple[str, str, str]]
-                ) -> list[Any]:
-    """Return the 10 ``ARGV`` of one stream's ``APPEND`` (or its part of ``APPEND_MANY``).
+                terminal: str, force_epoch: bool, entries: list[tuple[str, str, str]],
+                oldest: str | None = None) -> list[Any]:
+    """Return the 11 ``ARGV`` of one stream's ``APPEND``.
 
     Args:
         settings: the log settings (maxlen, retention, lease TTL).
@@ -132,16 +138,18 @@ def append_args(settings: LogSettings, *, fence: str, epoch: str, tenant: str, c
         terminal: ``done``/``error`` when ``entries`` ends with the terminal entry, else "".
         force_epoch: whether to switch to ``epoch`` now (entries were dropped).
         entries: ``(native id, event, JSON data)`` in increasing id order.
+        oldest: the id of the oldest entry not yet acknowledged (default: the first of
+            ``entries``, for a producer with one batch in flight at most).
     """
     return [fence, epoch, tenant, conv, settings.log_maxlen, int(settings.log_retention * 1000),
             int(settings.lease_ttl * 1000), terminal, "1" if force_epoch else "0",
-            json.dumps(entries, separators=(",", ":"))]
+            json.dumps(entries, separators=(",", ":")), oldest or entries[0][0]]
 
 
 # The same for several streams at once, in one call a flush instead of one a stream,
 # where keys of different slots may meet (a single Redis, not a Cluster). ARGV maxlen
 # retention_ms ttl_ms new_epoch streams, where streams is ONE JSON array of [stream_id,
-# fence, tenant, conv, terminal_status, force_epoch, entries]: the client packs five
+# fence, tenant, conv, terminal_status, force_epoch, entries, oldest]: the client packs five
 # arguments a flush instead of fourteen a stream (packing them was most of a flush's
 # time at 100 streams). The keys are built here as ``keys()`` builds them, so none is
 # declared: the reason this script never runs on a Cluster.
@@ -152,7 +160,8 @@ for g = 1, #groups do
   local x = groups[g]
   local k = 'sb:{' .. x[1] .. '}'
   out[g] = append({k .. ':log', k .. ':meta', k .. ':owner', k .. ':ctl'},
-                  {x[2], ARGV[4], x[3], x[4], ARGV[1], ARGV[2], ARGV[3], x[5], x[6]}, x[7])
+                  {x[2], ARGV[4], x[3], x[4], ARGV[1], ARGV[2], ARGV[3], x[5], x[6]}, x[7],
+                  x[8])
 end
 return out
 """

@@ -346,6 +346,28 @@ async def test_a_batch_after_a_gap_is_refused_whole(make_log: Any, redis_url: st
     assert [i for i, _ in log] == [b"1-1", b"1-2", b"1-3", b"1-4"]
 
 
+async def test_a_lost_log_is_recreated_only_from_the_oldest_unstored_entry(
+        make_log: Any, redis_url: str) -> None:
+    """Redis lost the log (FLUSHALL here): a batch that does not start at the owner's
+    oldest unstored entry (sent while an earlier one was in flight, and that one failed
+    with NOSCRIPT) is refused, not taken as a new log's start (a silent gap: it was);
+    the resend from the oldest recreates it."""
+    a = await make_log(heartbeat=False)
+    lease = await a.create("s", tenant="t", conversation_id="c")
+    r = redis.Redis.from_url(redis_url)
+    r.flushall()
+    keys = ("sb:{s}:log", "sb:{s}:meta", "sb:{s}:owner", "sb:{s}:ctl")
+    args = [lease.fence, "e2", "t", "c", 100, 60_000, 10_000, "", "0"]
+
+    def batch(*seqs: int) -> str:
+        return json.dumps([[f"1-{n}", "delta", json.dumps({"text": str(n)})] for n in seqs])
+
+    assert (await a.eval_script("APPEND", keys, *args, batch(3, 4), "1-2"))[0] == b"gap"
+    assert not r.exists("sb:{s}:meta") and not r.exists("sb:{s}:log")
+    assert (await a.eval_script("APPEND", keys, *args, batch(2, 3, 4), "1-2"))[0] == b"ok"
+    assert [i for i, _ in r.xrange("sb:{s}:log")] == [b"1-2", b"1-3", b"1-4"]
+
+
 def stored(url: str, stream_id: str) -> list[str]:
     """The texts of a stream's log as Redis holds it (duplicates and gaps would show)."""
     out = []
