@@ -1,9 +1,18 @@
-"""Whether this process can reach Redis: one metric, one log line each way."""
+"""Whether this process can reach Redis: one metric, one log line each way.
+
+One outage is one degraded line, one count and one recovered line, however many round
+trips and connections fail in it. A round trip begun before the last recovery failed in
+the outage already logged; and a connection made before an outage may be dead from it
+(a restarted Redis closed it) yet fail only when next used, after another connection
+saw the recovery: ``on_outage`` lets the backend retire every such connection when the
+outage begins, so that no failure of it is taken for a new outage.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
 
@@ -15,11 +24,17 @@ REDIS_OUTAGES = Counter("streambridge_log_redis_outages_total",
 
 
 class Health:
-    """The degraded/recovered state of one backend instance."""
+    """The degraded/recovered state of one backend instance.
 
-    def __init__(self) -> None:
+    Args:
+        on_outage: called when an outage begins (the first failure after a recovery).
+    """
+
+    def __init__(self, on_outage: Callable[[], None] | None = None) -> None:
         self.degraded = False
         self.recovered_at = 0.0  # perf_counter() of the last recovery
+        self.outages = 0  # outages of this instance (the counter is the process')
+        self.on_outage = on_outage
 
     def degrade(self, exc: BaseException, started: float | None = None) -> None:
         """Record a failed round trip (logs and counts only the first of an outage).
@@ -33,8 +48,11 @@ class Health:
             return
         if not self.degraded:
             self.degraded = True
+            self.outages += 1
             REDIS_DEGRADED.set(1)
             REDIS_OUTAGES.inc()
+            if self.on_outage is not None:
+                self.on_outage()
             log.warning("stream log degraded: Redis at STREAMBRIDGE_REDIS_URL unreachable "
                         "(%s); buffering appends, local readers continue", exc)
 

@@ -76,6 +76,7 @@ class Multiplexer:
         self._unblocking = False
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.stale = False  # set when an outage began: reconnect before the next read
         self.reads = 0  # XREAD calls issued (for tests and the benchmark)
 
     def follow(self, key: bytes, from_id: bytes, handler: Handler) -> None:
@@ -129,8 +130,14 @@ class Multiplexer:
                     self._changed.clear()
                     await self._changed.wait()
                     continue
+                if self.stale and client is not None:
+                    # Made before an outage (this reader was idle through it): a new
+                    # connection, and the epochs checked, as after a loss of its own.
+                    await client.aclose()
+                    client, lost = None, True
                 try:
                     if client is None:
+                        self.stale = False
                         client = self._make_client()
                         client.set_response_callback("XREAD", raw_reply)
                         self._client_id = int(await client.client_id())

@@ -12,6 +12,7 @@ this folder has the whole design.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -51,7 +52,7 @@ class RedisLog:
                  sweeper: bool = True, heartbeat: bool = True) -> None:
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex[:12]
-        self.health = Health()
+        self.health = Health(self._outage)
         timeouts: dict[str, Any] = {"socket_timeout": settings.redis_socket_timeout,
                     "socket_connect_timeout": min(5.0, settings.redis_socket_timeout),
                     "protocol": 2}
@@ -85,6 +86,7 @@ class RedisLog:
         self._sweeper = sweeper
         self._renewing = heartbeat
         self._tasks: list[asyncio.Task[None]] = []
+        self._retiring: set[asyncio.Task[None]] = set()
         self.on_swept: Callable[[list[str]], None] | None = None
         self.flushes = 0  # pipelines sent by the writer (round trips)
         self.flush_seconds = 0.0  # their total duration, send to reply (the benchmark's)
@@ -269,6 +271,18 @@ class RedisLog:
             else:
                 st.done.set_exception(error)
 
+    def _outage(self) -> None:
+        """An outage began: retire every connection made before it (``_health.py``)."""
+        self.window.stale = self.mux.stale = True
+        task = asyncio.get_running_loop().create_task(self._retire_idle())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire_idle(self) -> None:
+        # The pool's idle connections (one in use fails by itself, in the outage).
+        with contextlib.suppress(*LOST):
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+
     async def renew(self, lease: Lease) -> bool:
         """Extend the lease; see ``StreamLog.renew``."""
         ttl_ms = int(self.settings.lease_ttl * 1000)
@@ -390,10 +404,11 @@ class RedisLog:
                    and time.monotonic() < deadline and not self.health.degraded):
                 self._wake.set()
                 await asyncio.sleep(0.005)
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._retiring]
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks)
         self._tasks = []
         await self.window.aclose()
         await self.mux.aclose()

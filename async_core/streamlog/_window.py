@@ -40,6 +40,7 @@ class Window:
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()  # a write, or a disconnect: never one under the other
         self._task: asyncio.Task[None] | None = None
+        self.stale = False  # set when an outage began: reconnect before the next write
 
     async def send(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
         """Write ``commands`` now; return a future of their replies (errors as values).
@@ -53,6 +54,8 @@ class Window:
         conn = self.connection
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         async with self._lock:
+            if self.stale:  # made before an outage: Redis may have closed it meanwhile
+                await self._lost(RedisConnectionError("connection from before an outage"))
             try:
                 await conn.send_packed_command(conn.pack_commands(commands),
                                                check_health=False)
@@ -89,6 +92,7 @@ class Window:
 
     async def _lost(self, exc: BaseException) -> None:
         """Fail every batch in flight with ``exc`` and drop the connection (locked)."""
+        self.stale = False  # the next write connects anew
         while self._queue:
             _, fut = self._queue.popleft()
             if not fut.done():
