@@ -5,12 +5,14 @@
 - ``Sample``/``run_phase``/``rss_per_stream``: one measured phase of concurrent streams;
 - the disconnect phase's helpers (``leave_phase`` and the agent's record);
 - ``thread_roles``: CPU and switches of each kind of thread (loop, agent, WSGI);
-- command lines, progress, table cells.
+- command lines, progress, table cells;
+- ``GcPauses``/``set_gc``: the collector's full pauses, and its tuning under test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -32,6 +34,45 @@ from async_core.harness import (
     percentile,
     wait_all,
 )
+
+GC_DEFAULT = gc.get_threshold()
+GC_TUNED = (10_000, 50, 100)  # young collections 14x rarer, full ones far rarer
+
+
+def set_gc(mode: str) -> None:
+    """``default``: CPython's thresholds, nothing frozen; ``tuned``: what is alive now
+    moved out of the collector's reach (``gc.freeze``, as after a server's start-up)
+    and ``GC_TUNED`` thresholds."""
+    if mode == "tuned":
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_TUNED)
+    else:
+        gc.unfreeze()
+        gc.set_threshold(*GC_DEFAULT)
+
+
+class GcPauses:
+    """This process' full (generation 2) collections: how many, and the longest."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                self._start = time.perf_counter()
+            else:
+                self.pauses.append(time.perf_counter() - self._start)
+
+    def take(self) -> tuple[int, float]:
+        """The count and longest pause (ms) since the last ``take``."""
+        out = (len(self.pauses), 1000 * max(self.pauses, default=0.0))
+        self.pauses = []
+        return out
+
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent

@@ -28,9 +28,12 @@ How it is measured
     - rounds alternate (memory, Redis, memory, Redis, ...: ``--rounds``), so a change
       of the machine's load hits both; the load average is printed before and after.
       The event loop is uvloop when importable (what uvicorn picks), else asyncio.
+    - ``--gc compare``: rounds alternate CPython's collector settings and tuned ones
+      (``_benchlib.set_gc``: ``gc.freeze`` plus higher thresholds, in both processes);
+      each mode's rows, and every round's full collections (count, longest pause).
 
 Run: ``.venv/bin/python scripts/bench_streamlog.py [--tokens 200] [--streams 100]
-[--rounds 2] [--loop uvloop|asyncio]``
+[--rounds 2] [--loop uvloop|asyncio] [--gc default|compare]``
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import time
 from typing import Any
 
 import redis
+from _benchlib import GcPauses, set_gc
 
 from async_core.harness import RedisServer, percentile
 from async_core.streamlog import Entry, LogSettings, MemoryLog, RedisLog
@@ -97,8 +101,10 @@ async def resume(producer: Any, reader: Any, events: int, sid: str) -> float:
     return time.perf_counter() - t0
 
 
-async def reader_main(url: str, sids: list[str]) -> None:
+async def reader_main(url: str, gc_mode: str, sids: list[str]) -> None:
     """The reader process: follow `sids` live, print its lags and CPU as JSON."""
+    set_gc(gc_mode)
+    pauses = GcPauses()
     log = await RedisLog.open(LogSettings(redis_url=url), owner="bench-reader", sweeper=False)
     lags: list[float] = []
 
@@ -112,14 +118,14 @@ async def reader_main(url: str, sids: list[str]) -> None:
     print("ready", flush=True)
     cpu, wall, reads = time.process_time(), time.perf_counter(), log.mux.reads
     await asyncio.gather(*tasks)
-    print(json.dumps({"lags": lags, "cpu": time.process_time() - cpu,
+    print(json.dumps({"lags": lags, "cpu": time.process_time() - cpu, "gc": pauses.take(),
                       "wall": time.perf_counter() - wall, "xreads": log.mux.reads - reads}))
     await log.aclose()
 
 
 async def run_two_processes(producer: RedisLog, url: str, n: int, tokens: int, pace: float,
-                            tag: str, loop: str) -> tuple[list[float], float, dict[str, Any],
-                                                          list[int]]:
+                            tag: str, loop: str, gc_mode: str
+                            ) -> tuple[list[float], float, dict[str, Any], list[int]]:
     """The Redis phase with the reader in its own process (as in a deployment).
 
     Returns the lags, producer CPU, the reader's figures (``cpu``, ``wall``,
@@ -127,7 +133,8 @@ async def run_two_processes(producer: RedisLog, url: str, n: int, tokens: int, p
     sids = [f"{tag}-{i}" for i in range(n)]
     leases = [await producer.create(sid, tenant="t", conversation_id="c") for sid in sids]
     child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--reader", loop, url, *sids, stdout=asyncio.subprocess.PIPE)
+        sys.executable, __file__, "--reader", loop, gc_mode, url, *sids,
+        stdout=asyncio.subprocess.PIPE)
     assert child.stdout is not None
     assert (await child.stdout.readline()).strip() == b"ready"
     names = [c["name"] for c in redis.Redis.from_url(url).client_list()]
@@ -161,9 +168,11 @@ def load() -> str:
 
 
 async def phase(memory: MemoryLog, producer: RedisLog, url: str, n: int,
-                args: argparse.Namespace, rnd: int) -> dict[str, Any]:
+                args: argparse.Namespace, rnd: int, gc_mode: str) -> dict[str, Any]:
     """One round at n streams: the memory log, then the same through Redis."""
     pace, tokens = args.pace_ms / 1000, n * args.tokens
+    set_gc(gc_mode)
+    PAUSES.take()
     wall = time.perf_counter()
     m_lags, m_cpu = await run_streams(memory, memory, n, args.tokens, pace, f"m{n}-{rnd}")
     m_wall = time.perf_counter() - wall
@@ -172,9 +181,10 @@ async def phase(memory: MemoryLog, producer: RedisLog, url: str, n: int,
     evals = int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
     scpu, wall = server_cpu(url), time.perf_counter()
     r_lags, r_cpu, rd, conns = await run_two_processes(
-        producer, url, n, args.tokens, pace, f"r{n}-{rnd}", args.loop)
+        producer, url, n, args.tokens, pace, f"r{n}-{rnd}", args.loop, gc_mode)
     r_wall = time.perf_counter() - wall
     flushes, fsec = producer.flushes - flushes, producer.flush_seconds - fsec
+    (gcn, gcmax), (rgcn, rgcmax) = PAUSES.take(), rd["gc"]
     return {"m": m_lags, "r": r_lags, "figures": {
         "producer round trips/token": flushes / tokens,
         "EVALSHA calls/token": (int(r.info("commandstats")["cmdstat_evalsha"]["calls"])
@@ -192,6 +202,8 @@ async def phase(memory: MemoryLog, producer: RedisLog, url: str, n: int,
         "CPU % memory process": 100 * m_cpu / m_wall,
         "CPU % redis producer": 100 * r_cpu / r_wall,
         "CPU % redis reader": 100 * rd["cpu"] / rd["wall"],
+        "full GCs producer (both phases)": gcn, "longest full GC producer ms": gcmax,
+        "full GCs redis reader": rgcn, "longest full GC redis reader ms": rgcmax,
         "tokens received redis": len(r_lags), "tokens received memory": len(m_lags)}}
 
 
@@ -205,8 +217,7 @@ def lag_rows(m: list[float], r: list[float]) -> dict[str, float]:
 
 async def main() -> None:
     if sys.argv[1:2] == ["--reader"]:
-        use_loop(sys.argv[2])
-        await reader_main(sys.argv[3], sys.argv[4:])
+        await reader_main(sys.argv[4], sys.argv[3], sys.argv[5:])
         return
     args = parse_args()
     redis_server = RedisServer()
@@ -218,15 +229,23 @@ async def main() -> None:
         memory = MemoryLog(LogSettings(log_maxlen=max(5000, args.resume_events + 10)))
         producer = await RedisLog.open(settings, owner="bench-producer")
         reader = await RedisLog.open(settings, owner="bench-resumer", sweeper=False)
+        modes = ["default", "tuned"] if args.gc == "compare" else ["default"]
         for n in sorted({1, args.streams}):  # --streams 1: once (the ids are per n)
-            rounds = [await phase(memory, producer, url, n, args, i) for i in range(args.rounds)]
-            for i, rnd in enumerate(rounds):
-                rows[f"{n} stream(s), round {i + 1}"] = lag_rows(rnd["m"], rnd["r"])
-            rows[f"{n} stream(s), all rounds"] = {
-                **lag_rows([x for rnd in rounds for x in rnd["m"]],
-                           [x for rnd in rounds for x in rnd["r"]]),
-                **{k: sum(rnd["figures"][k] for rnd in rounds) / len(rounds)
-                   for k in rounds[0]["figures"]}}
+            rounds = [(modes[i % len(modes)], await phase(
+                memory, producer, url, n, args, i, modes[i % len(modes)]))
+                for i in range(args.rounds * len(modes))]
+            for i, (mode, rnd) in enumerate(rounds):
+                rows[f"{n} stream(s), round {i + 1} (gc {mode})"] = {
+                    **lag_rows(rnd["m"], rnd["r"]),
+                    **{k: v for k, v in rnd["figures"].items() if "GC" in k}}
+            for mode in modes:
+                mine = [rnd for m, rnd in rounds if m == mode]
+                rows[f"{n} stream(s), all rounds (gc {mode})"] = {
+                    **lag_rows([x for rnd in mine for x in rnd["m"]],
+                               [x for rnd in mine for x in rnd["r"]]),
+                    **{k: sum(rnd["figures"][k] for rnd in mine) / len(mine)
+                       for k in mine[0]["figures"]}}
+            set_gc("default")
         rows["resume"] = {
             f"memory {args.resume_events} events ms":
                 1000 * await resume(memory, memory, args.resume_events, "resume-m"),
@@ -254,6 +273,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--pace-ms", type=float, default=10.0)
     ap.add_argument("--resume-events", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=2, help="alternating memory/Redis rounds")
+    ap.add_argument("--gc", choices=("default", "compare"), default="default",
+                    help="compare: rounds alternate default and tuned collector settings")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"),
                     default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
     return ap.parse_args()
@@ -266,7 +287,8 @@ def use_loop(name: str) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+PAUSES = GcPauses()
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--reader"]:
-        use_loop(parse_args().loop)
+    use_loop(sys.argv[2] if sys.argv[1:2] == ["--reader"] else parse_args().loop)
     asyncio.run(main())
