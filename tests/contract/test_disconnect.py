@@ -64,10 +64,16 @@ def test_slot_is_released_on_every_outcome(shared_server: Callable[..., Server],
         client.read_until(b"event: delta", 3)
         client.close()
     else:
-        httpx.post(srv.url("/v1/chat"), json=PIN.apply(OUTCOME_REQUESTS[outcome]),
-                   timeout=10).read()
-    wait_for(lambda: metric(srv.base_url, "streambridge_streams_total",
-                            outcome=outcome) == before + 1)
+        ended = httpx.post(srv.url("/v1/chat"), json=PIN.apply(OUTCOME_REQUESTS[outcome]),
+                           timeout=10)
+    try:
+        wait_for(lambda: metric(srv.base_url, "streambridge_streams_total",
+                                outcome=outcome) == before + 1)
+    except TimeoutError:  # say how the stream ended (one CI run saw no "completed")
+        answer = "" if outcome == "client_disconnected" else (
+            f"{ended.status_code} {ended.text[-300:]!r}")
+        raise AssertionError(f"no {outcome} counted; answer {answer}; server log "
+                             f"{srv.log()[-1500:]}") from None
     r = httpx.post(srv.url("/v1/chat"), json=chat_body(tokens=2, interval_ms=1), timeout=10)
     assert r.status_code == 200
     assert "event: done" in r.text
