@@ -11,7 +11,8 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import pytest
 from wsproto.frame_protocol import FrameProtocol, Opcode
@@ -76,6 +77,26 @@ def view(link: SocketLink, stop: threading.Event) -> None:
             return
 
 
+def run_and_read(client: socket.socket, run: Callable[[], Coroutine[Any, Any, None]],
+                 stop: threading.Event, *, timeout: float, read_after: float = 0.0) -> bytes:
+    """Run ``run()`` on a new loop while a thread reads ``client`` to its end (after
+    ``read_after`` seconds: a client slow to start reading); return what it read."""
+    reader: list[bytes] = []
+
+    def read() -> None:
+        time.sleep(read_after)
+        reader.append(read_all(client, timeout / 2))
+
+    got = threading.Thread(target=read)
+    got.start()
+    try:
+        asyncio.run(asyncio.wait_for(run(), timeout))
+    finally:
+        stop.set()
+        got.join(timeout)
+    return reader[0]
+
+
 def test_the_frames_of_one_loop_pass_are_two_writes() -> None:
     """50 messages sent in one pass of the loop leave in two writes, the first at once and
     the other 49 together at the pass's end: a sequenced-packet socket keeps each write
@@ -133,15 +154,8 @@ def test_what_the_kernel_does_not_take_the_view_writes_whole_and_in_order(
         link.stop(release=True)
         server.shutdown(socket.SHUT_WR)
 
-    reader: list[bytes] = []
-    got = threading.Thread(target=lambda: (time.sleep(0.3), reader.append(read_all(client, 10))))
-    got.start()
-    try:
-        asyncio.run(asyncio.wait_for(run(), 20))
-    finally:
-        stop.set()
-        got.join(15)
-    assert parse(reader[0]) == [(Opcode.TEXT, t) for t in texts]
+    data = run_and_read(client, run, stop, timeout=20, read_after=0.3)
+    assert parse(data) == [(Opcode.TEXT, t) for t in texts]
     assert slowest[0] < 0.05, f"the loop blocked {slowest[0] * 1000:.0f} ms in a write"
 
 
@@ -171,15 +185,7 @@ def test_a_threads_frames_never_land_inside_the_loops(
         link.stop(release=True)
         server.shutdown(socket.SHUT_WR)
 
-    reader: list[bytes] = []
-    got = threading.Thread(target=lambda: reader.append(read_all(client, 15)))
-    got.start()
-    try:
-        asyncio.run(asyncio.wait_for(run(), 30))
-    finally:
-        stop.set()
-        got.join(20)
-    frames = parse(reader[0])
+    frames = parse(run_and_read(client, run, stop, timeout=30))
     assert [p for op, p in frames if op is Opcode.TEXT] == texts
     assert [p for op, p in frames if op is Opcode.PONG] == [b"pong"] * 300
 
