@@ -4,34 +4,34 @@ Appends are synchronous (the id is chosen here, ``fence-seq``; the entry goes in
 stream's local buffer, which local readers follow, and into a pending list); one writer
 task flushes every dirty stream in one round trip on its own connection, without waiting
 for the batches in flight (``_window.py``, at most ``WINDOW``), and keeps the pending
-entries while Redis is unreachable. Reads of a stream owned elsewhere are in ``_remote.py``; the one
-blocking reader is ``_mux.py``; the scripts and keys are ``_scripts.py``. README.md in
-this folder has the whole design.
+entries while Redis is unreachable. Reads of a stream owned elsewhere are in
+``_remote.py``; the one blocking reader is ``_mux.py``; the connections, and their
+retirement when an outage begins, ``_connections.py``; the scripts and keys are
+``_scripts.py``. README.md in this folder has the whole design.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from . import _scripts as S
 from ._batch import Batch, Owned, Sent, acked, failed, fill, take
+from ._connections import Connections
 from ._health import Health
 from ._ids import EventId, new_epoch
-from ._mux import LOST, Multiplexer, raw_reply
+from ._mux import LOST
 from ._remote import Remote, replay_and_follow, to_entry
 from ._renewal import renew_leases, sweep_expired
 from ._settings import LogSettings
 from ._types import TERMINAL_EVENTS, CancelResult, Lease, ReadItem, StreamMeta
-from ._window import WINDOW, Window
+from ._window import WINDOW
 from .exceptions import LogUnavailable, StaleOwner, StreamClosed, StreamExists, StreamNotFound
 
 _check_id = S.check_id
@@ -52,29 +52,16 @@ class RedisLog:
                  sweeper: bool = True, heartbeat: bool = True) -> None:
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex[:12]
-        self.health = Health(self._outage)
-        timeouts: dict[str, Any] = {"socket_timeout": settings.redis_socket_timeout,
-                    "socket_connect_timeout": min(5.0, settings.redis_socket_timeout),
-                    "protocol": 2}
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_pool,
-            timeout=settings.redis_socket_timeout, client_name=f"sb-{self.owner}", **timeouts)
-        # Replies are bytes (decode_responses off); redis-py types them as unions.
-        self.client: Any = aioredis.Redis(connection_pool=pool)
-        self.window = Window(pool.connection_class(
-            **{**pool.connection_kwargs, "client_name": f"sb-{self.owner}-writer"}))
+        self.health = Health()
+        self.connections = Connections(settings, self.owner, on_lost=self.health.degrade,
+                                       on_reconnect=self._reconnected)
+        self.health.on_outage = self.connections.retire  # one outage retires them all
+        self.client: Any = self.connections.client
+        self.window, self.mux = self.connections.window, self.connections.mux
         self._slots = asyncio.Semaphore(WINDOW)
         self._inflight: asyncio.Queue[tuple[Batch, Any, float]] = asyncio.Queue()
         self._retry_at = 0.0  # monotonic time before which the writer does not send
         self.in_flight = self.peak_in_flight = 0  # batches sent, reply not yet applied
-        # XRANGE replies as Redis sends them, [id, [event, data]] (as OPEN's page and the
-        # multiplexer's XREAD): redis-py's callback built a dict an entry (resumes).
-        self.client.set_response_callback("XRANGE", raw_reply)
-        self.mux = Multiplexer(lambda: aioredis.Redis.from_url(
-            settings.redis_url, single_connection_client=True,
-            client_name=f"sb-{self.owner}-reader", **timeouts),
-            self.client, block=settings.redis_block, retry=settings.redis_retry,
-            on_lost=self.health.degrade, on_reconnect=self._reconnected)
         self._sha = {name: "" for name in ("CREATE", "APPEND", "APPEND_MANY", "RENEW",
                                            "SWEEP", "CANCEL", "OPEN")}
         # One APPEND_MANY call a flush on a single Redis; one APPEND a stream on a Cluster.
@@ -86,7 +73,6 @@ class RedisLog:
         self._sweeper = sweeper
         self._renewing = heartbeat
         self._tasks: list[asyncio.Task[None]] = []
-        self._retiring: set[asyncio.Task[None]] = set()
         self.on_swept: Callable[[list[str]], None] | None = None
         self.flushes = 0  # pipelines sent by the writer (round trips)
         self.flush_seconds = 0.0  # their total duration, send to reply (the benchmark's)
@@ -271,18 +257,6 @@ class RedisLog:
             else:
                 st.done.set_exception(error)
 
-    def _outage(self) -> None:
-        """An outage began: retire every connection made before it (``_health.py``)."""
-        self.window.stale = self.mux.stale = True
-        task = asyncio.get_running_loop().create_task(self._retire_idle())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
-
-    async def _retire_idle(self) -> None:
-        # The pool's idle connections (one in use fails by itself, in the outage).
-        with contextlib.suppress(*LOST):
-            await self.client.connection_pool.disconnect(inuse_connections=False)
-
     async def renew(self, lease: Lease) -> bool:
         """Extend the lease; see ``StreamLog.renew``."""
         ttl_ms = int(self.settings.lease_ttl * 1000)
@@ -404,12 +378,9 @@ class RedisLog:
                    and time.monotonic() < deadline and not self.health.degraded):
                 self._wake.set()
                 await asyncio.sleep(0.005)
-        tasks = [*self._tasks, *self._retiring]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        if self._tasks:
+            await asyncio.wait(self._tasks)
         self._tasks = []
-        await self.window.aclose()
-        await self.mux.aclose()
-        await self.client.aclose(close_connection_pool=True)
+        await self.connections.aclose()
